@@ -1,0 +1,32 @@
+# Two entry points that do all the set-up on a fresh machine:
+#   make run   -> environment + the main job (a thresholds search on the built-in data)
+#   make test  -> environment + lint + the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: env run test lint clean
+
+$(BIN)/mer-tune: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first: a bare `torch` requirement would pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+env: $(BIN)/mer-tune
+
+run: env
+	$(BIN)/mer-tune search --space thresholds
+
+lint: env
+	$(BIN)/ruff check mer_tune tests benchmarks
+	$(BIN)/ruff format --check mer_tune tests benchmarks
+
+test: env lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

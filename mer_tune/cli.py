@@ -1,0 +1,253 @@
+"""The `mer-tune` command line. Each command parses, calls one function, prints."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .config import Config, build_config, load_config, parse_set_options, with_overrides
+from .data import DEFAULT_FOLDERS, DataOptions
+from .errors import MerTuneError
+
+console = Console(stderr=True, highlight=False)
+DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
+
+
+def _config(config_file: str | None, sets: tuple[str, ...], folds: int | None = None) -> Config:
+    cfg = load_config(config_file) if config_file else build_config()
+    overrides = parse_set_options(sets)
+    if folds is not None:
+        overrides["eval.folds"] = folds
+    return with_overrides(cfg, overrides, source="--set") if overrides else cfg
+
+
+def _data_options(
+    cfg: Config,
+    visual: str,
+    audio: str,
+    text: str,
+    labels: str | None,
+    test_names: str | None,
+    trust_pickle: bool,
+) -> DataOptions:
+    return DataOptions(
+        folders={"visual": visual, "audio": audio, "text": text},
+        classes=tuple(cfg.data.classes),
+        labels=labels,
+        test_names=test_names,
+        trust_pickle=trust_pickle,
+    )
+
+
+def data_options(f):
+    """Options that say where the modalities and labels of a dataset are."""
+    f = click.option(
+        "--trust-pickle",
+        is_flag=True,
+        help="Allow reading label-6way.npz (it holds pickled objects).",
+    )(f)
+    f = click.option(
+        "--test-names",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Names kept apart as the test set.",
+    )(f)
+    f = click.option("--labels", type=click.Path(), help="Label file (default: label-disdim.csv).")(
+        f
+    )
+    f = click.option("--text-features", default=DEFAULT_FOLDERS["text"], show_default=True)(f)
+    f = click.option("--audio-features", default=DEFAULT_FOLDERS["audio"], show_default=True)(f)
+    f = click.option("--visual-features", default=DEFAULT_FOLDERS["visual"], show_default=True)(f)
+    return f
+
+
+class Progress:
+    """Prints stage starts and a live line per epoch."""
+
+    def __init__(self) -> None:
+        self.status = console.status("")
+        self.started = time.perf_counter()
+
+    def __call__(self, kind: str, **f) -> None:
+        elapsed = time.perf_counter() - self.started
+        if kind == "stage":
+            console.print(f"[dim]{elapsed:6.1f}s[/dim] fold {f['fold']}: {f['stage']}")
+        elif kind == "epoch":
+            score = f.get("val_f1")
+            text = f"fold {f['fold']} {f['stage']} epoch {f['epoch'] + 1}"
+            text += (
+                f"  val F1 {score:.4f}"
+                if score is not None
+                else f"  loss {f.get('pretrain_loss', 0):.4f}"
+            )
+            self.status.update(text)
+        elif kind == "note":
+            console.print(f"[yellow]note:[/yellow] {f['text']}")
+
+    def __enter__(self) -> Progress:
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.status.stop()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(debug: bool) -> None:
+    """mer-tune: hyperparameter search for semi-supervised multimodal emotion recognition
+    (MR-CCL contrastive learning + self-training + weighted soft voting)."""
+
+
+@cli.command()
+@click.option("--data", "data_spec", help=DATA_HELP)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A config YAML (e.g. a search's best_config.yaml).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. optim.lr=1e-4.",
+)
+@click.option(
+    "--folds", type=click.IntRange(1, 20), help="Stratified folds (1 = an 80/20 hold-out)."
+)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when present.")
+@data_options
+def run(
+    data_spec,
+    config_file,
+    sets,
+    folds,
+    out,
+    device,
+    visual_features,
+    audio_features,
+    text_features,
+    labels,
+    test_names,
+    trust_pickle,
+) -> None:
+    """Train and evaluate one configuration with stratified k-fold; print the weighted F1.
+
+    Writes OUT/metrics.json, OUT/val_predictions.csv and OUT/config.yaml."""
+    from .runner import run_config
+
+    cfg = _config(config_file, sets, folds)
+    opts = _data_options(
+        cfg, visual_features, audio_features, text_features, labels, test_names, trust_pickle
+    )
+    with Progress() as progress:
+        result = run_config(cfg, data_spec, Path(out), opts, report=progress, device=device)
+    folds_text = ", ".join(f"{v:.4f}" for v in result.fold_f1)
+    console.print(f"per fold: {folds_text}")
+    added = sum(result.pseudo_added.values())
+    prec = (
+        f" (precision {result.pseudo_precision:.3f})" if result.pseudo_precision is not None else ""
+    )
+    console.print(f"pseudo-labels added: {added}{prec}; results in {out}")
+    click.echo(f"weighted F1 (mean over {len(result.fold_f1)} folds): {result.weighted_f1:.4f}")
+
+
+@cli.group()
+def data() -> None:
+    """Create, check and pack datasets."""
+
+
+@data.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--scale", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out, scale, seed) -> None:
+    """Write a synthetic MER-shaped dataset in the MERTools layout."""
+    from . import synth as synth_module
+
+    path = synth_module.write(out, scale, seed)
+    click.echo(f"wrote {scale} synthetic dataset to {path}")
+
+
+@data.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@data_options
+def check(
+    folder, visual_features, audio_features, text_features, labels, test_names, trust_pickle
+) -> None:
+    """Counts per class and split, dims per modality, and every problem found."""
+    from .checks import check_report
+
+    opts = _data_options(
+        build_config(),
+        visual_features,
+        audio_features,
+        text_features,
+        labels,
+        test_names,
+        trust_pickle,
+    )
+    text, ok = check_report(folder, opts)
+    click.echo(text)
+    if not ok:
+        sys.exit(1)
+
+
+@data.command(name="pack")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--force", is_flag=True, help="Rebuild even when the pack looks current.")
+@data_options
+def pack_cmd(
+    folder, force, visual_features, audio_features, text_features, labels, test_names, trust_pickle
+) -> None:
+    """Pack a feature folder into memory-mappable arrays (done on first use anyway)."""
+    from .data import load
+
+    opts = _data_options(
+        build_config(),
+        visual_features,
+        audio_features,
+        text_features,
+        labels,
+        test_names,
+        trust_pickle,
+    )
+    t0 = time.perf_counter()
+    d = load(folder, opts, force=force)
+    click.echo(
+        f"packed {len(d.names)} samples ({d.nbytes() / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="mer-tune", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except MerTuneError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,406 @@
+"""MER2024 / MERTools feature folders: read, validate, pack, load.
+
+A dataset on disk::
+
+    DIR/features/<extractor>-UTT/<name>.npy    (dim,)   one file per sample
+    DIR/features/<extractor>-FRA/<name>.npy    (T, dim) frame level, mean-pooled here
+    DIR/features/<extractor>-UTT/<name>/*.npy  a folder of frame files may stand in
+    DIR/label-disdim.csv                       name, discrete
+    DIR/label-6way.npz                         pickled dicts: read only with trust_pickle
+    DIR/test-names.csv                         optional: names kept apart as the test set
+
+Reading 120k x 3 small files is slow, so the first load packs them into one
+memory-mappable ``.npy`` per modality plus a sample table; later loads map the pack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import MER2024_CLASSES, MODALITIES
+from .errors import MerTuneError
+
+PACK_VERSION = 1
+DEFAULT_FOLDERS = {
+    "visual": "clip-vit-large-patch14-UTT",
+    "audio": "chinese-hubert-large-UTT",
+    "text": "Baichuan2-13B-Base-UTT",
+}
+LABELLED, UNLABELLED, TEST = "labelled", "unlabelled", "test"
+TRUTH_FILE = "synthetic-truth.csv"  # hidden labels of a synthetic pool: reporting only
+FP16_MAX = 60000.0  # larger magnitudes would overflow float16: keep such a modality in float32
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the modalities and labels are, and how to read them."""
+
+    folders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FOLDERS))
+    classes: tuple[str, ...] = tuple(MER2024_CLASSES)
+    labels: str | None = None  # a label file; default: label-disdim.csv, else label-6way.npz
+    test_names: str | None = None  # csv with a `name` column, or one name a line
+    trust_pickle: bool = False  # allow reading label-6way.npz (it holds pickled objects)
+
+    def key(self) -> str:
+        text = json.dumps([self.folders, list(self.classes), self.labels, self.test_names])
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class MERData:
+    """Features and labels of one dataset, features held once (float16 or memory-mapped)."""
+
+    names: np.ndarray  # (N,) str
+    split: np.ndarray  # (N,) labelled / unlabelled / test
+    labels: np.ndarray  # (N,) int64 class index, -1 where unknown
+    features: dict[str, np.ndarray]  # modality -> (N, dim)
+    classes: list[str]
+    mean: dict[str, np.ndarray]  # per-dimension statistics over all samples, for standardising
+    std: dict[str, np.ndarray]
+    fingerprint: str
+    hidden_labels: np.ndarray | None = None  # synthetic truth of the pool; never used to train
+    source: str = ""
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(a.shape[1]) for m, a in self.features.items()}
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def class_counts(self, split: str = LABELLED) -> dict[str, int]:
+        lab = self.labels[self.split == split]
+        return {c: int((lab == i).sum()) for i, c in enumerate(self.classes)}
+
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.features.values())
+
+
+# ---------------------------------------------------------------- reading the MERTools layout
+
+
+def _feature_dir(root: Path, folder: str, modality: str) -> Path:
+    path = root / "features" / folder
+    if not path.is_dir():
+        path2 = root / folder
+        if path2.is_dir():
+            return path2
+        raise MerTuneError(f"{path}: feature folder for {modality} not found")
+    return path
+
+
+def _list_samples(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".npy") and entry.is_file():
+                out[entry.name[:-4]] = Path(entry.path)
+            elif entry.is_dir():
+                out[entry.name] = Path(entry.path)
+    return out
+
+
+def _read_feature(path: Path) -> np.ndarray:
+    try:
+        if path.is_dir():
+            frames = [np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))]
+            if not frames:
+                raise MerTuneError(f"{path}: frame folder holds no .npy files")
+            arr = np.stack([np.asarray(f).reshape(-1) for f in frames])
+        else:
+            arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise MerTuneError(f"{path}: cannot read features ({err})") from None
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 2:  # frame level (T, dim): mean over time
+        arr = arr.mean(axis=0)
+    if arr.ndim != 1:
+        raise MerTuneError(f"{path}: expected shape (dim,) or (T, dim), got {arr.shape}")
+    return arr
+
+
+def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
+    if opts.labels:
+        path = Path(opts.labels)
+        if not path.is_absolute() and not path.exists():
+            path = root / opts.labels
+    elif (root / "label-disdim.csv").exists():
+        path = root / "label-disdim.csv"
+    elif (root / "label-6way.npz").exists():
+        path = root / "label-6way.npz"
+    else:
+        raise MerTuneError(f"{root}: no label file (label-disdim.csv or label-6way.npz)")
+    if not path.exists():
+        raise MerTuneError(f"{path}: label file not found")
+    if path.suffix == ".npz":
+        return _read_npz_labels(path, opts.trust_pickle)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise MerTuneError(f"{path}: cannot parse label CSV ({err})") from None
+    for col in ("name", "discrete"):
+        if col not in table.columns:
+            raise MerTuneError(f"{path}: missing column '{col}' (has {', '.join(table.columns)})")
+    return dict(zip(table["name"], table["discrete"], strict=True))
+
+
+def _read_npz_labels(path: Path, trust_pickle: bool) -> dict[str, str]:
+    if not trust_pickle:
+        raise MerTuneError(
+            f"{path}: holds pickled objects, which can run code when read; "
+            "pass --trust-pickle if you trust this file, or convert it to label-disdim.csv"
+        )
+    with np.load(path, allow_pickle=trust_pickle) as npz:  # explicit opt-in above
+        if "train_corpus" not in npz:
+            raise MerTuneError(f"{path}: no 'train_corpus' key (has {', '.join(npz.files)})")
+        corpus = npz["train_corpus"].tolist()
+    return {name: str(item["emo"]) for name, item in corpus.items()}
+
+
+def _read_names(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.exists():
+        raise MerTuneError(f"{path}: test-name file not found")
+    if path.suffix == ".csv":
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "name" not in table.columns:
+            raise MerTuneError(f"{path}: missing column 'name'")
+        return list(table["name"])
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData:
+    """Read and validate a MERTools dataset file by file (slow at full scale: see `load`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MerTuneError(f"{root}: data folder not found")
+    per_mod = {m: _list_samples(_feature_dir(root, opts.folders[m], m)) for m in MODALITIES}
+    names = _common_names(per_mod, root, opts)
+    labels_by_name = _read_labels(root, opts)
+    test_file = opts.test_names or (
+        root / "test-names.csv" if (root / "test-names.csv").exists() else None
+    )
+    test_set = set(_read_names(test_file)) if test_file else set()
+
+    classes = list(opts.classes)
+    index = {c: i for i, c in enumerate(classes)}
+    missing = sorted(set(labels_by_name) - set(names))
+    if missing:
+        raise MerTuneError(
+            f"sample '{missing[0]}' has a label but no features ({len(missing)} such)"
+        )
+    split = np.full(len(names), UNLABELLED, dtype=object)
+    labels = np.full(len(names), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        if name in test_set:
+            split[i] = TEST
+        elif name in labels_by_name:
+            emo = labels_by_name[name]
+            if emo not in index:
+                raise MerTuneError(
+                    f"label '{emo}' of sample '{name}' is not in the class list ({', '.join(classes)})"
+                )
+            split[i], labels[i] = LABELLED, index[emo]
+
+    features = {
+        m: _stack(per_mod[m], names, root / "features" / opts.folders[m], m) for m in MODALITIES
+    }
+    hidden = _read_truth(root, names, index)
+    data = MERData(
+        names=np.asarray(names, dtype=object),
+        split=split,
+        labels=labels,
+        features=features,
+        classes=classes,
+        mean={m: a.mean(0, dtype=np.float64).astype(np.float32) for m, a in features.items()},
+        std={
+            m: (a.std(0, dtype=np.float64) + 1e-6).astype(np.float32) for m, a in features.items()
+        },
+        fingerprint="",
+        hidden_labels=hidden,
+        source=str(root),
+    )
+    validate(data)
+    return data
+
+
+def _common_names(per_mod: dict[str, dict[str, Path]], root: Path, opts: DataOptions) -> list[str]:
+    all_names = set().union(*per_mod.values())
+    for m in MODALITIES:
+        lacking = sorted(all_names - set(per_mod[m]))
+        if lacking:
+            folder = root / "features" / opts.folders[m]
+            raise MerTuneError(
+                f"sample '{lacking[0]}' has no {m} features in {folder} ({len(lacking)} such samples)"
+            )
+    if not all_names:
+        raise MerTuneError(f"{root}: the feature folders hold no samples")
+    return sorted(all_names)
+
+
+def _stack(files: dict[str, Path], names: list[str], folder: Path, modality: str) -> np.ndarray:
+    first = _read_feature(files[names[0]])
+    out = np.empty((len(names), first.shape[0]), dtype=np.float32)
+    for i, name in enumerate(names):
+        arr = first if i == 0 else _read_feature(files[name])
+        if arr.shape != first.shape:
+            raise MerTuneError(
+                f"{files[name]}: {modality} dim {arr.shape[0]} differs from {first.shape[0]} "
+                f"of {names[0]} in {folder}"
+            )
+        if not np.isfinite(arr).all():
+            raise MerTuneError(f"{files[name]}: NaN or inf values in {modality} features")
+        out[i] = arr
+    return out
+
+
+def _read_truth(root: Path, names: list[str], index: dict[str, int]) -> np.ndarray | None:
+    path = root / TRUTH_FILE
+    if not path.exists():
+        return None
+    truth = pd.read_csv(path, dtype=str, keep_default_na=False)
+    lookup = dict(zip(truth["name"], truth["discrete"], strict=True))
+    return np.asarray([index.get(lookup.get(n, ""), -1) for n in names], dtype=np.int64)
+
+
+def validate(data: MERData) -> None:
+    """Problems that make a dataset unusable for the method, as one-line errors."""
+    n_lab = int((data.split == LABELLED).sum())
+    if n_lab == 0:
+        raise MerTuneError(f"{data.source}: no labelled samples (the labelled set is empty)")
+    for cls, count in data.class_counts().items():
+        if count == 0:
+            raise MerTuneError(f"{data.source}: no labelled sample of class '{cls}'")
+    for m, arr in data.features.items():
+        if not np.isfinite(arr[: min(len(arr), 4096)]).all():
+            raise MerTuneError(f"{data.source}: NaN or inf values in {m} features")
+
+
+def problems(root: str | Path, opts: DataOptions = DataOptions()) -> list[str]:
+    """Every problem `read_folders` would stop at, as far as one pass can find them."""
+    try:
+        read_folders(root, opts)
+    except MerTuneError as err:
+        return [str(err)]
+    return []
+
+
+# ---------------------------------------------------------------- packing
+
+
+def _source_signature(root: Path, opts: DataOptions) -> dict:
+    """Cheap change detection: folder and label-file mtimes (adding or removing a file
+    changes its folder's mtime). `pack(force=True)` rebuilds after in-place edits."""
+    sig: dict[str, object] = {"version": PACK_VERSION, "options": opts.key()}
+    for m in MODALITIES:
+        d = root / "features" / opts.folders[m]
+        sig[m] = d.stat().st_mtime_ns if d.exists() else None
+    for name in ("label-disdim.csv", "label-6way.npz", "test-names.csv", TRUTH_FILE):
+        p = root / name
+        sig[name] = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+    for extra in (opts.labels, opts.test_names):
+        if extra and Path(extra).exists():
+            sig[str(extra)] = Path(extra).stat().st_mtime_ns
+    return sig
+
+
+def default_pack_dir(root: Path, opts: DataOptions) -> Path:
+    """Beside the data when writable, else under the user's cache folder."""
+    root = root.resolve()
+    if os.access(root, os.W_OK):
+        return root / ".mer-tune-pack" / opts.key()
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "mer-tune" / "packs" / f"{digest}-{opts.key()}"
+
+
+def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
+    """Write the packed form atomically: a temporary folder renamed into place."""
+    pack_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".packing-", dir=pack_dir.parent))
+    try:
+        hasher = hashlib.sha256()
+        dtypes = {}
+        for m, arr in data.features.items():
+            big = float(np.abs(arr).max()) > FP16_MAX
+            stored = arr.astype(np.float32 if big else np.float16)
+            dtypes[m] = str(stored.dtype)
+            np.save(tmp / f"{m}.npy", stored)
+            np.save(tmp / f"{m}.mean.npy", data.mean[m])
+            np.save(tmp / f"{m}.std.npy", data.std[m])
+            hasher.update(stored.tobytes())
+        table = pd.DataFrame({"name": data.names, "split": data.split, "label": data.labels})
+        if data.hidden_labels is not None:
+            table["hidden_label"] = data.hidden_labels
+        table.to_csv(tmp / "samples.csv", index=False)
+        hasher.update(table.to_csv(index=False).encode())
+        meta = {
+            "signature": signature,
+            "classes": data.classes,
+            "dtypes": dtypes,
+            "fingerprint": hasher.hexdigest()[:16],
+            "source": data.source,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if pack_dir.exists():
+            shutil.rmtree(pack_dir)
+        os.replace(tmp, pack_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_pack(pack_dir: Path) -> MERData:
+    meta = json.loads((pack_dir / "meta.json").read_text())
+    table = pd.read_csv(
+        pack_dir / "samples.csv", dtype={"name": str, "split": str}, keep_default_na=False
+    )
+    feats = {m: np.load(pack_dir / f"{m}.npy", mmap_mode="r") for m in MODALITIES}
+    return MERData(
+        names=table["name"].to_numpy(dtype=object),
+        split=table["split"].to_numpy(dtype=object),
+        labels=table["label"].to_numpy(dtype=np.int64),
+        features=feats,
+        classes=list(meta["classes"]),
+        mean={m: np.load(pack_dir / f"{m}.mean.npy") for m in MODALITIES},
+        std={m: np.load(pack_dir / f"{m}.std.npy") for m in MODALITIES},
+        fingerprint=meta["fingerprint"],
+        hidden_labels=table["hidden_label"].to_numpy(dtype=np.int64)
+        if "hidden_label" in table
+        else None,
+        source=meta["source"],
+    )
+
+
+def load(
+    root: str | Path,
+    opts: DataOptions = DataOptions(),
+    pack_dir: Path | None = None,
+    force: bool = False,
+) -> MERData:
+    """Load a dataset through its pack, packing first when missing or out of date."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MerTuneError(f"{root}: data folder not found")
+    for m in MODALITIES:
+        _feature_dir(root, opts.folders[m], m)
+    pack_dir = pack_dir or default_pack_dir(root, opts)
+    signature = _source_signature(root, opts)
+    meta_file = pack_dir / "meta.json"
+    if not force and meta_file.exists():
+        try:
+            if json.loads(meta_file.read_text())["signature"] == json.loads(json.dumps(signature)):
+                return load_pack(pack_dir)
+        except (ValueError, KeyError, OSError):
+            pass  # a damaged pack is rebuilt below
+    data = read_folders(root, opts)
+    pack(data, pack_dir, signature)
+    return load_pack(pack_dir)

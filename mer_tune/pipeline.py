@@ -1,0 +1,399 @@
+"""One trial of the method: oversample, pretrain, finetune, pseudo-label, retrain, vote.
+
+Each stage is a plain function of its inputs and its own slice of the config. `run`
+strings them together over stratified folds. A stage cache (any object with
+`get_or_compute(stage, key, compute)`) may be passed in; the keys say exactly what each
+stage's output depends on. This module imports neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from . import train
+from .config import HEADS, Config
+from .data import LABELLED, TEST, UNLABELLED, MERData
+
+# Bump a stage's version when its code changes what it computes: cached outputs of the
+# old code then stop matching.
+STAGE_VERSIONS = {"pretrain": 1, "finetune": 1, "pseudo": 1, "retrain": 1}
+Report = Callable[..., None]
+
+
+class StageCache(Protocol):
+    def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any: ...
+
+
+class NoCache:
+    """Computes every stage; records nothing."""
+
+    hits: list[str]
+
+    def __init__(self) -> None:
+        self.hits = []
+
+    def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any:
+        return compute()
+
+
+# ---------------------------------------------------------------- pure stage functions
+
+
+def oversample(
+    labels: np.ndarray, target: int, n_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions into `labels`: every sample once, plus random repeats of each class up to
+    `target` samples (classes already above it are left alone; 0 = off)."""
+    keep = [np.arange(len(labels))]
+    if target > 0:
+        for c in range(n_classes):
+            members = np.flatnonzero(labels == c)
+            if 0 < len(members) < target:
+                keep.append(rng.choice(members, size=target - len(members), replace=True))
+    return np.concatenate(keep)
+
+
+def select_pseudo_labels(
+    probs: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep a sample when its top probability reaches the threshold of its predicted class.
+    Returns (positions kept, their labels)."""
+    pred = probs.argmax(axis=1)
+    keep = probs.max(axis=1) >= thresholds[pred]
+    return np.flatnonzero(keep), pred[keep]
+
+
+def vote(
+    logits: dict[str, np.ndarray], weights: dict[str, float], mode: str = "probs"
+) -> np.ndarray:
+    """Weighted soft voting of the heads; returns class probabilities (N, C).
+    probs: sum of weighted per-head probabilities (the paper); logits: softmax of the
+    weighted sum of logits (the released code)."""
+    total = sum(weights.get(h, 0.0) for h in HEADS)
+    if mode == "logits":
+        return train._softmax(sum(weights.get(h, 0.0) * logits[h] for h in HEADS) / total)
+    return sum(weights.get(h, 0.0) * train._softmax(logits[h]) for h in HEADS) / total
+
+
+def evaluate(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The official scorer (weighted F1) and per-class F1."""
+    per_class = f1_score(y, pred, labels=range(len(classes)), average=None, zero_division=0)
+    return {
+        "weighted_f1": float(f1_score(y, pred, average="weighted")),
+        "per_class_f1": {c: float(v) for c, v in zip(classes, per_class, strict=True)},
+    }
+
+
+def fold_splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold positions into y; folds=1 is a stratified 80/20 hold-out."""
+    if folds == 1:
+        tr, va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
+        return [(np.sort(tr), np.sort(va))]
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
+
+
+# ---------------------------------------------------------------- stage keys
+
+
+def stage_keys(cfg: Config, fingerprint: str, fold: int) -> dict[str, dict]:
+    """What each stage's output depends on: its own config slice and all upstream."""
+    c = cfg.to_dict()
+    pre = {
+        "v": STAGE_VERSIONS["pretrain"],
+        "data": fingerprint,
+        "classes": c["data"]["classes"],
+        "test_in_pool": c["data"]["test_in_pool"],
+        "model": c["model"],
+        "pretrain": c["pretrain"],
+        "noise": c["noise"],
+        "loss": c["loss"],
+        "optim": c["optim"],
+        "seed": c["seed"],
+    }
+    fine = {
+        "v": STAGE_VERSIONS["finetune"],
+        "up": pre,
+        "fold": fold,
+        "eval": c["eval"],
+        "oversample": c["oversample"],
+        "finetune": c["finetune"],
+    }
+    st = c["self_training"]
+    pseudo = {
+        "v": STAGE_VERSIONS["pseudo"],
+        "up": fine,
+        "thresholds": [cfg.threshold_of(k) for k in cfg.data.classes],
+        "rounds": st["rounds"],
+        "enabled": st["enabled"],
+        "epochs": st["epochs"],
+    }
+    return {"pretrain": pre, "finetune": fine, "pseudo": pseudo}
+
+
+# ---------------------------------------------------------------- one fold, one run
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    val_idx: np.ndarray
+    logits: dict[str, np.ndarray]  # final heads on the validation fold
+    pseudo_added: dict[str, int]
+    pseudo_precision: float | None
+    seconds: dict[str, float]
+    cache_hits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    weighted_f1: float  # mean over folds
+    fold_f1: list[float]
+    per_class_f1: dict[str, float]
+    pseudo_added: dict[str, int]  # summed over folds
+    pseudo_precision: float | None
+    seconds: dict[str, float]
+    predictions: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    cache_hits: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "weighted_f1": self.weighted_f1,
+            "fold_weighted_f1": self.fold_f1,
+            "per_class_f1": self.per_class_f1,
+            "pseudo_labels_added": self.pseudo_added,
+            "pseudo_label_precision": self.pseudo_precision,
+            "seconds_per_stage": self.seconds,
+            "notes": self.notes,
+        }
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed(cfg: Config, *parts: object) -> int:
+    """A stable per-stage seed: the same stage of the same config always draws the same
+    (crc32, not hash(), which Python salts per process)."""
+    words = [cfg.seed] + [zlib.crc32(str(p).encode()) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def pools(data: MERData, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(pretraining pool: all features allowed; pseudo-labelling pool: the unlabelled)."""
+    pool_splits = [UNLABELLED] + ([TEST] if cfg.data.test_in_pool else [])
+    unl = np.flatnonzero(np.isin(data.split, pool_splits))
+    return np.sort(np.concatenate([data.indices(LABELLED), unl])), unl
+
+
+def run_fold(
+    data: MERData,
+    cfg: Config,
+    fold: int,
+    tr: np.ndarray,
+    va: np.ndarray,
+    feats: train.Features,
+    cache: StageCache,
+    report: Report,
+) -> FoldResult:
+    lab = data.indices(LABELLED)
+    y = data.labels[lab]
+    keys = stage_keys(cfg, data.fingerprint, fold)
+    seconds: dict[str, float] = {}
+    pretrain_pool, unl = pools(data, cfg)
+    val_idx, val_y = lab[va], y[va]
+
+    def epoch_hook(stage: str, epoch: int, values: dict) -> None:
+        report("epoch", fold=fold, stage=stage, epoch=epoch, **values)
+
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        report("stage", fold=fold, stage=stage)
+        t0 = time.perf_counter()
+        out = fn()
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+    device = feats.device
+
+    def do_pretrain() -> dict[str, torch.Tensor]:
+        model = train.make_model(data, cfg, _seed(cfg, "init"), device)
+        if cfg.pretrain.enabled and cfg.pretrain.epochs:
+            train.pretrain(model, feats, pretrain_pool, cfg, _seed(cfg, "pretrain"), epoch_hook)
+        return _cpu(model.state_dict())
+
+    pre_state = timed(
+        "pretrain", lambda: cache.get_or_compute("pretrain", keys["pretrain"], do_pretrain)
+    )
+
+    def fresh_from_pretrained() -> train.MRCCL:
+        model = train.make_model(data, cfg, _seed(cfg, "init"), device)
+        model.load_state_dict(pre_state)
+        return model
+
+    # Oversampling is part of the finetune stage: its output depends on oversample.target.
+    rng = np.random.default_rng(_seed(cfg, "oversample", fold))
+    over = oversample(y[tr], cfg.oversample.target, len(data.classes), rng)
+    tr_idx, tr_y = lab[tr][over], y[tr][over]
+
+    def do_finetune() -> dict[str, Any]:
+        model = fresh_from_pretrained()
+        state, info = train.supervised(
+            model,
+            feats,
+            tr_idx,
+            tr_y,
+            val_idx,
+            val_y,
+            cfg.finetune.epochs,
+            cfg,
+            _seed(cfg, "finetune", fold),
+            "finetune",
+            epoch_hook,
+        )
+        return {
+            "val": train.predict(model, feats, val_idx),
+            "pool": train.predict(model, feats, unl),
+            "state": _cpu(state),
+            "best_epoch": info["best_epoch"],
+        }
+
+    fine = timed(
+        "finetune", lambda: cache.get_or_compute("finetune", keys["finetune"], do_finetune)
+    )
+    val_logits, pool_logits = fine["val"], fine["pool"]
+
+    added = {c: 0 for c in data.classes}
+    precision = None
+    st = cfg.self_training
+    if st.enabled and st.rounds > 0 and len(unl) > 0:
+        thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
+
+        def do_self_training() -> dict[str, Any]:
+            logits_val, logits_pool, state = val_logits, pool_logits, fine["state"]
+            keep = labels = np.zeros(0, dtype=np.int64)
+            for rnd in range(st.rounds):
+                # Equal-weight vote: pseudo-labels never depend on the searched voting weights.
+                keep, labels = select_pseudo_labels(
+                    vote(logits_pool, {h: 1.0 for h in HEADS}), thresholds
+                )
+                if len(keep) == 0:
+                    break
+                # Retraining warm-starts from the previous round's (first: the finetuned) weights.
+                model = fresh_from_pretrained()
+                model.load_state_dict(state)
+                idx = np.concatenate([tr_idx, unl[keep]])
+                ys = np.concatenate([tr_y, labels])
+                state, _ = train.supervised(
+                    model,
+                    feats,
+                    idx,
+                    ys,
+                    val_idx,
+                    val_y,
+                    st.epochs,
+                    cfg,
+                    _seed(cfg, "retrain", fold, rnd),
+                    "retrain",
+                    epoch_hook,
+                )
+                logits_val = train.predict(model, feats, val_idx)
+                if rnd + 1 < st.rounds:
+                    logits_pool = train.predict(model, feats, unl)
+            return {"val": logits_val, "keep": keep, "labels": labels}
+
+        # Pseudo-labelling and retraining are one cached stage: both depend on the thresholds.
+        selftrain = timed(
+            "self_training",
+            lambda: cache.get_or_compute("pseudo", keys["pseudo"], do_self_training),
+        )
+        val_logits = selftrain["val"]
+        for c in selftrain["labels"]:
+            added[data.classes[int(c)]] += 1
+        if data.hidden_labels is not None and len(selftrain["keep"]):
+            truth = data.hidden_labels[unl[selftrain["keep"]]]
+            known = truth >= 0
+            if known.any():
+                precision = float((truth[known] == selftrain["labels"][known]).mean())
+    elif st.enabled and st.rounds > 0:
+        report("note", text="the unlabelled pool is empty: self-training skipped")
+    return FoldResult(
+        fold, val_idx, val_logits, added, precision, seconds, list(getattr(cache, "hits", []))
+    )
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def run(
+    data: MERData,
+    cfg: Config,
+    cache: StageCache | None = None,
+    report: Report | None = None,
+    device: str | None = None,
+) -> RunResult:
+    """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean."""
+    report = report or (lambda *a, **k: None)
+    cache = cache or NoCache()
+    feats = train.Features(data, pick_device(device))
+    lab = data.indices(LABELLED)
+    y = data.labels[lab]
+    notes: list[str] = []
+
+    def collect(kind: str, **fields: Any) -> None:
+        if kind == "note" and fields["text"] not in notes:
+            notes.append(fields["text"])
+        report(kind, **fields)
+
+    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed)
+    results = [
+        run_fold(data, cfg, k, tr, va, feats, cache, collect) for k, (tr, va) in enumerate(folds)
+    ]
+    t0 = time.perf_counter()
+    rows, fold_f1, all_y, all_p = [], [], [], []
+    for res in results:
+        probs = vote(res.logits, cfg.voting.weights, cfg.voting.mode)
+        pred = probs.argmax(1)
+        yt = data.labels[res.val_idx]
+        fold_f1.append(evaluate(yt, pred, data.classes)["weighted_f1"])
+        all_y.append(yt)
+        all_p.append(pred)
+        frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in data.classes])
+        frame.insert(0, "name", data.names[res.val_idx])
+        frame.insert(1, "fold", res.fold)
+        frame.insert(2, "label", np.asarray(data.classes, dtype=object)[yt])
+        frame.insert(3, "pred", np.asarray(data.classes, dtype=object)[pred])
+        rows.append(frame)
+    vote_seconds = time.perf_counter() - t0
+    seconds: dict[str, float] = {}
+    for res in results:
+        for k, v in res.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    seconds["vote"] = vote_seconds
+    added = {c: sum(r.pseudo_added[c] for r in results) for c in data.classes}
+    precs = [r.pseudo_precision for r in results if r.pseudo_precision is not None]
+    pooled = evaluate(np.concatenate(all_y), np.concatenate(all_p), data.classes)
+    return RunResult(
+        weighted_f1=float(np.mean(fold_f1)),
+        fold_f1=fold_f1,
+        per_class_f1=pooled["per_class_f1"],
+        pseudo_added=added,
+        pseudo_precision=float(np.mean(precs)) if precs else None,
+        seconds=seconds,
+        predictions=pd.concat(rows, ignore_index=True),
+        notes=notes,
+        cache_hits=sorted(set(getattr(cache, "hits", []))),
+    )

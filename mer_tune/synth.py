@@ -1,0 +1,151 @@
+"""A synthetic MER-shaped dataset in the MERTools layout.
+
+How the data is built, so that each part of the method has something real to gain:
+- a shared emotion latent z (class prototype + per-sample variation) appears in every
+  modality, mixed with a larger modality-specific nuisance latent: cross-modal contrastive
+  learning on unlabelled data can find z, and the labelled set alone is small for it;
+- class signal is spread unevenly: each modality sees some classes clearly and others
+  faintly (audio: anger; visual: happiness and surprise; text: sadness and worry), so
+  fusion beats any single modality;
+- a share of samples per modality carries no class signal at all (no face, silence, empty
+  transcript), so confident pseudo-labels must come from the modalities that do;
+- MER2024's labelled class proportions, so the rare classes gain from oversampling.
+The true labels of the unlabelled pool go to ``synthetic-truth.csv``, used only to report
+pseudo-label precision.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from .config import MER2024_CLASSES, MODALITIES
+from .data import DEFAULT_FOLDERS, TRUTH_FILE
+from .errors import MerTuneError
+
+LABELLED_COUNTS = [1248, 1208, 1038, 730, 616, 190]  # MER2024-SEMI, classes in order
+
+
+@dataclass(frozen=True)
+class Scale:
+    labelled: int
+    unlabelled: int
+    test: int  # test names, drawn from inside the unlabelled pool as in MER2024-SEMI
+    dims: dict[str, int]
+    # Difficulty: within-class spread of the shared latent, nuisance and noise scales.
+    # The tiny dims cannot carry the real-dim difficulty, so tiny data is easier.
+    spread: float = 1.5
+    nuisance: float = 3.0
+    noise: float = 1.0
+
+
+SCALES = {
+    "tiny": Scale(180, 360, 60, {"audio": 24, "visual": 16, "text": 32}, 0.8, 1.0, 0.5),
+    "small": Scale(1006, 3000, 500, {"audio": 1024, "visual": 768, "text": 5120}),
+    "full": Scale(5030, 115595, 20000, {"audio": 1024, "visual": 768, "text": 5120}),
+}
+
+# Signal strength of each class (columns, in MER2024 order) in each modality.
+STRENGTH = {
+    "audio": [0.7, 1.5, 0.8, 0.6, 0.4, 0.6],
+    "visual": [0.6, 0.6, 1.5, 0.5, 0.4, 1.3],
+    "text": [0.7, 0.6, 0.6, 1.3, 1.3, 0.4],
+}
+UNINFORMATIVE = {"audio": 0.15, "visual": 0.2, "text": 0.25}
+LATENT, NUISANCE = 16, 32
+
+
+def class_counts(total: int) -> list[int]:
+    """MER2024's labelled proportions scaled to `total`, at least 8 per class."""
+    share = np.asarray(LABELLED_COUNTS) / sum(LABELLED_COUNTS)
+    counts = np.maximum(8, np.floor(share * total).astype(int))
+    counts[0] += total - counts.sum()
+    return counts.tolist()
+
+
+def generate(scale: str, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """Features per modality (N, dim) float32, labels (N,), and how many are labelled."""
+    if scale not in SCALES:
+        raise MerTuneError(f"unknown scale '{scale}'; valid: {', '.join(SCALES)}")
+    sc = SCALES[scale]
+    rng = np.random.default_rng(seed)
+    lab_counts = class_counts(sc.labelled)
+    # The pool follows the same class mix as the labelled set.
+    pool = rng.choice(
+        len(MER2024_CLASSES), size=sc.unlabelled, p=np.asarray(lab_counts) / sum(lab_counts)
+    )
+    labels = np.concatenate([np.repeat(np.arange(len(lab_counts)), lab_counts), pool])
+    n = len(labels)
+    prototypes = rng.normal(size=(len(MER2024_CLASSES), LATENT)) * 1.0
+    z = prototypes[labels] + sc.spread * rng.normal(size=(n, LATENT))
+    feats = {}
+    for m in MODALITIES:
+        dim = sc.dims[m]
+        strength = np.asarray(STRENGTH[m])[labels][:, None]
+        informative = rng.random(n) >= UNINFORMATIVE[m]
+        mix = rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)
+        nuisance_mix = rng.normal(size=(NUISANCE, dim)) / np.sqrt(NUISANCE)
+        signal = (z * strength * informative[:, None]) @ mix
+        nuisance = sc.nuisance * rng.normal(size=(n, NUISANCE)) @ nuisance_mix
+        noise = sc.noise * rng.normal(size=(n, dim))
+        feats[m] = (signal + nuisance + noise).astype(np.float32)
+    return feats, labels, sc.labelled
+
+
+def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
+    """Write a synthetic dataset in the MERTools layout (atomically: temp folder, rename)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise MerTuneError(f"{out}: folder exists and is not empty")
+    feats, labels, n_lab = generate(scale, seed)
+    sc = SCALES[scale]
+    names = [f"sample_{i:08d}" for i in range(len(labels))]
+    # Shuffle names so that labelled and unlabelled samples are interleaved on disk.
+    order = np.random.default_rng(seed + 1).permutation(len(names))
+    names = [names[i] for i in order]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out.parent))
+    try:
+        for m in MODALITIES:
+            folder = tmp / "features" / DEFAULT_FOLDERS[m]
+            folder.mkdir(parents=True)
+            for name, row in zip(names, feats[m], strict=True):
+                np.save(folder / f"{name}.npy", row)
+        cls = np.asarray(MER2024_CLASSES, dtype=object)[labels]
+        pd.DataFrame({"name": names[:n_lab], "discrete": cls[:n_lab]}).to_csv(
+            tmp / "label-disdim.csv", index=False
+        )
+        pool_names = names[n_lab:]
+        pd.DataFrame({"name": pool_names, "discrete": cls[n_lab:]}).to_csv(
+            tmp / TRUTH_FILE, index=False
+        )
+        test = np.random.default_rng(seed + 2).choice(len(pool_names), size=sc.test, replace=False)
+        pd.DataFrame({"name": sorted(pool_names[i] for i in test)}).to_csv(
+            tmp / "test-names.csv", index=False
+        )
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def builtin_dir(scale: str, seed: int = 0) -> Path:
+    """The built-in dataset's folder, generated once and cached."""
+    base = Path(os.environ.get("MER_TUNE_HOME", Path.home() / ".cache" / "mer-tune"))
+    path = base / "synthetic" / f"{scale}-seed{seed}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent first runs (several trials, several test workers) generate it once.
+    with FileLock(str(path) + ".lock"):
+        if not (path / "label-disdim.csv").exists():
+            write(path, scale, seed)
+    return path

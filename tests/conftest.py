@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny synthetic data, fast configs, one Ray instance per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
+
+from mer_tune import synth  # noqa: E402
+from mer_tune.config import build_config  # noqa: E402
+from mer_tune.data import DEFAULT_FOLDERS  # noqa: E402
+
+# Small and quick: a few epochs of a narrow model on the tiny synthetic data.
+FAST = {
+    "model": {"hidden": 16, "heads": 2, "head_dims": [16]},
+    "pretrain": {"epochs": 1},
+    "finetune": {"epochs": 10},
+    "self_training": {
+        "epochs": 1,
+        "thresholds": {
+            "neutral": 0.4,
+            "angry": 0.4,
+            "happy": 0.4,
+            "sad": 0.4,
+            "worried": 0.4,
+            "surprise": 0.4,
+        },
+    },
+    "optim": {"batch_size": 64, "lr": 0.003},
+    "oversample": {"target": 40},
+    "eval": {"folds": 2},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    """The built-in dataset cache goes to a temp folder, not the user's home."""
+    home = tmp_path_factory.mktemp("mer-tune-home")
+    os.environ["MER_TUNE_HOME"] = str(home)
+    yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return synth.write(tmp_path_factory.mktemp("data") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture
+def fast_cfg():
+    return build_config(FAST)
+
+
+def write_dataset(
+    root: Path, n_lab: int = 30, n_unl: int = 10, dims=(4, 3, 5), classes=None, seed: int = 0
+) -> Path:
+    """A small hand-made MERTools dataset, to be broken on purpose by a test."""
+    classes = classes or ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    rng = np.random.default_rng(seed)
+    names = [f"sample_{i:08d}" for i in range(n_lab + n_unl)]
+    for m, dim in zip(["audio", "visual", "text"], dims, strict=True):
+        folder = root / "features" / DEFAULT_FOLDERS[m]
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            np.save(folder / f"{name}.npy", rng.normal(size=dim).astype(np.float32))
+    labels = [classes[i % len(classes)] for i in range(n_lab)]
+    pd.DataFrame({"name": names[:n_lab], "discrete": labels}).to_csv(
+        root / "label-disdim.csv", index=False
+    )
+    return root

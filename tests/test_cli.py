@@ -1,0 +1,92 @@
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import FAST, write_dataset
+from sklearn.metrics import f1_score
+
+from mer_tune.cli import main
+
+
+def run_cli(args, capsys):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_run_writes_results_that_reproduce_the_printed_score(tiny_dir, tmp_path, capsys):
+    cfg_file = tmp_path / "fast.yaml"
+    cfg_file.write_text(yaml.safe_dump(FAST))
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        ["run", "--data", str(tiny_dir), "--config", str(cfg_file), "--out", str(out)], capsys
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_csv(out / "val_predictions.csv")
+    per_fold = [
+        f1_score(g["label"], g["pred"], average="weighted") for _, g in preds.groupby("fold")
+    ]
+    assert metrics["weighted_f1"] == pytest.approx(sum(per_fold) / len(per_fold))
+    assert f"{metrics['weighted_f1']:.4f}" in stdout
+    assert {"per_class_f1", "pseudo_labels_added", "seconds_per_stage"} <= set(metrics)
+    # The resolved config is loadable again and gives the same score.
+    out2 = tmp_path / "out2"
+    run_cli(
+        ["run", "--data", str(tiny_dir), "--config", str(out / "config.yaml"), "--out", str(out2)],
+        capsys,
+    )
+    assert json.loads((out2 / "metrics.json").read_text())["weighted_f1"] == metrics["weighted_f1"]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (
+            ["run", "--set", "optim.lrr=1"],
+            2,
+            "unknown config key 'optim.lrr'; valid keys: optim.lr",
+        ),
+        (["run", "--data", "/nonexistent/x"], 2, "no such folder"),
+        (["run", "--data", "synthetic:huge"], 2, "unknown scale 'huge'"),
+        (["run", "--set", "self_training.thresholds.sad=2"], 2, "outside (0, 1]"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, code, message, capsys, tmp_path):
+    got, stdout, stderr = run_cli(args + ["--out", str(tmp_path / "o")], capsys)
+    assert got == code
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+def test_bad_data_exits_1_and_writes_nothing(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    (root / "features" / "Baichuan2-13B-Base-UTT" / "sample_00000001.npy").unlink()
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["run", "--data", str(root), "--out", str(out)], capsys)
+    assert code == 1 and "has no text features" in stderr
+    assert not any(out.glob("*"))
+
+
+def test_data_synth_and_check(tmp_path, capsys):
+    code, stdout, _ = run_cli(
+        ["data", "synth", "--out", str(tmp_path / "s"), "--scale", "tiny"], capsys
+    )
+    assert code == 0
+    code, stdout, _ = run_cli(["data", "check", str(tmp_path / "s")], capsys)
+    assert code == 0
+    assert "labelled per class: neutral" in stdout and "no problems found" in stdout
+    assert "dims: audio 24" in stdout
+
+
+def test_data_check_reports_a_problem(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    (root / "features" / "chinese-hubert-large-UTT" / "sample_00000002.npy").unlink()
+    code, stdout, _ = run_cli(["data", "check", str(root)], capsys)
+    assert code == 1 and "problem: sample 'sample_00000002' has no audio features" in stdout

@@ -1,0 +1,89 @@
+import pytest
+
+from mer_tune.config import (
+    build_config,
+    get_path,
+    load_config,
+    parse_set_options,
+    valid_paths,
+    with_overrides,
+)
+from mer_tune.errors import UsageError
+
+
+def test_defaults_are_the_papers_values():
+    cfg = build_config()
+    assert cfg.self_training.thresholds == {
+        "neutral": 0.99,
+        "angry": 0.99,
+        "happy": 0.99,
+        "sad": 0.99,
+        "worried": 0.85,
+        "surprise": 0.85,
+    }
+    assert cfg.voting.weights == {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}
+    assert cfg.oversample.target == 1000
+    assert cfg.noise.timesteps.audio == 100
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(
+        UsageError, match=r"unknown config key 'optim.lrr'.*lr, weight_decay, batch_size"
+    ):
+        build_config({"optim": {"lrr": 1}})
+
+
+def test_dotted_paths_reach_every_search_knob():
+    paths = valid_paths()
+    for p in [
+        "self_training.thresholds.worried",
+        "noise.timesteps.audio",
+        "voting.weights.fusion",
+        "oversample.target",
+        "model.hidden",
+        "optim.lr",
+    ]:
+        assert p in paths
+    cfg = with_overrides(
+        build_config(), {"self_training.thresholds.worried": 0.7, "optim.lr": 1e-4}
+    )
+    assert get_path(cfg, "self_training.thresholds.worried") == 0.7
+    assert cfg.optim.lr == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"self_training.thresholds.worried": 1.5}, "outside \\(0, 1\\]"),
+        ({"voting.weights.audio": -0.1}, "negative"),
+        ({"voting.weights": {"audio": 0, "visual": 0, "text": 0, "fusion": 0}}, "all zero"),
+        ({"self_training.thresholds.bored": 0.9}, "not a class"),
+        ({"model.hiden": 3}, "unknown config key 'model.hiden'"),
+        ({"optim.lr": "fast"}, "optim.lr"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_named(overrides, message):
+    with pytest.raises(UsageError, match=message):
+        with_overrides(build_config(), overrides)
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = with_overrides(build_config(), {"voting.mode": "logits", "model.hidden": 64})
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim: [1, 2\n")
+    with pytest.raises(UsageError, match="bad.yaml: malformed YAML"):
+        load_config(path)
+
+
+def test_set_options_parse_yaml_scalars():
+    assert parse_set_options(
+        ["optim.lr=1e-4", "pretrain.enabled=false", "model.head_dims=[8, 4]"]
+    ) == {"optim.lr": "1e-4", "pretrain.enabled": False, "model.head_dims": [8, 4]}
+    with pytest.raises(UsageError, match="expected key=value"):
+        parse_set_options(["optim.lr"])

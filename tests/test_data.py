@@ -1,0 +1,118 @@
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_dataset
+
+from mer_tune.data import DEFAULT_FOLDERS, DataOptions, load, read_folders
+from mer_tune.errors import MerTuneError
+
+
+def _feat(root, modality):
+    return root / "features" / DEFAULT_FOLDERS[modality]
+
+
+def test_reads_the_mertools_layout(tmp_path):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=10, dims=(4, 3, 5))
+    data = read_folders(root)
+    assert data.dims == {"audio": 4, "visual": 3, "text": 5}
+    assert (data.split == "labelled").sum() == 30 and (data.split == "unlabelled").sum() == 10
+    assert data.class_counts()["neutral"] == 5
+
+
+def test_frame_level_features_are_mean_pooled(tmp_path):
+    root = write_dataset(tmp_path, n_lab=12, n_unl=0)
+    frames = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(_feat(root, "audio") / "sample_00000000.npy", frames)
+    folder = _feat(root, "visual") / "sample_00000001"
+    (_feat(root, "visual") / "sample_00000001.npy").unlink()
+    folder.mkdir()
+    for i in range(2):
+        np.save(folder / f"{i:03d}.npy", np.full(3, float(i), np.float32))
+    data = read_folders(root)
+    assert np.allclose(data.features["audio"][0], frames.mean(0))
+    assert np.allclose(data.features["visual"][1], 0.5)
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing_folder", "feature folder for text not found"),
+        ("missing_sample", "has no visual features"),
+        ("dim_mismatch", "audio dim 7 differs from 4"),
+        ("nan", "NaN or inf values in text features"),
+        ("bad_label", "label 'bored' of sample 'sample_00000002' is not in the class list"),
+        ("empty_class", "no labelled sample of class 'surprise'"),
+        ("npz_without_opt_in", "pickled objects"),
+    ],
+)
+def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    if breakage == "missing_folder":
+        for f in _feat(root, "text").iterdir():
+            f.unlink()
+        _feat(root, "text").rmdir()
+    elif breakage == "missing_sample":
+        (_feat(root, "visual") / "sample_00000005.npy").unlink()
+    elif breakage == "dim_mismatch":
+        np.save(_feat(root, "audio") / "sample_00000003.npy", np.zeros(7, np.float32))
+    elif breakage == "nan":
+        np.save(_feat(root, "text") / "sample_00000004.npy", np.array([np.nan] * 5, np.float32))
+    elif breakage == "bad_label":
+        table = pd.read_csv(root / "label-disdim.csv")
+        table.loc[2, "discrete"] = "bored"
+        table.to_csv(root / "label-disdim.csv", index=False)
+    elif breakage == "empty_class":
+        table = pd.read_csv(root / "label-disdim.csv")
+        table = table[table["discrete"] != "surprise"]
+        table.to_csv(root / "label-disdim.csv", index=False)
+    elif breakage == "npz_without_opt_in":
+        (root / "label-disdim.csv").unlink()
+        corpus = {"sample_00000000": {"emo": "happy"}}
+        np.savez(root / "label-6way.npz", train_corpus=np.array(corpus, dtype=object))
+    with pytest.raises(MerTuneError, match=message) as err:
+        load(root)
+    assert "\n" not in str(err.value)
+
+
+def test_npz_labels_read_with_the_opt_in(tmp_path):
+    root = write_dataset(tmp_path, n_lab=6, n_unl=0)
+    (root / "label-disdim.csv").unlink()
+    classes = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    corpus = {f"sample_{i:08d}": {"emo": classes[i]} for i in range(6)}
+    np.savez(root / "label-6way.npz", train_corpus=np.array(corpus, dtype=object))
+    data = read_folders(root, DataOptions(trust_pickle=True))
+    assert data.labels.tolist() == list(range(6))
+
+
+def test_test_names_are_kept_apart(tmp_path):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=6)
+    pd.DataFrame({"name": ["sample_00000031", "sample_00000032"]}).to_csv(
+        root / "test-names.csv", index=False
+    )
+    data = read_folders(root)
+    assert (data.split == "test").sum() == 2 and (data.split == "unlabelled").sum() == 4
+
+
+def test_pack_is_memory_mapped_reused_and_rebuilt_on_change(tmp_path):
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    first = load(root)
+    assert isinstance(first.features["audio"], np.memmap)
+    assert first.features["audio"].dtype == np.float16
+    again = load(root)
+    assert again.fingerprint == first.fingerprint
+    np.save(_feat(root, "audio") / "sample_00000099.npy", np.zeros(4, np.float32))
+    np.save(_feat(root, "visual") / "sample_00000099.npy", np.zeros(3, np.float32))
+    np.save(_feat(root, "text") / "sample_00000099.npy", np.zeros(5, np.float32))
+    rebuilt = load(root)
+    assert len(rebuilt.names) == len(first.names) + 1
+    assert rebuilt.fingerprint != first.fingerprint
+
+
+def test_synthetic_dataset_has_mer_shape(tiny_dir):
+    data = load(tiny_dir)
+    counts = data.class_counts()
+    assert list(counts) == ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    assert counts["neutral"] > counts["surprise"] > 0
+    assert data.hidden_labels is not None
+    pool = data.split != "labelled"
+    assert (data.hidden_labels[pool] >= 0).all() and (data.labels[pool] == -1).all()
