@@ -154,7 +154,7 @@ def run(
     prec = (
         f" (precision {result.pseudo_precision:.3f})" if result.pseudo_precision is not None else ""
     )
-    console.print(f"pseudo-labels added: {added}{prec}; results in {out}")
+    console.print(f"pseudo-labels added: {added}{prec}; results in {out}", soft_wrap=True)
     click.echo(f"weighted F1 (mean over {len(result.fold_f1)} folds): {result.weighted_f1:.4f}")
 
 
@@ -227,10 +227,245 @@ def pack_cmd(
     )
 
 
+class SearchProgress:
+    """Live counts of done / running / failed trials and the best score so far."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials, self.running, self.done, self.failed, self.best = trials, 0, 0, 0, None
+
+    def __call__(self, kind: str, row: dict) -> None:
+        if kind == "start":
+            self.running += 1
+            return
+        self.running = max(0, self.running - 1)
+        if kind == "error":
+            self.failed += 1
+            what = f"[red]failed[/red]: {row.get('error', '')}"
+        else:
+            self.done += 1
+            score = row.get("weighted_f1")
+            if (
+                row["status"] == "FINISHED"
+                and score is not None
+                and (self.best is None or score > self.best)
+            ):
+                self.best = score
+            what = (
+                f"{row['status'].lower()} F1 {score:.4f}"
+                if score is not None
+                else row["status"].lower()
+            )
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        console.print(
+            f"trial {row['trial']:3d} {what}  [dim]({row.get('seconds', 0):.0f}s)[/dim]   "
+            f"done {self.done}/{self.trials}, running {self.running}, failed {self.failed}, best {best}"
+        )
+
+
+@cli.command()
+@click.option(
+    "--space",
+    default="thresholds",
+    show_default=True,
+    help="A shipped space (see `mer-tune spaces`) or a YAML file.",
+)
+@click.option("--trials", type=int, default=8, show_default=True)
+@click.option("--data", "data_spec", help=DATA_HELP)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Base config YAML.",
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config value."
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Folds per trial (1 = an 80/20 hold-out).",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1), help="Trials at once (default: CPUs / cpus-per-trial)."
+)
+@click.option("--cpus-per-trial", type=click.FloatRange(0.1), default=1, show_default=True)
+@click.option(
+    "--gpus-per-trial",
+    type=click.FloatRange(0),
+    help="Fractions allowed (default: 1 where the cluster has GPUs, else 0).",
+)
+@click.option("--scheduler", type=click.Choice(["none", "asha"]), default="none", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--address", help="Ray cluster address (default: a local Ray).")
+@click.option(
+    "--storage",
+    default="mer-tune-runs",
+    show_default=True,
+    help="Folder for results, Optuna study and stage cache.",
+)
+@click.option(
+    "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+)
+@click.option("--experiment", default="mer-tune", show_default=True, help="MLflow experiment name.")
+@click.option("--name", help="Name of this search (default: SPACE-DATE-TIME).")
+@click.option("--no-cache", is_flag=True, help="Recompute every stage in every trial.")
+@click.option(
+    "--max-failures",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Retries of a failing trial.",
+)
+@data_options
+def search(
+    space,
+    trials,
+    data_spec,
+    config_file,
+    sets,
+    folds,
+    concurrency,
+    cpus_per_trial,
+    gpus_per_trial,
+    scheduler,
+    seed,
+    address,
+    storage,
+    tracking_uri,
+    experiment,
+    name,
+    no_cache,
+    max_failures,
+    visual_features,
+    audio_features,
+    text_features,
+    labels,
+    test_names,
+    trust_pickle,
+) -> None:
+    """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
+    records each one as a nested run under the search's parent run.
+
+    Writes STORAGE/NAME/results.csv and best_config.yaml (loadable by `mer-tune run --config`)."""
+    from .search import search as run_search
+
+    if trials < 1:
+        raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
+    cfg = _config(config_file, sets)
+    opts = _data_options(
+        cfg, visual_features, audio_features, text_features, labels, test_names, trust_pickle
+    )
+    res = run_search(
+        space,
+        trials,
+        data_spec,
+        config=cfg,
+        folds=folds,
+        concurrency=concurrency,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        scheduler=scheduler,
+        seed=seed,
+        address=address,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        name=name,
+        cache=not no_cache,
+        max_failures=max_failures,
+        data_options=opts,
+        on_event=SearchProgress(trials),
+    )
+    _print_summary(res)
+
+
+def _print_summary(res) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"search {res.path.name}: top trials", pad_edge=False, padding=(0, 1))
+    cols = [c for c in res.results.columns if c not in ("trial_id", "error")]
+    for col in cols:
+        table.add_column(col.rpartition(".")[2], overflow="fold")
+    top = res.results.sort_values("weighted_f1", ascending=False, na_position="last").head(10)
+    for _, row in top.iterrows():
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row[cols]])
+    console.print(table)
+    console.print(f"results: {res.path / 'results.csv'}", soft_wrap=True)
+    if res.best_config is not None:
+        console.print(
+            f"best config: {res.path / 'best_config.yaml'}  (mer-tune run --config ...)",
+            soft_wrap=True,
+        )
+    console.print(f"browse the trials: {res.ui_command}", soft_wrap=True)
+    score = f"{res.best_score:.4f}" if res.best_score is not None else "none (every trial failed)"
+    click.echo(f"best weighted F1: {score}")
+
+
+@cli.command()
+def spaces() -> None:
+    """List the shipped search spaces with their parameters and ranges."""
+    from .spaces import available, load_space
+
+    for name in available():
+        sp = load_space(name)
+        click.echo(f"{name}: {sp.description}")
+        for key, text in sp.describe():
+            click.echo(f"    {key:40s} {text}")
+        for key, value in sp.fixed.items():
+            click.echo(f"    {key:40s} fixed at {value}")
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect or clear a search's stage cache."""
+
+
+def _cache_dir(storage: str, name: str) -> Path:
+    path = Path(storage) / name / "cache"
+    if not path.is_dir():
+        raise MerTuneError(f"{path}: no stage cache there")
+    return path
+
+
+@cache.command()
+@click.argument("name")
+@click.option("--storage", default="mer-tune-runs", show_default=True)
+def info(name, storage) -> None:
+    """Entries and size per stage in search NAME's cache."""
+    from .cache import StageStore
+
+    entries = StageStore(_cache_dir(storage, name)).info()
+    for stage, e in sorted(entries.items()):
+        click.echo(f"{stage:10s} {e['entries']:5d} entries  {e['bytes'] / 2**20:8.1f} MiB")
+    if not entries:
+        click.echo("empty")
+
+
+@cache.command()
+@click.argument("name")
+@click.option("--storage", default="mer-tune-runs", show_default=True)
+def clear(name, storage) -> None:
+    """Delete every entry of search NAME's cache."""
+    from .cache import StageStore
+
+    click.echo(f"removed {StageStore(_cache_dir(storage, name)).clear()} entries")
+
+
+def _quiet_libraries() -> None:
+    """MLflow's and Optuna's INFO lines would drown the progress output."""
+    import logging
+
+    for name in ("mlflow", "optuna", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    _quiet_libraries()
     try:
         cli.main(args=args, prog_name="mer-tune", standalone_mode=False)
     except click.exceptions.Abort:

@@ -97,7 +97,7 @@ class OptimConfig(_Strict):
 
 class PretrainConfig(_Strict):
     enabled: bool = True
-    epochs: int = Field(3, ge=0)
+    epochs: int = Field(15, ge=0)
     # Cap on samples per pretraining epoch (0 = all); the pool is reshuffled every epoch.
     max_samples: int = Field(0, ge=0)
 

@@ -34,16 +34,19 @@ class StageCache(Protocol):
     def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any: ...
 
 
-class NoCache:
-    """Computes every stage; records nothing."""
-
-    hits: list[str]
+class MemoryCache:
+    """Keeps stage outputs for the length of one run: the fold-independent pretraining
+    is computed once, not once per fold. Nothing outlives the run."""
 
     def __init__(self) -> None:
-        self.hits = []
+        self.hits: list[str] = []
+        self._store: dict[str, Any] = {}
 
     def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any:
-        return compute()
+        digest = repr(sorted(key.items()))
+        if digest not in self._store:
+            self._store[digest] = compute()
+        return self._store[digest]
 
 
 # ---------------------------------------------------------------- pure stage functions
@@ -347,7 +350,7 @@ def run(
 ) -> RunResult:
     """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean."""
     report = report or (lambda *a, **k: None)
-    cache = cache or NoCache()
+    cache = cache or MemoryCache()
     feats = train.Features(data, pick_device(device))
     lab = data.indices(LABELLED)
     y = data.labels[lab]

@@ -73,3 +73,34 @@ def write_dataset(
         root / "label-disdim.csv", index=False
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+# Thresholds low enough that the tiny, briefly trained model yields pseudo-labels.
+LOW_THRESHOLDS_SPACE = """
+description: thresholds over a range the tiny test model reaches
+params:
+  self_training.thresholds.neutral: {type: float, low: 0.2, high: 0.6}
+  self_training.thresholds.angry: {type: float, low: 0.2, high: 0.6}
+  self_training.thresholds.worried: {type: float, low: 0.2, high: 0.6}
+"""
+
+
+@pytest.fixture
+def search_env(tmp_path, monkeypatch, ray_session):
+    """A working dir with a fast base config, a tiny space and a sqlite MLflow store."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(FAST))
+    (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
+    return tmp_path

@@ -1,0 +1,448 @@
+"""`mer-tune search`: Ray Tune runs the trials, Optuna suggests them, MLflow records them.
+
+The driver owns every MLflow write (see tracking.py) through a Tune callback; trials only
+run the pipeline and report to Tune. The dataset reaches trials once, through the object
+store (`tune.with_parameters`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from . import pipeline
+from .cache import StageStore
+from .config import Config, build_config, with_overrides
+from .data import DataOptions, MERData
+from .datasets import resolve
+from .errors import MerTuneError, UsageError
+from .outputs import ensure_writable, write_text
+from .spaces import Space, load_space
+from .tracking import SearchRecorder, check_reachable, resolve_uri, ui_command
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
+METRIC = "weighted_f1"
+
+
+@dataclass
+class SearchResult:
+    results: pd.DataFrame  # one row per trial
+    best_config: Config | None
+    best_score: float | None
+    path: Path  # the search's folder under --storage
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+
+    @property
+    def ui_command(self) -> str:
+        return ui_command(self.tracking_uri, self.experiment_id)
+
+
+# ---------------------------------------------------------------- the trial
+
+
+def run_trial(
+    config: dict[str, Any],
+    data: MERData,
+    base: dict[str, Any],
+    threads: int,
+    use_gpu: bool,
+    cache_dir: str | None,
+) -> None:
+    """One Ray Tune trial: the full pipeline on `base` + the suggested values."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, threads))
+    cfg = with_overrides(build_config(base), config)
+    cache = StageStore(cache_dir) if cache_dir else None
+
+    def report(kind: str, **f: Any) -> None:
+        # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
+        # the stage so far, comparable across trial lengths.
+        if kind == "epoch" and "val_f1" in f:
+            tune.report(
+                {
+                    METRIC: f["best_val_f1"],
+                    "val_f1": f["val_f1"],
+                    "train_loss": f["train_loss"],
+                    "stage": f["stage"],
+                    "fold": f["fold"],
+                    "final": False,
+                }
+            )
+
+    res = pipeline.run(data, cfg, cache=cache, report=report, device="cuda" if use_gpu else "cpu")
+    final: dict[str, Any] = {
+        METRIC: res.weighted_f1,
+        "final": True,
+        "cache_hits": ",".join(res.cache_hits),
+    }
+    final |= {f"f1_{c}": v for c, v in res.per_class_f1.items()}
+    final |= {f"pseudo_added_{c}": v for c, v in res.pseudo_added.items()}
+    final |= {f"seconds_{k}": v for k, v in res.seconds.items()}
+    final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
+    if res.pseudo_precision is not None:
+        final["pseudo_precision"] = res.pseudo_precision
+    tune.report(final)
+
+
+# ---------------------------------------------------------------- Ray-side adapters
+
+
+def _optuna_searcher(
+    space: Space, first_point: dict, seed: int, storage_url: str | None, study: str
+):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class TruthfulOptunaSearch(OptunaSearch):
+        """Trials a scheduler stopped early are told to Optuna as PRUNED, not COMPLETE
+        with a partial score (which would bias TPE toward short runs)."""
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
+            if (
+                result
+                and not error
+                and not result.get("final")
+                and trial_id not in self._completed_trials
+            ):
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+
+    storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
+    return TruthfulOptunaSearch(
+        space=space.params,
+        metric=METRIC,
+        mode="max",
+        points_to_evaluate=[first_point],
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        study_name=study,
+        storage=storage,
+    )
+
+
+def _logger_callback(
+    recorder: SearchRecorder, space: Space, rows: dict, on_event: Callable[..., None]
+):
+    from ray.tune import Callback
+
+    class MlflowTrialLogger(Callback):
+        """Child runs, per-epoch metrics and the results table, written by the driver."""
+
+        def __init__(self) -> None:
+            self.order: dict[str, int] = {}
+            self.started: dict[str, float] = {}
+
+        def _row(self, trial) -> dict:
+            number = self.order.setdefault(trial.trial_id, len(self.order))
+            row = rows.setdefault(trial.trial_id, {"trial": number, "trial_id": trial.trial_id})
+            row.update({k: trial.config.get(k) for k in space.params})
+            return row
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            row = self._row(trial)
+            self.started.setdefault(trial.trial_id, time.time())
+            recorder.start_child(trial.trial_id, f"trial-{row['trial']:03d}", dict(trial.config))
+            row["status"] = "RUNNING"
+            on_event("start", row=row)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if not result.get("final"):
+                # The per-epoch score is logged as best_val_f1: weighted_f1 is the final score alone.
+                metrics = {
+                    "val_f1": result.get("val_f1"),
+                    "train_loss": result.get("train_loss"),
+                    "best_val_f1": result.get(METRIC),
+                }
+                recorder.log_metrics(trial.trial_id, metrics, step=result.get("training_iteration"))
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            row, result = self._row(trial), trial.last_result or {}
+            row["seconds"] = round(time.time() - self.started.get(trial.trial_id, time.time()), 2)
+            if result.get("final"):
+                final = {
+                    k: v
+                    for k, v in result.items()
+                    if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
+                }
+                recorder.log_metrics(trial.trial_id, final | {METRIC: result[METRIC]})
+                row.update(status="FINISHED", weighted_f1=result[METRIC])
+                status = "FINISHED"
+            else:  # stopped early by the scheduler
+                row.update(status="PRUNED", weighted_f1=result.get(METRIC))
+                status = "KILLED"
+            tags = {
+                "ray.node_ip": result.get("node_ip", ""),
+                "ray.hostname": result.get("hostname", ""),
+                "mer_tune.cached_stages": result.get("cache_hits", ""),
+                "mer_tune.status": row["status"],
+            }
+            recorder.finish_child(trial.trial_id, status, tags)
+            on_event("complete", row=row)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            row = self._row(trial)
+            message = _error_message(trial)
+            row.update(
+                status="FAILED",
+                error=message,
+                seconds=round(time.time() - self.started.get(trial.trial_id, time.time()), 2),
+            )
+            result = trial.last_result or {}
+            recorder.finish_child(
+                trial.trial_id,
+                "FAILED",
+                {"error": message, "ray.node_ip": result.get("node_ip", "")},
+            )
+            on_event("error", row=row)
+
+    return MlflowTrialLogger()
+
+
+def _error_message(trial) -> str:
+    """The exception line of the trial's error (its local error file is written before
+    Tune's callbacks run; the copy in storage only after a sync)."""
+    text = ""
+    try:
+        if trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text()
+        else:
+            text = trial.get_error() or ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]]
+    return (errors or lines or ["trial failed"])[-1][:2000]
+
+
+# ---------------------------------------------------------------- the search
+
+
+def _check_address(address: str | None) -> None:
+    if not address or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+            pass
+    except (OSError, ValueError):
+        raise MerTuneError(f"--address {address}: no Ray cluster answers there") from None
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    _check_address(address)
+    try:
+        ray.init(
+            address=address, include_dashboard=False, configure_logging=False, log_to_driver=False
+        )
+    except (ConnectionError, RuntimeError) as err:
+        raise MerTuneError(f"--address {address}: cannot connect to Ray ({err})") from None
+
+
+def search(
+    space: str = "thresholds",
+    trials: int = 8,
+    data: str | None = None,
+    *,
+    config: str | Path | Config | None = None,
+    overrides: dict[str, Any] | None = None,
+    folds: int | None = 1,
+    concurrency: int | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float | None = None,
+    scheduler: str = "none",
+    seed: int = 0,
+    address: str | None = None,
+    storage: str | Path = "mer-tune-runs",
+    tracking_uri: str | None = None,
+    experiment: str = "mer-tune",
+    name: str | None = None,
+    cache: bool = True,
+    max_failures: int = 0,
+    data_options: DataOptions | None = None,
+    on_event: Callable[..., None] | None = None,
+) -> SearchResult:
+    """Run a hyperparameter search and return its results table and best config.
+
+    Example (in a notebook)::
+
+        import mer_tune
+        res = mer_tune.search(space="thresholds", trials=16, data="synthetic:small")
+        res.results.sort_values("weighted_f1", ascending=False).head()
+        res.best_config.to_yaml()
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    if trials < 1:
+        raise UsageError(f"--trials {trials}: must be at least 1")
+    if scheduler not in ("none", "asha"):
+        raise UsageError(f"--scheduler {scheduler}: expected asha or none")
+    on_event = on_event or (lambda *a, **k: None)
+    base = (
+        config
+        if isinstance(config, Config)
+        else (build_config() if config is None else _load(config))
+    )
+    base = with_overrides(
+        base, {**(overrides or {}), **({"eval.folds": folds} if folds else {}), "seed": seed}
+    )
+    sp = load_space(space, base)
+    base = sp.base_config(base)
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    root = ensure_writable(Path(storage).resolve())
+    name = name or f"{sp.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    path = root / name
+    if path.exists():
+        raise UsageError(
+            f"--name {name}: a search of that name exists in {root}; pick another name"
+        )
+
+    _init_ray(address)
+    import ray
+
+    total_gpus = ray.cluster_resources().get("GPU", 0)
+    total_cpus = ray.cluster_resources().get("CPU", 1)
+    gpus = (1 if total_gpus >= 1 else 0) if gpus_per_trial is None else gpus_per_trial
+    if gpus > total_gpus:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: the cluster has {total_gpus:g} GPUs")
+    if cpus_per_trial > total_cpus:
+        raise UsageError(
+            f"--cpus-per-trial {cpus_per_trial:g}: the cluster has {total_cpus:g} CPUs"
+        )
+    concurrency = concurrency or max(1, int(total_cpus // max(cpus_per_trial, 1)))
+    dataset = resolve(data, data_options or DataOptions(classes=tuple(base.data.classes)))
+
+    # Every check has passed: only now does anything get written.
+    ensure_writable(path)
+    recorder = SearchRecorder(uri, experiment)
+    settings = {
+        "space": sp.name,
+        "space_file": str(sp.path),
+        "trials": trials,
+        "seed": seed,
+        "folds": base.eval.folds,
+        "scheduler": scheduler,
+        "concurrency": concurrency,
+        "cpus_per_trial": cpus_per_trial,
+        "gpus_per_trial": gpus,
+        "data": dataset.source,
+        "cache": cache,
+    }
+    parent = recorder.start_parent(
+        name,
+        settings,
+        {
+            "mer_tune.data_fingerprint": dataset.fingerprint,
+            "mer_tune.storage": str(path),
+            "mer_tune.kind": "search",
+        },
+    )
+    write_text(
+        path / "search.yaml",
+        yaml.safe_dump(
+            settings
+            | {
+                "parent_run_id": parent,
+                "tracking_uri": uri,
+                "experiment_id": recorder.experiment_id,
+            }
+        ),
+    )
+    write_text(path / "base_config.yaml", base.to_yaml())
+
+    rows: dict[str, dict] = {}
+    searcher = _optuna_searcher(
+        sp, sp.defaults(base), seed, f"sqlite:///{path / 'optuna.db'}", name
+    )
+    trainable = tune.with_parameters(
+        run_trial,
+        data=dataset,
+        base=base.to_dict(),
+        threads=max(1, int(cpus_per_trial)),
+        use_gpu=gpus > 0,
+        cache_dir=str(path / "cache") if cache else None,
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus}),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            metric=METRIC,
+            mode="max",
+            num_samples=trials,
+            max_concurrent_trials=concurrency,
+            scheduler=ASHAScheduler(grace_period=2, reduction_factor=2)
+            if scheduler == "asha"
+            else None,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="ray",
+            storage_path=str(path),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[_logger_callback(recorder, sp, rows, on_event)],
+        ),
+    )
+    try:
+        tuner.fit()
+    except BaseException:
+        _finish(recorder, path, rows, sp, base, "KILLED")
+        raise
+    return _finish(recorder, path, rows, sp, base, "FINISHED")
+
+
+def _load(config: str | Path) -> Config:
+    from .config import load_config
+
+    return load_config(config)
+
+
+def _finish(
+    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, status: str
+) -> SearchResult:
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["trial"]))
+    if not table.empty and "weighted_f1" not in table:
+        table["weighted_f1"] = float("nan")
+    write_text(path / "results.csv", table.to_csv(index=False))
+    best_cfg, best_score = None, None
+    finished = table[table["status"] == "FINISHED"] if not table.empty else table
+    if not finished.empty:
+        best = finished.loc[finished["weighted_f1"].idxmax()]
+        best_score = float(best["weighted_f1"])
+        best_cfg = with_overrides(base, {k: _plain(best[k]) for k in sp.params})
+        write_text(path / "best_config.yaml", best_cfg.to_yaml())
+        recorder.client.log_metric(recorder.parent_id, "best_weighted_f1", best_score)
+        recorder.set_tags(recorder.parent_id, {"mer_tune.best_trial": int(best["trial"])})
+        recorder.client.log_artifact(recorder.parent_id, str(path / "best_config.yaml"))
+    recorder.client.log_artifact(recorder.parent_id, str(path / "results.csv"))
+    recorder.finish_parent(status)
+    return SearchResult(
+        table, best_cfg, best_score, path, recorder.experiment_id, recorder.parent_id, recorder.uri
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from the results table back to plain Python values."""
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,168 @@
+"""Search spaces: YAML files in Optuna's short distribution form, keys are config paths.
+
+description: Per-class pseudo-label confidence thresholds
+params:
+  self_training.thresholds.worried: {type: float, low: 0.5, high: 1.0}
+  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+  model.hidden: {type: categorical, choices: [64, 128, 256]}
+fixed:                      # optional: other values pinned for this search
+  finetune.epochs: 10
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from .config import Config, build_config, get_path, valid_paths, with_overrides
+from .errors import MerTuneError, UsageError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+_KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+
+
+@dataclass
+class Space:
+    name: str
+    path: Path
+    description: str
+    params: dict[str, optuna.distributions.BaseDistribution]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def base_config(self, base: Config | None = None) -> Config:
+        return with_overrides(base or build_config(), self.fixed, source=f"{self.path}: fixed")
+
+    def defaults(self, base: Config) -> dict[str, Any]:
+        """The base config's value of every searched parameter (the first point to try),
+        clipped into the space's range."""
+        point = {}
+        for key, dist in self.params.items():
+            value = get_path(base, key)
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                value = value if value in dist.choices else dist.choices[0]
+            else:
+                value = min(max(value, dist.low), dist.high)
+            point[key] = value
+        return point
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [(key, describe_distribution(d)) for key, d in self.params.items()]
+
+
+def describe_distribution(d: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return "one of " + ", ".join(str(c) for c in d.choices)
+    kind = "int" if isinstance(d, optuna.distributions.IntDistribution) else "float"
+    scale = ", log" if d.log else ""
+    step = f", step {d.step}" if getattr(d, "step", None) else ""
+    return f"{kind} [{d.low:g}, {d.high:g}]{scale}{step}"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise UsageError(f"{path}: search space file not found")
+        return path
+    candidate = SPACES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        raise UsageError(
+            f"unknown search space '{name_or_path}'; available: {', '.join(available())} "
+            "(or the path of a .yaml file)"
+        )
+    return candidate
+
+
+def load_space(name_or_path: str, base: Config | None = None) -> Space:
+    """Read and validate a space file; every error names the file and the key."""
+    path = resolve_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}: malformed YAML{where}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
+        raise UsageError(f"{path}: expected a mapping with a non-empty 'params' block")
+    unknown = sorted(set(raw) - {"description", "params", "fixed"})
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown top-level key '{unknown[0]}'; valid: description, params, fixed"
+        )
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise UsageError(f"{path}: 'fixed' must be a mapping of config paths to values")
+    try:
+        base_cfg = with_overrides(base or build_config(), fixed, source=f"{path}: fixed")
+    except MerTuneError as err:
+        raise UsageError(str(err)) from None
+    paths = valid_paths(base_cfg)
+    params = {}
+    for key, spec in raw["params"].items():
+        where = f"{path}: params.{key}"
+        if key not in paths:
+            raise UsageError(f"{where}: unknown config key; valid keys: {', '.join(paths)}")
+        params[key] = _distribution(spec, where)
+        _check_bounds(base_cfg, key, params[key], where)
+    return Space(path.stem, path, str(raw.get("description", "")), params, fixed)
+
+
+def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistribution:
+    if not isinstance(spec, dict) or spec.get("type") not in _KEYS:
+        raise UsageError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
+    kind = spec["type"]
+    extra = sorted(set(spec) - _KEYS[kind])
+    if extra:
+        raise UsageError(
+            f"{where}: unknown field '{extra[0]}' for type {kind}; valid: {', '.join(sorted(_KEYS[kind]))}"
+        )
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"{where}: 'choices' must be a non-empty list")
+        return optuna.distributions.CategoricalDistribution(choices)
+    for bound in ("low", "high"):
+        value = spec.get(bound)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"{where}: '{bound}' must be a number, got {value!r}")
+    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    if low > high:
+        raise UsageError(f"{where}: low ({low}) > high ({high})")
+    if log and low <= 0:
+        raise UsageError(f"{where}: a log scale needs low > 0 (got {low})")
+    if log and step is not None:
+        raise UsageError(f"{where}: 'step' cannot be combined with a log scale")
+    if kind == "int":
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise UsageError(f"{where}: int bounds must be whole numbers")
+        return optuna.distributions.IntDistribution(
+            int(low), int(high), log=log, step=int(step or 1)
+        )
+    return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
+
+
+def _check_bounds(
+    base: Config, key: str, dist: optuna.distributions.BaseDistribution, where: str
+) -> None:
+    """Every value the distribution can give must make a valid config."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        values = list(dist.choices)
+    else:
+        values = [dist.low, dist.high]
+    for value in values:
+        try:
+            with_overrides(base, {key: value})
+        except MerTuneError as err:
+            raise UsageError(f"{where}: value {value!r} is not allowed ({err})") from None

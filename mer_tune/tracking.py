@@ -1,0 +1,142 @@
+"""MLflow records of a search: one parent run, one nested child run per trial.
+
+Every write happens on the driver (a sqlite store has one writer; with a cluster, the
+driver logs over HTTP to `mlflow server`), so trials never contend for the store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from .errors import MerTuneError
+
+MAX_PARAM_LEN = 6000
+
+
+def resolve_uri(uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Relative sqlite paths would move with each process's working dir.
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when the store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise MerTuneError(f"--tracking-uri {uri}: the server answered {resp.status}")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise MerTuneError(
+                f"--tracking-uri {uri}: MLflow server unreachable ({reason})"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise MerTuneError(f"--tracking-uri {uri}: cannot write in {folder}")
+
+
+def ui_command(uri: str, experiment_id: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return (
+        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   "
+        f"# then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    )
+
+
+class SearchRecorder:
+    """Creates and fills the parent run and the child runs of one search."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+        self.parent_id: str | None = None
+        self.children: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self._steps: dict[str, int] = {}
+
+    def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.parent_id = run.info.run_id
+        self.client.log_batch(
+            self.parent_id, params=[Param(k, _text(v)) for k, v in params.items()]
+        )
+        return self.parent_id
+
+    def resume_parent(self, run_id: str) -> None:
+        """Reattach to a search's parent run and its children (after an interruption)."""
+        self.parent_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        for run in self.child_runs():
+            trial_id = run.data.tags.get("ray.trial_id")
+            if trial_id:
+                self.children[trial_id] = run.info.run_id
+
+    def child_runs(self) -> list:
+        query = f"tags.mlflow.parentRunId = '{self.parent_id}'"
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000)
+
+    def start_child(self, trial_id: str, name: str, params: dict[str, Any]) -> str:
+        if trial_id in self.children:  # a retried or restored trial keeps its run
+            self.client.update_run(self.children[trial_id], status="RUNNING")
+            return self.children[trial_id]
+        tags = {"mlflow.parentRunId": self.parent_id, "ray.trial_id": trial_id}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.children[trial_id] = run.info.run_id
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, _text(v)) for k, v in params.items()]
+        )
+        return run.info.run_id
+
+    def log_metrics(
+        self, trial_id: str, metrics: dict[str, float], step: int | None = None
+    ) -> None:
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
+
+    def finish_child(self, trial_id: str, status: str, tags: dict[str, Any] | None = None) -> None:
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        if tags:
+            self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def finish_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(v: Any) -> str:
+    return str(v)[:MAX_PARAM_LEN]

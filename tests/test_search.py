@@ -1,0 +1,190 @@
+"""Real searches: a local Ray, Optuna's TPE and a sqlite MLflow store, on tiny data."""
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mer_tune.config import load_config
+from mer_tune.data import load
+from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.search import search
+
+SPACE_KEYS = [
+    "self_training.thresholds.neutral",
+    "self_training.thresholds.angry",
+    "self_training.thresholds.worried",
+]
+
+
+def _search(env, tiny_dir, **kw):
+    args = dict(
+        space=str(env / "space.yaml"),
+        trials=4,
+        data=str(tiny_dir),
+        config=str(env / "fast.yaml"),
+        concurrency=2,
+        tracking_uri=f"sqlite:///{env / 'mlflow.db'}",
+        storage=str(env / "runs"),
+    )
+    args.update(kw)
+    return search(**args)
+
+
+def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
+    from test_cli import run_cli
+
+    code, stdout, stderr = run_cli(
+        [
+            "search",
+            "--space",
+            str(search_env / "space.yaml"),
+            "--trials",
+            "4",
+            "--data",
+            str(tiny_dir),
+            "--config",
+            str(search_env / "fast.yaml"),
+            "--concurrency",
+            "2",
+            "--name",
+            "s1",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    assert "best weighted F1:" in stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in stderr
+    path = search_env / "mer-tune-runs" / "s1"
+    results = pd.read_csv(path / "results.csv")
+    assert len(results) == 4 and (results["status"] == "FINISHED").all()
+    assert set(SPACE_KEYS) <= set(results.columns)
+
+    client = MlflowClient(f"sqlite:///{search_env / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mer-tune")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["best_weighted_f1"] == pytest.approx(
+        results["weighted_f1"].max()
+    )
+    assert len(children) == 4
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED"
+        assert set(SPACE_KEYS) <= set(child.data.params)
+        assert {"weighted_f1", "f1_neutral", "pseudo_precision", "seconds_finetune"} <= set(
+            child.data.metrics
+        )
+        assert child.data.tags["ray.node_ip"]
+        # Per-epoch validation F1: every epoch a trial trained (cached stages train none).
+        assert client.get_metric_history(child.info.run_id, "val_f1")
+    histories = [len(client.get_metric_history(c.info.run_id, "val_f1")) for c in children]
+    assert max(histories) >= 10  # finetuning's 10 epochs, in the trial that computed them
+    scores = sorted(c.data.metrics["weighted_f1"] for c in children)
+    assert scores == pytest.approx(sorted(results["weighted_f1"]))
+
+    # best_config.yaml is a config `mer-tune run --config` accepts and reproduces.
+    best = load_config(path / "best_config.yaml")
+    top = results.loc[results["weighted_f1"].idxmax()]
+    for key in SPACE_KEYS:
+        section, _, cls = key.rpartition(".")
+        assert best.self_training.thresholds[cls] == pytest.approx(top[key])
+    import torch
+
+    from mer_tune import pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial
+    try:
+        again = pipeline.run(load(tiny_dir), best)
+    finally:
+        torch.set_num_threads(threads)
+    assert again.weighted_f1 == pytest.approx(top["weighted_f1"], abs=0.02)
+
+
+def test_optuna_drives_the_search_and_the_seed_repeats_it(search_env, tiny_dir):
+    a = _search(search_env, tiny_dir, trials=3, concurrency=1, seed=7, name="a")
+    b = _search(search_env, tiny_dir, trials=3, concurrency=1, seed=7, name="b")
+    c = _search(search_env, tiny_dir, trials=3, concurrency=1, seed=8, name="c")
+    study = optuna.load_study(study_name="a", storage=f"sqlite:///{a.path / 'optuna.db'}")
+    told = sorted([t.params[k] for k in SPACE_KEYS] for t in study.trials)
+    assert told == sorted(a.results[SPACE_KEYS].values.tolist())
+    assert len(study.trials) == 3 and all(
+        t.state == optuna.trial.TrialState.COMPLETE for t in study.trials
+    )
+    # The first point is the base config's values (clipped into the space).
+    assert a.results.iloc[0]["self_training.thresholds.neutral"] == 0.4  # FAST sets 0.4
+    pd.testing.assert_frame_equal(a.results[SPACE_KEYS], b.results[SPACE_KEYS])
+    assert not a.results[SPACE_KEYS].iloc[1:].equals(c.results[SPACE_KEYS].iloc[1:])
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_env, tiny_dir):
+    (search_env / "lr.yaml").write_text(
+        "params:\n  optim.lr: {type: categorical, choices: [0.003, 1.0e+30]}\n"
+    )
+    res = _search(
+        search_env, tiny_dir, space=str(search_env / "lr.yaml"), trials=4, seed=3, name="f"
+    )
+    status = res.results.set_index("optim.lr")["status"]
+    assert (res.results["status"] == "FAILED").any(), res.results
+    assert (res.results["status"] == "FINISHED").any(), res.results
+    assert set(status[status == "FAILED"].index) == {1e30}
+    client = MlflowClient(res.tracking_uri)
+    runs = client.search_runs(
+        [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == (res.results["status"] == "FAILED").sum()
+    assert all("loss became" in r.data.tags["error"] for r in failed), [
+        r.data.tags.get("error") for r in failed
+    ]
+    assert len(runs) == 4
+
+
+@pytest.mark.parametrize(
+    "kw, error, message",
+    [
+        ({"space": "nope"}, UsageError, "available: full, noise"),
+        ({"trials": 0}, UsageError, "at least 1"),
+        ({"gpus_per_trial": 4}, UsageError, "the cluster has 0 GPUs"),
+        ({"tracking_uri": "http://127.0.0.1:9"}, MerTuneError, "MLflow server unreachable"),
+    ],
+)
+def test_bad_search_input_fails_before_any_trial(search_env, tiny_dir, kw, error, message):
+    with pytest.raises(error, match=message):
+        _search(search_env, tiny_dir, name="bad", **kw)
+    assert not (search_env / "runs" / "bad" / "ray").exists()
+
+
+def test_unreachable_ray_address_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mer_tune",
+            "search",
+            "--address",
+            "127.0.0.1:9",
+            "--trials",
+            "1",
+            "--data",
+            "synthetic:tiny",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--storage",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: --address 127.0.0.1:9: no Ray cluster answers there"
+    ]

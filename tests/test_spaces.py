@@ -1,0 +1,79 @@
+import pytest
+
+from mer_tune.errors import UsageError
+from mer_tune.spaces import available, load_space
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_shipped_space_loads_and_validates(name):
+    space = load_space(name)
+    assert space.params
+    assert space.describe()
+
+
+def test_the_five_concerns_are_shipped():
+    assert {"thresholds", "noise", "voting", "oversampling", "full"} <= set(available())
+    assert load_space("thresholds").params.keys() == {
+        f"self_training.thresholds.{c}"
+        for c in ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    }
+    assert 0 in load_space("oversampling").params["oversample.target"].choices
+
+
+def test_paper_values_are_the_first_point():
+    from mer_tune.config import build_config
+
+    point = load_space("thresholds").defaults(build_config())
+    assert point["self_training.thresholds.sad"] == 0.99
+    assert point["self_training.thresholds.surprise"] == 0.85
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "params:\n  optim.lrr: {type: float, low: 0.1, high: 0.2}\n",
+            "params.optim.lrr: unknown config key; valid keys:",
+        ),
+        (
+            "params:\n  optim.lr: {type: float, low: 0.2, high: 0.1}\n",
+            "params.optim.lr: low \\(0.2\\) > high \\(0.1\\)",
+        ),
+        (
+            "params:\n  optim.lr: {type: float, low: 0, high: 0.1, log: true}\n",
+            "a log scale needs low > 0",
+        ),
+        ("params:\n  optim.lr: {type: float, low: fast, high: 0.1}\n", "'low' must be a number"),
+        (
+            "params:\n  optim.lr: {type: normal, low: 0, high: 0.1}\n",
+            "expected \\{type: float\\|int\\|categorical",
+        ),
+        (
+            "params:\n  self_training.thresholds.sad: {type: float, low: 0.5, high: 1.5}\n",
+            "value 1.5 is not allowed",
+        ),
+        (
+            "params:\n  voting.weights.text: {type: float, low: -1, high: 1}\n",
+            "value -1.0 is not allowed.*negative",
+        ),
+        ("params:\n  optim.lr: [1, 2\n", "malformed YAML"),
+        ("params: {}\n", "non-empty 'params'"),
+        (
+            "params:\n  optim.lr: {type: float, low: 0.1, high: 0.2}\nfixed:\n  model.hiden: 3\n",
+            "unknown config key 'model.hiden'",
+        ),
+    ],
+)
+def test_broken_space_files_name_the_file_and_key(tmp_path, body, message):
+    path = tmp_path / "broken.yaml"
+    path.write_text(body)
+    with pytest.raises(UsageError, match=message) as err:
+        load_space(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_unknown_space_name_lists_the_available_ones():
+    with pytest.raises(
+        UsageError, match="unknown search space 'nope'; available: full, noise, oversampling"
+    ):
+        load_space("nope")
