@@ -13,7 +13,7 @@ from .config import Config, build_config, load_config, parse_set_options, with_o
 from .data import DEFAULT_FOLDERS, DataOptions
 from .errors import MerTuneError
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
 
 
@@ -312,6 +312,13 @@ class SearchProgress:
 @click.option("--name", help="Name of this search (default: SPACE-DATE-TIME).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage in every trial.")
 @click.option(
+    "--strategy",
+    type=click.Choice(["flat", "staged"]),
+    default="flat",
+    show_default=True,
+    help="staged: search upstream parameters first, then thresholds, then voting weights.",
+)
+@click.option(
     "--max-failures",
     type=click.IntRange(0),
     default=0,
@@ -337,6 +344,7 @@ def search(
     experiment,
     name,
     no_cache,
+    strategy,
     max_failures,
     visual_features,
     audio_features,
@@ -349,7 +357,10 @@ def search(
     records each one as a nested run under the search's parent run.
 
     Writes STORAGE/NAME/results.csv and best_config.yaml (loadable by `mer-tune run --config`)."""
-    from .search import search as run_search
+    from .search import search as flat_search
+    from .staged import staged_search
+
+    run_search = staged_search if strategy == "staged" else flat_search
 
     if trials < 1:
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
@@ -456,7 +467,9 @@ def clear(name, storage) -> None:
 def _quiet_libraries() -> None:
     """MLflow's and Optuna's INFO lines would drown the progress output."""
     import logging
+    import os
 
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "optuna", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

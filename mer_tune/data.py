@@ -215,22 +215,39 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
         m: _stack(per_mod[m], names, root / "features" / opts.folders[m], m) for m in MODALITIES
     }
     hidden = _read_truth(root, names, index)
+    moments = {m: _moments(a) for m, a in features.items()}
     data = MERData(
         names=np.asarray(names, dtype=object),
         split=split,
         labels=labels,
         features=features,
         classes=classes,
-        mean={m: a.mean(0, dtype=np.float64).astype(np.float32) for m, a in features.items()},
-        std={
-            m: (a.std(0, dtype=np.float64) + 1e-6).astype(np.float32) for m, a in features.items()
-        },
+        mean={m: moments[m][0] for m in MODALITIES},
+        std={m: moments[m][1] for m in MODALITIES},
         fingerprint="",
         hidden_labels=hidden,
         source=str(root),
     )
     validate(data)
     return data
+
+
+def _moments(arr: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std in float64, a chunk of rows at a time: no full-size
+    temporary copies of a multi-GB feature matrix."""
+    total = np.zeros(arr.shape[1])
+    sq = np.zeros(arr.shape[1])
+    for start in range(0, len(arr), chunk):
+        block = np.asarray(arr[start : start + chunk], dtype=np.float64)
+        total += block.sum(0)
+        sq += (block * block).sum(0)
+    mean = total / len(arr)
+    std = np.sqrt(np.maximum(sq / len(arr) - mean * mean, 0.0)) + 1e-6
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _max_abs(arr: np.ndarray, chunk: int = 8192) -> float:
+    return max(float(np.abs(arr[i : i + chunk]).max()) for i in range(0, len(arr), chunk))
 
 
 def _common_names(per_mod: dict[str, dict[str, Path]], root: Path, opts: DataOptions) -> list[str]:
@@ -330,13 +347,19 @@ def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
         hasher = hashlib.sha256()
         dtypes = {}
         for m, arr in data.features.items():
-            big = float(np.abs(arr).max()) > FP16_MAX
-            stored = arr.astype(np.float32 if big else np.float16)
-            dtypes[m] = str(stored.dtype)
-            np.save(tmp / f"{m}.npy", stored)
+            dtype = np.float32 if _max_abs(arr) > FP16_MAX else np.float16
+            # Written a chunk at a time into the final memory-mapped file: no second copy.
+            out = np.lib.format.open_memmap(
+                tmp / f"{m}.npy", mode="w+", dtype=dtype, shape=arr.shape
+            )
+            for start in range(0, len(arr), 8192):
+                out[start : start + 8192] = arr[start : start + 8192]
+                hasher.update(memoryview(np.ascontiguousarray(out[start : start + 8192])))
+            out.flush()
+            del out
+            dtypes[m] = np.dtype(dtype).name
             np.save(tmp / f"{m}.mean.npy", data.mean[m])
             np.save(tmp / f"{m}.std.npy", data.std[m])
-            hasher.update(stored.tobytes())
         table = pd.DataFrame({"name": data.names, "split": data.split, "label": data.labels})
         if data.hidden_labels is not None:
             table["hidden_label"] = data.hidden_labels

@@ -125,6 +125,7 @@ def _optuna_searcher(
                 return
             super().on_trial_complete(trial_id, result, error)
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     return TruthfulOptunaSearch(
         space=space.params,
@@ -182,6 +183,8 @@ def _logger_callback(
                     if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
                 }
                 recorder.log_metrics(trial.trial_id, final | {METRIC: result[METRIC]})
+                seconds = [v for k, v in final.items() if k.startswith("seconds_")]
+                row["pipeline_seconds"] = round(sum(seconds), 3)
                 row.update(status="FINISHED", weighted_f1=result[METRIC])
                 status = "FINISHED"
             else:  # stopped early by the scheduler
@@ -278,6 +281,7 @@ def search(
     experiment: str = "mer-tune",
     name: str | None = None,
     cache: bool = True,
+    cache_dir: str | Path | None = None,
     max_failures: int = 0,
     data_options: DataOptions | None = None,
     on_event: Callable[..., None] | None = None,
@@ -382,7 +386,7 @@ def search(
         base=base.to_dict(),
         threads=max(1, int(cpus_per_trial)),
         use_gpu=gpus > 0,
-        cache_dir=str(path / "cache") if cache else None,
+        cache_dir=str(Path(cache_dir or path / "cache").resolve()) if cache else None,
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus}),

@@ -1,0 +1,90 @@
+"""One trial (one fold) at MER2024-SEMI scale: seconds per stage, peak memory, and the
+load time of the packed vs. the per-file layout.
+
+    python benchmarks/full_scale.py --dir /tmp/mer-full [--device cpu|cuda] [--set key=value ...]
+
+Generates the full synthetic dataset (5,030 labelled + 115,595 unlabelled, real dims)
+into --dir if it is not there, packs it, then measures in fresh subprocesses so that
+each peak-memory figure belongs to one step alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _child(step: str, root: str, device: str, sets: list[str]) -> None:
+    from mer_tune import pipeline
+    from mer_tune.config import build_config, parse_set_options, with_overrides
+    from mer_tune.data import DataOptions, default_pack_dir, load_pack, read_folders
+
+    t0 = time.perf_counter()
+    out: dict = {}
+    if step == "per-file":
+        data = read_folders(root)
+        out["rows"] = len(data.names)
+    elif step == "packed":
+        data = load_pack(default_pack_dir(Path(root), DataOptions()))
+        for arr in data.features.values():  # touch every page: a real full read
+            float(arr[:: max(1, len(arr) // 64)].sum())
+        out["rows"] = len(data.names)
+        out["packed_bytes"] = data.nbytes()
+    else:
+        data = load_pack(default_pack_dir(Path(root), DataOptions()))
+        cfg = with_overrides(build_config({"eval": {"folds": 1}}), parse_set_options(sets))
+        res = pipeline.run(data, cfg, device=device)
+        out |= {"weighted_f1": res.weighted_f1, "seconds": res.seconds, "pseudo": sum(res.pseudo_added.values()),
+                "packed_bytes": data.nbytes()}
+    out["wall"] = time.perf_counter() - t0
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", default="/tmp/mer-full")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--child")
+    parser.add_argument("--skip-per-file", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.dir, args.device, args.sets)
+        return
+
+    from mer_tune import synth
+    from mer_tune.data import load
+
+    root = Path(args.dir)
+    if not (root / "label-disdim.csv").exists():
+        t0 = time.perf_counter()
+        synth.write(root, "full", 0)
+        print(f"generated full synthetic data in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    load(root)
+    print(f"pack (first load, includes reading every file): {time.perf_counter() - t0:.1f} s")
+
+    steps = ["packed", "trial"] if args.skip_per_file else ["per-file", "packed", "trial"]
+    for step in steps:
+        cmd = [sys.executable, __file__, "--child", step, "--dir", str(root), "--device", args.device]
+        for s in args.sets:
+            cmd += ["--set", s]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        gib = out["peak_rss_bytes"] / 2**30
+        if step == "trial":
+            ratio = out["peak_rss_bytes"] / out["packed_bytes"]
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in out["seconds"].items())
+            print(f"trial: {out['wall']:.1f} s ({stages}); weighted F1 {out['weighted_f1']:.4f}; "
+                  f"{out['pseudo']} pseudo-labels; peak RSS {gib:.2f} GiB = {ratio:.2f}x the packed data")
+        else:
+            print(f"load {step}: {out['wall']:.2f} s for {out['rows']} samples; peak RSS {gib:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The staged strategy: search upstream parameters first, freeze the best, then search
+the downstream ones, so that the stage cache serves almost every later trial.
+
+A space's parameters are split by the pipeline stage they first affect:
+  1. upstream   - model, noise, loss, optimiser, oversampling (every stage reruns)
+  2. thresholds - pseudo-labelling and retraining rerun; pretrain and finetune are cached
+  3. voting     - only the vote reruns; every trained head comes from the cache
+Each step is an ordinary search (its own parent run in MLflow, tagged with the group).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import get_path
+from .search import SearchResult, search
+from .spaces import load_space
+
+STEP_SHARES = {"upstream": 0.5, "thresholds": 0.25, "voting": 0.25}
+
+
+def step_of(key: str) -> str:
+    if key.startswith("voting."):
+        return "voting"
+    if key.startswith("self_training."):
+        return "thresholds"
+    return "upstream"
+
+
+def split_budget(trials: int, steps: list[str]) -> dict[str, int]:
+    """Trials per step, proportional to STEP_SHARES, at least one each, summing to `trials`."""
+    shares = {s: STEP_SHARES[s] for s in steps}
+    total = sum(shares.values())
+    budget = {s: max(1, int(trials * v / total)) for s, v in shares.items()}
+    budget[steps[0]] += trials - sum(budget.values())
+    return budget
+
+
+def staged_search(
+    space: str,
+    trials: int,
+    storage: str | Path = "mer-tune-runs",
+    name: str | None = None,
+    **kwargs: Any,
+) -> SearchResult:
+    """Run the steps in order; each step's best values are fixed for the next."""
+    sp = load_space(space)
+    groups: dict[str, dict] = {}
+    for key, _ in sp.describe():
+        groups.setdefault(step_of(key), {})[key] = key
+    steps = [s for s in STEP_SHARES if s in groups]
+    if trials < len(steps):
+        from .errors import UsageError
+
+        raise UsageError(
+            f"--trials {trials}: the staged strategy needs at least {len(steps)} (one per step)"
+        )
+    budget = split_budget(trials, steps)
+    raw = yaml.safe_load(sp.path.read_text())
+    fixed = dict(raw.get("fixed") or {})
+    name = name or f"{sp.name}-staged"
+    work = Path(storage).resolve() / f"{name}-spaces"
+    work.mkdir(parents=True, exist_ok=True)
+    result: SearchResult | None = None
+    for step in steps:
+        step_file = work / f"{step}.yaml"
+        params = {k: raw["params"][k] for k in groups[step]}
+        step_file.write_text(
+            yaml.safe_dump(
+                {"description": f"{sp.name}, step {step}", "params": params, "fixed": fixed},
+                sort_keys=False,
+            )
+        )
+        # One cache for every step: later steps reuse the stages earlier ones computed.
+        result = search(
+            str(step_file),
+            budget[step],
+            storage=storage,
+            name=f"{name}-{step}",
+            cache_dir=Path(storage).resolve() / name / "cache",
+            **kwargs,
+        )
+        if result.best_config is None:
+            return result
+        fixed |= {k: get_path(result.best_config, k) for k in groups[step]}
+    assert result is not None
+    return result
