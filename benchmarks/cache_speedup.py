@@ -51,30 +51,61 @@ def main() -> None:
     from mer_tune.staged import staged_search
 
     work = Path(tempfile.mkdtemp(prefix="mer-tune-cache-bench-"))
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    common = dict(data=args.data, concurrency=args.concurrency, seed=args.seed, storage=str(work),
-                  tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    ray.init(
+        num_cpus=args.concurrency,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+    )
+    common = dict(
+        data=args.data,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        storage=str(work),
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+    )
     if args.what == "thresholds":
-        off, t_off = _run(search, space="thresholds", trials=args.trials, cache=False, name="nocache", **common)
-        on, t_on = _run(search, space="thresholds", trials=args.trials, cache=True, name="cache", **common)
+        off, t_off = _run(
+            search, space="thresholds", trials=args.trials, cache=False, name="nocache", **common
+        )
+        on, t_on = _run(
+            search, space="thresholds", trials=args.trials, cache=True, name="cache", **common
+        )
         same = _same_scores(off.results, on.results)
-        print(f"thresholds, {args.trials} trials, {args.data}: no cache {t_off:.0f} s, cache {t_on:.0f} s, "
-              f"ratio {t_off / t_on:.2f}; best F1 {off.best_score:.4f} / {on.best_score:.4f}; "
-              f"identical scores per trial: {same}")
+        print(
+            f"thresholds, {args.trials} trials, {args.data}: no cache {t_off:.0f} s, cache {t_on:.0f} s, "
+            f"ratio {t_off / t_on:.2f}; best F1 {off.best_score:.4f} / {on.best_score:.4f}; "
+            f"identical scores per trial: {same}"
+        )
     elif args.what == "voting":
-        on, t_on = _run(search, space="voting", trials=args.trials, cache=True, name="cache", **common)
-        off, t_off = _run(search, space="voting", trials=args.uncached_trials, cache=False, name="nocache", **common)
+        on, t_on = _run(
+            search, space="voting", trials=args.trials, cache=True, name="cache", **common
+        )
+        off, t_off = _run(
+            search,
+            space="voting",
+            trials=args.uncached_trials,
+            cache=False,
+            name="nocache",
+            **common,
+        )
         per_off, per_on = t_off / args.uncached_trials, t_on / args.trials
         n = args.uncached_trials
         same = _same_scores(off.results, on.results)
-        print(f"voting, {args.data}: cache {args.trials} trials in {t_on:.0f} s ({per_on:.2f} s/trial); no cache "
-              f"{n} trials in {t_off:.0f} s ({per_off:.1f} s/trial); per-trial ratio {per_off / per_on:.0f}x; "
-              f"identical scores for the shared first {n} trials: {same}")
+        print(
+            f"voting, {args.data}: cache {args.trials} trials in {t_on:.0f} s ({per_on:.2f} s/trial); no cache "
+            f"{n} trials in {t_off:.0f} s ({per_off:.1f} s/trial); per-trial ratio {per_off / per_on:.0f}x; "
+            f"identical scores for the shared first {n} trials: {same}"
+        )
     else:
         flat, t_flat = _run(search, space="full", trials=args.trials, name="flat", **common)
-        staged, t_staged = _run(staged_search, space="full", trials=args.trials, name="staged", **common)
-        print(f"full space, {args.trials} trials, {args.data}: flat best {flat.best_score:.4f} in {t_flat:.0f} s; "
-              f"staged best {staged.best_score:.4f} in {t_staged:.0f} s")
+        staged, t_staged = _run(
+            staged_search, space="full", trials=args.trials, name="staged", **common
+        )
+        print(
+            f"full space, {args.trials} trials, {args.data}: flat best {flat.best_score:.4f} in {t_flat:.0f} s; "
+            f"staged best {staged.best_score:.4f} in {t_staged:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def _peak_rss() -> int:
+    """This process's own high-water RSS (VmHWM). ru_maxrss would also count the parent's
+    peak, which Linux carries across fork and exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _child(step: str, root: str, device: str, sets: list[str]) -> None:
@@ -39,10 +47,14 @@ def _child(step: str, root: str, device: str, sets: list[str]) -> None:
         data = load_pack(default_pack_dir(Path(root), DataOptions()))
         cfg = with_overrides(build_config({"eval": {"folds": 1}}), parse_set_options(sets))
         res = pipeline.run(data, cfg, device=device)
-        out |= {"weighted_f1": res.weighted_f1, "seconds": res.seconds, "pseudo": sum(res.pseudo_added.values()),
-                "packed_bytes": data.nbytes()}
+        out |= {
+            "weighted_f1": res.weighted_f1,
+            "seconds": res.seconds,
+            "pseudo": sum(res.pseudo_added.values()),
+            "packed_bytes": data.nbytes(),
+        }
     out["wall"] = time.perf_counter() - t0
-    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak_rss_bytes"] = _peak_rss()
     print(json.dumps(out))
 
 
@@ -72,18 +84,35 @@ def main() -> None:
 
     steps = ["packed", "trial"] if args.skip_per_file else ["per-file", "packed", "trial"]
     for step in steps:
-        cmd = [sys.executable, __file__, "--child", step, "--dir", str(root), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            step,
+            "--dir",
+            str(root),
+            "--device",
+            args.device,
+        ]
         for s in args.sets:
             cmd += ["--set", s]
-        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         gib = out["peak_rss_bytes"] / 2**30
         if step == "trial":
             ratio = out["peak_rss_bytes"] / out["packed_bytes"]
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in out["seconds"].items())
-            print(f"trial: {out['wall']:.1f} s ({stages}); weighted F1 {out['weighted_f1']:.4f}; "
-                  f"{out['pseudo']} pseudo-labels; peak RSS {gib:.2f} GiB = {ratio:.2f}x the packed data")
+            print(
+                f"trial: {out['wall']:.1f} s ({stages}); weighted F1 {out['weighted_f1']:.4f}; "
+                f"{out['pseudo']} pseudo-labels; peak RSS {gib:.2f} GiB = {ratio:.2f}x the packed data"
+            )
         else:
-            print(f"load {step}: {out['wall']:.2f} s for {out['rows']} samples; peak RSS {gib:.2f} GiB")
+            print(
+                f"load {step}: {out['wall']:.2f} s for {out['rows']} samples; peak RSS {gib:.2f} GiB"
+            )
 
 
 if __name__ == "__main__":

@@ -44,20 +44,44 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mer-tune-bench-"))
     (work / "fast.yaml").write_text(FAST)
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(
+        num_cpus=args.concurrency,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     ray_start = time.perf_counter() - t0
-    mer_tune.search(space="thresholds", trials=1, data="synthetic:tiny", config=str(work / "fast.yaml"),
-                    storage=str(work / "runs"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}", name="warm")
+    mer_tune.search(
+        space="thresholds",
+        trials=1,
+        data="synthetic:tiny",
+        config=str(work / "fast.yaml"),
+        storage=str(work / "runs"),
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+        name="warm",
+    )
     t0 = time.perf_counter()
-    res = mer_tune.search(space="thresholds", trials=args.trials, data="synthetic:tiny",
-                          config=str(work / "fast.yaml"), concurrency=args.concurrency, cache=False,
-                          storage=str(work / "runs"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}", name="bench")
+    res = mer_tune.search(
+        space="thresholds",
+        trials=args.trials,
+        data="synthetic:tiny",
+        config=str(work / "fast.yaml"),
+        concurrency=args.concurrency,
+        cache=False,
+        storage=str(work / "runs"),
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+        name="bench",
+    )
     wall = time.perf_counter() - t0
     pipeline_total = float(res.results["pipeline_seconds"].sum())
     overhead = (wall - pipeline_total / args.concurrency) / args.trials
     print(f"ray.init: {ray_start:.1f} s (once per search)")
-    print(f"search wall time: {wall:.1f} s for {args.trials} trials at concurrency {args.concurrency}")
-    print(f"pipeline time inside trials: {pipeline_total:.1f} s (mean {pipeline_total / args.trials:.2f} s)")
+    print(
+        f"search wall time: {wall:.1f} s for {args.trials} trials at concurrency {args.concurrency}"
+    )
+    print(
+        f"pipeline time inside trials: {pipeline_total:.1f} s (mean {pipeline_total / args.trials:.2f} s)"
+    )
     print(f"orchestration overhead per trial: {overhead:.2f} s")
 
 

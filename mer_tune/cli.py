@@ -312,6 +312,17 @@ class SearchProgress:
 @click.option("--name", help="Name of this search (default: SPACE-DATE-TIME).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage in every trial.")
 @click.option(
+    "--resume",
+    "resume_name",
+    metavar="NAME",
+    help="Continue the interrupted search NAME (in --storage).",
+)
+@click.option(
+    "--trial-timeout",
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds; a longer trial fails.",
+)
+@click.option(
     "--strategy",
     type=click.Choice(["flat", "staged"]),
     default="flat",
@@ -344,6 +355,8 @@ def search(
     experiment,
     name,
     no_cache,
+    resume_name,
+    trial_timeout,
     strategy,
     max_failures,
     visual_features,
@@ -357,8 +370,13 @@ def search(
     records each one as a nested run under the search's parent run.
 
     Writes STORAGE/NAME/results.csv and best_config.yaml (loadable by `mer-tune run --config`)."""
+    from .search import resume
     from .search import search as flat_search
     from .staged import staged_search
+
+    if resume_name:
+        _print_summary(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
+        return
 
     run_search = staged_search if strategy == "staged" else flat_search
 
@@ -386,6 +404,7 @@ def search(
         name=name,
         cache=not no_cache,
         max_failures=max_failures,
+        trial_timeout=trial_timeout,
         data_options=opts,
         on_event=SearchProgress(trials),
     )

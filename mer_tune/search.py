@@ -8,6 +8,7 @@ store (`tune.with_parameters`).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -30,8 +31,17 @@ from .spaces import Space, load_space
 from .tracking import SearchRecorder, check_reachable, resolve_uri, ui_command
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Save Tune's experiment state at every step (it is small), so a killed driver loses
+# as little as possible.
+os.environ.setdefault(
+    "TUNE_GLOBAL_CHECKPOINT_S", "0"
+)  # our own progress lines replace Tune's tables
 METRIC = "weighted_f1"
+
+
+class TrialTimeout(RuntimeError):
+    """A trial ran past --trial-timeout (checked at every stage and epoch)."""
 
 
 @dataclass
@@ -59,6 +69,7 @@ def run_trial(
     threads: int,
     use_gpu: bool,
     cache_dir: str | None,
+    timeout: float | None = None,
 ) -> None:
     """One Ray Tune trial: the full pipeline on `base` + the suggested values."""
     import torch
@@ -67,8 +78,13 @@ def run_trial(
     torch.set_num_threads(max(1, threads))
     cfg = with_overrides(build_config(base), config)
     cache = StageStore(cache_dir) if cache_dir else None
+    started = time.monotonic()
 
     def report(kind: str, **f: Any) -> None:
+        if timeout and time.monotonic() - started > timeout:
+            raise TrialTimeout(
+                f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
+            )
         # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
         # the stage so far, comparable across trial lengths.
         if kind == "epoch" and "val_f1" in f:
@@ -101,9 +117,7 @@ def run_trial(
 # ---------------------------------------------------------------- Ray-side adapters
 
 
-def _optuna_searcher(
-    space: Space, first_point: dict, seed: int, storage_url: str | None, study: str
-):
+def _optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -126,7 +140,6 @@ def _optuna_searcher(
             super().on_trial_complete(trial_id, result, error)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     return TruthfulOptunaSearch(
         space=space.params,
         metric=METRIC,
@@ -134,12 +147,14 @@ def _optuna_searcher(
         points_to_evaluate=[first_point],
         sampler=optuna.samplers.TPESampler(seed=seed),
         study_name=study,
-        storage=storage,
+        # In memory: Ray checkpoints the searcher with the experiment state, so a resumed
+        # search continues the very study Ray knows. `_finish` exports it to optuna.db.
+        storage=None,
     )
 
 
 def _logger_callback(
-    recorder: SearchRecorder, space: Space, rows: dict, on_event: Callable[..., None]
+    recorder: SearchRecorder, space: Space, rows: dict, on_event: Callable[..., None], path: Path
 ):
     from ray.tune import Callback
 
@@ -147,8 +162,13 @@ def _logger_callback(
         """Child runs, per-epoch metrics and the results table, written by the driver."""
 
         def __init__(self) -> None:
-            self.order: dict[str, int] = {}
+            # Rows read back on resume keep their trial numbers.
+            self.order: dict[str, int] = {tid: int(r["trial"]) for tid, r in rows.items()}
             self.started: dict[str, float] = {}
+
+        def _save(self) -> None:
+            # After every finished trial, so an interrupted search loses no result.
+            _write_results(path, rows)
 
         def _row(self, trial) -> dict:
             number = self.order.setdefault(trial.trial_id, len(self.order))
@@ -197,6 +217,7 @@ def _logger_callback(
                 "mer_tune.status": row["status"],
             }
             recorder.finish_child(trial.trial_id, status, tags)
+            self._save()
             on_event("complete", row=row)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -213,6 +234,7 @@ def _logger_callback(
                 "FAILED",
                 {"error": message, "ray.node_ip": result.get("node_ip", "")},
             )
+            self._save()
             on_event("error", row=row)
 
     return MlflowTrialLogger()
@@ -283,6 +305,7 @@ def search(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     max_failures: int = 0,
+    trial_timeout: float | None = None,
     data_options: DataOptions | None = None,
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
@@ -340,10 +363,10 @@ def search(
 
     # Every check has passed: only now does anything get written.
     ensure_writable(path)
+    shutil.copyfile(sp.path, path / "space.yaml")  # resume reads this copy
     recorder = SearchRecorder(uri, experiment)
     settings = {
         "space": sp.name,
-        "space_file": str(sp.path),
         "trials": trials,
         "seed": seed,
         "folds": base.eval.folds,
@@ -353,43 +376,25 @@ def search(
         "gpus_per_trial": gpus,
         "data": dataset.source,
         "cache": cache,
+        "max_failures": max_failures,
+        "trial_timeout": trial_timeout,
     }
-    parent = recorder.start_parent(
-        name,
-        settings,
-        {
-            "mer_tune.data_fingerprint": dataset.fingerprint,
-            "mer_tune.storage": str(path),
-            "mer_tune.kind": "search",
-        },
-    )
-    write_text(
-        path / "search.yaml",
-        yaml.safe_dump(
-            settings
-            | {
-                "parent_run_id": parent,
-                "tracking_uri": uri,
-                "experiment_id": recorder.experiment_id,
-            }
-        ),
-    )
+    tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
+    parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
+    state = settings | {
+        "parent_run_id": parent,
+        "tracking_uri": uri,
+        "experiment": experiment,
+        "cache_dir": str(Path(cache_dir or path / "cache").resolve()) if cache else None,
+    }
+    write_text(path / "search.yaml", yaml.safe_dump(state))
     write_text(path / "base_config.yaml", base.to_yaml())
 
+    searcher = _optuna_searcher(sp, sp.defaults(base), seed, name)
     rows: dict[str, dict] = {}
-    searcher = _optuna_searcher(
-        sp, sp.defaults(base), seed, f"sqlite:///{path / 'optuna.db'}", name
-    )
-    trainable = tune.with_parameters(
-        run_trial,
-        data=dataset,
-        base=base.to_dict(),
-        threads=max(1, int(cpus_per_trial)),
-        use_gpu=gpus > 0,
-        cache_dir=str(Path(cache_dir or path / "cache").resolve()) if cache else None,
-    )
+    callback = _logger_callback(recorder, sp, rows, on_event, path)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus}),
+        _trainable(dataset, base, state),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             metric=METRIC,
@@ -406,14 +411,86 @@ def search(
             storage_path=str(path),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[_logger_callback(recorder, sp, rows, on_event)],
+            callbacks=[callback],
         ),
     )
+    return _fit(tuner, recorder, path, rows, sp, base)
+
+
+def resume(
+    name: str,
+    storage: str | Path = "mer-tune-runs",
+    address: str | None = None,
+    on_event: Callable[..., None] | None = None,
+) -> SearchResult:
+    """Continue an interrupted search (Ctrl-C, a killed driver, a reboot) where it stopped:
+    finished trials are kept, unfinished ones rerun, Optuna's study continues, and the
+    MLflow parent and child runs are reused, never duplicated."""
+    from ray import tune
+
+    path = Path(storage).resolve() / name
+    if not (path / "search.yaml").exists() or not (path / "ray").is_dir():
+        raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
+    state = yaml.safe_load((path / "search.yaml").read_text())
+    base = _load(path / "base_config.yaml")
+    sp = load_space(str(path / "space.yaml"), base)
+    check_reachable(state["tracking_uri"])
+    _init_ray(address)
+    dataset = resolve(state["data"], DataOptions(classes=tuple(base.data.classes)))
+    recorder = SearchRecorder(state["tracking_uri"], state["experiment"])
+    recorder.resume_parent(state["parent_run_id"])
+    rows: dict[str, dict] = {}
+    if (path / "results.csv").exists():
+        for row in pd.read_csv(path / "results.csv").to_dict("records"):
+            rows[row["trial_id"]] = row
+    tuner = tune.Tuner.restore(
+        str(path / "ray"),
+        trainable=_trainable(dataset, base, state),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )
+    # The restored run config carries a pickled copy of the old callback; this process's
+    # callback (with its live MLflow client and the rows read above) replaces it.
+    tuner._local_tuner.get_run_config().callbacks = [
+        _logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path)
+    ]
+    return _fit(tuner, recorder, path, rows, sp, base)
+
+
+def _trainable(dataset: MERData, base: Config, state: dict[str, Any]):
+    from ray import tune
+
+    trainable = tune.with_parameters(
+        run_trial,
+        data=dataset,
+        base=base.to_dict(),
+        threads=max(1, int(state["cpus_per_trial"])),
+        use_gpu=state["gpus_per_trial"] > 0,
+        cache_dir=state["cache_dir"],
+        timeout=state.get("trial_timeout"),
+    )
+    return tune.with_resources(
+        trainable, {"cpu": state["cpus_per_trial"], "gpu": state["gpus_per_trial"]}
+    )
+
+
+def _fit(
+    tuner, recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config
+) -> SearchResult:
     try:
         tuner.fit()
     except BaseException:
         _finish(recorder, path, rows, sp, base, "KILLED")
         raise
+    # Keep exactly the trials Ray recorded: a driver killed between a trial's end and the
+    # next experiment checkpoint leaves rows and runs that a resumed search redid.
+    from ray.tune import ExperimentAnalysis
+
+    known = {t.trial_id for t in ExperimentAnalysis(str(path / "ray")).trials}
+    for trial_id in set(rows) - known:
+        del rows[trial_id]
+    recorder.drop_orphans(set(rows))
     return _finish(recorder, path, rows, sp, base, "FINISHED")
 
 
@@ -423,13 +500,18 @@ def _load(config: str | Path) -> Config:
     return load_config(config)
 
 
-def _finish(
-    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, status: str
-) -> SearchResult:
+def _write_results(path: Path, rows: dict) -> pd.DataFrame:
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["trial"]))
     if not table.empty and "weighted_f1" not in table:
         table["weighted_f1"] = float("nan")
     write_text(path / "results.csv", table.to_csv(index=False))
+    return table
+
+
+def _finish(
+    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, status: str
+) -> SearchResult:
+    table = _write_results(path, rows)
     best_cfg, best_score = None, None
     finished = table[table["status"] == "FINISHED"] if not table.empty else table
     if not finished.empty:
@@ -441,10 +523,43 @@ def _finish(
         recorder.set_tags(recorder.parent_id, {"mer_tune.best_trial": int(best["trial"])})
         recorder.client.log_artifact(recorder.parent_id, str(path / "best_config.yaml"))
     recorder.client.log_artifact(recorder.parent_id, str(path / "results.csv"))
+    _export_study(path, sp, table)
     recorder.finish_parent(status)
     return SearchResult(
         table, best_cfg, best_score, path, recorder.experiment_id, recorder.parent_id, recorder.uri
     )
+
+
+def _export_study(path: Path, sp: Space, table: pd.DataFrame) -> None:
+    """The search as an Optuna study in STORAGE/NAME/optuna.db (for optuna-dashboard and
+    Optuna's plots); rebuilt from the results so it always matches them."""
+    import optuna
+
+    states = {
+        "FINISHED": optuna.trial.TrialState.COMPLETE,
+        "PRUNED": optuna.trial.TrialState.PRUNED,
+        "FAILED": optuna.trial.TrialState.FAIL,
+    }
+    db = path / "optuna.db"
+    db.unlink(missing_ok=True)
+    study = optuna.create_study(
+        storage=f"sqlite:///{db}", study_name=path.name, direction="maximize"
+    )
+    for row in table.to_dict("records"):
+        state = states.get(row.get("status"))
+        if state is None:
+            continue
+        value = row.get("weighted_f1") if state == optuna.trial.TrialState.COMPLETE else None
+        params = {k: _plain(row[k]) for k in sp.params}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=sp.params,
+                value=value,
+                state=state,
+                user_attrs={"ray_trial_id": row["trial_id"]},
+            )
+        )
 
 
 def _plain(value: Any) -> Any:

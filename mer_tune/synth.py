@@ -60,6 +60,7 @@ STRENGTH = {
 }
 UNINFORMATIVE = {"audio": 0.15, "visual": 0.2, "text": 0.25}
 LATENT, NUISANCE = 16, 32
+CHUNK = 8192
 
 
 def class_counts(total: int) -> list[int]:
@@ -83,19 +84,28 @@ def generate(scale: str, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, 
     )
     labels = np.concatenate([np.repeat(np.arange(len(lab_counts)), lab_counts), pool])
     n = len(labels)
-    prototypes = rng.normal(size=(len(MER2024_CLASSES), LATENT)) * 1.0
-    z = prototypes[labels] + sc.spread * rng.normal(size=(n, LATENT))
+    prototypes = rng.normal(size=(len(MER2024_CLASSES), LATENT))
+    z = (prototypes[labels] + sc.spread * rng.normal(size=(n, LATENT))).astype(np.float32)
     feats = {}
     for m in MODALITIES:
         dim = sc.dims[m]
-        strength = np.asarray(STRENGTH[m])[labels][:, None]
-        informative = rng.random(n) >= UNINFORMATIVE[m]
-        mix = rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)
-        nuisance_mix = rng.normal(size=(NUISANCE, dim)) / np.sqrt(NUISANCE)
-        signal = (z * strength * informative[:, None]) @ mix
-        nuisance = sc.nuisance * rng.normal(size=(n, NUISANCE)) @ nuisance_mix
-        noise = sc.noise * rng.normal(size=(n, dim))
-        feats[m] = (signal + nuisance + noise).astype(np.float32)
+        strength = np.asarray(STRENGTH[m], dtype=np.float32)[labels][:, None]
+        informative = (rng.random(n) >= UNINFORMATIVE[m]).astype(np.float32)[:, None]
+        mix = (rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
+        nuisance_mix = (rng.normal(size=(NUISANCE, dim)) / np.sqrt(NUISANCE)).astype(np.float32)
+        out = np.empty((n, dim), dtype=np.float32)
+        # A block of rows at a time, in float32: the full scale stays within a few GiB.
+        for start in range(0, n, CHUNK):
+            rows = slice(start, min(n, start + CHUNK))
+            k = rows.stop - rows.start
+            signal = (z[rows] * strength[rows] * informative[rows]) @ mix
+            nuisance = (
+                sc.nuisance * rng.standard_normal((k, NUISANCE), dtype=np.float32)
+            ) @ nuisance_mix
+            out[rows] = (
+                signal + nuisance + sc.noise * rng.standard_normal((k, dim), dtype=np.float32)
+            )
+        feats[m] = out
     return feats, labels, sc.labelled
 
 

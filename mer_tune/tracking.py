@@ -91,6 +91,24 @@ class SearchRecorder:
             if trial_id:
                 self.children[trial_id] = run.info.run_id
 
+    def drop_orphans(self, trial_ids: set[str]) -> None:
+        """Delete child runs of trials that Ray never recorded (a driver killed between
+        starting a trial and saving its state): they stand for no trial."""
+        for run in self.child_runs():
+            if run.data.tags.get("ray.trial_id") not in trial_ids:
+                self.client.delete_run(run.info.run_id)
+
+    def __getstate__(self) -> dict:
+        # Ray pickles the run config (and this recorder inside the callback); the
+        # client is rebuilt from the URI on unpickling.
+        state = self.__dict__.copy()
+        state.pop("client", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
     def child_runs(self) -> list:
         query = f"tags.mlflow.parentRunId = '{self.parent_id}'"
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000)

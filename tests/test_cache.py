@@ -18,7 +18,9 @@ def test_same_config_scores_identically_with_and_without_the_cache(tmp_path, tin
     first = pipeline.run(data, fast_cfg, cache=store)
     second = pipeline.run(data, fast_cfg, cache=StageStore(tmp_path / "cache"))
     assert plain.weighted_f1 == first.weighted_f1 == second.weighted_f1
-    np.testing.assert_array_equal(plain.predictions.filter(like="prob_"), second.predictions.filter(like="prob_"))
+    np.testing.assert_array_equal(
+        plain.predictions.filter(like="prob_"), second.predictions.filter(like="prob_")
+    )
     assert set(second.cache_hits) == {"pretrain", "finetune", "pseudo"}
     assert first.cache_hits == ["pretrain"]  # computed in fold 0, shared by fold 1
 
@@ -37,12 +39,22 @@ def test_downstream_change_reuses_upstream_stages(tmp_path, tiny_dir, fast_cfg):
 
 def test_key_changes_with_any_upstream_value_and_only_then(fast_cfg):
     base = pipeline.stage_keys(fast_cfg, "fp", 0)
-    for path, value in [("model.hidden", 32), ("noise.kind", "mask"), ("optim.lr", 0.01), ("seed", 5)]:
+    for path, value in [
+        ("model.hidden", 32),
+        ("noise.kind", "mask"),
+        ("optim.lr", 0.01),
+        ("seed", 5),
+    ]:
         changed = pipeline.stage_keys(with_overrides(fast_cfg, {path: value}), "fp", 0)
         for stage in ("pretrain", "finetune", "pseudo"):
-            assert key_digest(stage, changed[stage]) != key_digest(stage, base[stage]), (path, stage)
+            assert key_digest(stage, changed[stage]) != key_digest(stage, base[stage]), (
+                path,
+                stage,
+            )
     other_data = pipeline.stage_keys(fast_cfg, "other", 0)
-    assert key_digest("pretrain", other_data["pretrain"]) != key_digest("pretrain", base["pretrain"])
+    assert key_digest("pretrain", other_data["pretrain"]) != key_digest(
+        "pretrain", base["pretrain"]
+    )
     other_fold = pipeline.stage_keys(fast_cfg, "fp", 1)
     assert other_fold["pretrain"] == base["pretrain"] and other_fold["finetune"] != base["finetune"]
     over = pipeline.stage_keys(with_overrides(fast_cfg, {"oversample.target": 10}), "fp", 0)
@@ -59,7 +71,9 @@ def test_concurrent_users_compute_a_shared_stage_once(tmp_path):
 
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(StageStore(tmp_path).get_or_compute("s", {"k": 1}, slow)))
+        threading.Thread(
+            target=lambda: results.append(StageStore(tmp_path).get_or_compute("s", {"k": 1}, slow))
+        )
         for _ in range(3)
     ]
     for t in threads:
@@ -84,7 +98,9 @@ def test_a_corrupt_entry_is_recomputed(tmp_path, damage):
     else:
         next(tmp_path.glob("*.sha256")).unlink()
     calls = []
-    again = StageStore(tmp_path).get_or_compute("s", {"k": 1}, lambda: calls.append(1) or {"w": torch.arange(100.0)})
+    again = StageStore(tmp_path).get_or_compute(
+        "s", {"k": 1}, lambda: calls.append(1) or {"w": torch.arange(100.0)}
+    )
     assert calls == [1]
     assert torch.equal(again["w"], torch.arange(100.0))
 

@@ -9,6 +9,7 @@ from mer_tune.config import load_config
 from mer_tune.data import load
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.search import search
+from mer_tune.spaces import load_space
 
 SPACE_KEYS = [
     "self_training.thresholds.neutral",
@@ -105,19 +106,25 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
 
 
 def test_optuna_drives_the_search_and_the_seed_repeats_it(search_env, tiny_dir):
-    a = _search(search_env, tiny_dir, trials=3, concurrency=1, seed=7, name="a")
-    b = _search(search_env, tiny_dir, trials=3, concurrency=1, seed=7, name="b")
-    c = _search(search_env, tiny_dir, trials=3, concurrency=1, seed=8, name="c")
-    study = optuna.load_study(study_name="a", storage=f"sqlite:///{a.path / 'optuna.db'}")
-    told = sorted([t.params[k] for k in SPACE_KEYS] for t in study.trials)
-    assert told == sorted(a.results[SPACE_KEYS].values.tolist())
-    assert len(study.trials) == 3 and all(
-        t.state == optuna.trial.TrialState.COMPLETE for t in study.trials
-    )
+    a = _search(search_env, tiny_dir, trials=4, concurrency=1, seed=7, name="a")
+    b = _search(search_env, tiny_dir, trials=4, concurrency=1, seed=7, name="b")
+    c = _search(search_env, tiny_dir, trials=4, concurrency=1, seed=8, name="c")
+    # A plain Optuna study with the same sampler, seed and first point, told the same
+    # scores, asks for exactly the values the search ran: the study drives the search.
+    space = load_space(str(search_env / "space.yaml"))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=7))
+    study.enqueue_trial({k: a.results.iloc[0][k] for k in SPACE_KEYS})
+    for row in a.results.to_dict("records"):
+        trial = study.ask(space.params)
+        assert trial.params == pytest.approx({k: row[k] for k in SPACE_KEYS})
+        study.tell(trial, row["weighted_f1"])
     # The first point is the base config's values (clipped into the space).
     assert a.results.iloc[0]["self_training.thresholds.neutral"] == 0.4  # FAST sets 0.4
     pd.testing.assert_frame_equal(a.results[SPACE_KEYS], b.results[SPACE_KEYS])
     assert not a.results[SPACE_KEYS].iloc[1:].equals(c.results[SPACE_KEYS].iloc[1:])
+    # The study is kept beside the results, for optuna-dashboard and Optuna's plots.
+    kept = optuna.load_study(study_name="a", storage=f"sqlite:///{a.path / 'optuna.db'}")
+    assert [t.params for t in kept.trials] == [t.params for t in study.trials]
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_env, tiny_dir):

@@ -1,0 +1,171 @@
+"""Interrupted searches resume cleanly; failures and timeouts are recorded; bad input fails early."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import FAST, LOW_THRESHOLDS_SPACE, write_dataset
+from mlflow.tracking import MlflowClient
+
+from mer_tune.errors import MerTuneError
+from mer_tune.search import search
+
+
+def _env():
+    env = dict(os.environ)
+    env["RAY_AUTH_MODE"] = "disabled"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.mark.slow
+def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path, tiny_dir):
+    trials = 6
+    slow = FAST | {"finetune": {"epochs": 40}}  # a few seconds a trial: time to kill mid-search
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
+    (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mer_tune",
+        "search",
+        "--space",
+        "space.yaml",
+        "--trials",
+        str(trials),
+        "--data",
+        str(tiny_dir),
+        "--config",
+        "slow.yaml",
+        "--concurrency",
+        "1",
+        "--name",
+        "r",
+        "--tracking-uri",
+        uri,
+        "--storage",
+        "runs",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = tmp_path / "runs" / "r" / "results.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if results.exists() and (pd.read_csv(results)["status"] == "FINISHED").sum() >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the search did not finish two trials in time")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
+    proc.wait()
+    done_before = (pd.read_csv(results)["status"] == "FINISHED").sum()
+    assert done_before < trials
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mer_tune", "search", "--resume", "r", "--storage", "runs"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    table = pd.read_csv(results)
+    assert len(table) == trials and table["trial_id"].is_unique
+    assert (table["status"] == "FINISHED").all()
+
+    from ray.tune import ExperimentAnalysis
+
+    ray_trials = ExperimentAnalysis(str(tmp_path / "runs" / "r" / "ray")).trials
+    assert len(ray_trials) == trials
+
+    study = optuna.load_study(
+        study_name="r", storage=f"sqlite:///{tmp_path / 'runs' / 'r' / 'optuna.db'}"
+    )
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == trials
+    assert optuna.trial.TrialState.RUNNING not in states
+    told = sorted(
+        tuple(t.params[k] for k in sorted(t.params))
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    )
+    assert len(set(told)) == trials  # no suggestion repeated
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("mer-tune")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == trials
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == trials
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):
+    res = search(
+        space=str(search_env / "space.yaml"),
+        trials=2,
+        data=str(tiny_dir),
+        config=str(search_env / "fast.yaml"),
+        concurrency=1,
+        trial_timeout=0.01,
+        tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
+        storage=str(search_env / "runs"),
+        name="t",
+    )
+    assert (res.results["status"] == "FAILED").all()
+    assert res.results["error"].str.contains("--trial-timeout").all()
+    assert res.best_config is None and not (res.path / "best_config.yaml").exists()
+    runs = MlflowClient(res.tracking_uri).search_runs(
+        [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
+    assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_unwritable_storage_fails_before_anything_runs(search_env, tiny_dir):
+    blocker = search_env / "not-a-folder"
+    blocker.write_text("a file where the storage folder should go")
+    with pytest.raises(MerTuneError, match="not-a-folder/runs: cannot write there"):
+        search(
+            space=str(search_env / "space.yaml"),
+            trials=1,
+            data=str(tiny_dir),
+            tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
+            storage=str(blocker / "runs"),
+        )
+
+
+def test_empty_labelled_set_is_one_clear_line(tmp_path, capsys):
+    from test_cli import run_cli
+
+    root = write_dataset(tmp_path / "d", n_lab=6, n_unl=4)
+    (root / "label-disdim.csv").write_text("name,discrete\n")
+    code, _, stderr = run_cli(["run", "--data", str(root), "--out", str(tmp_path / "o")], capsys)
+    assert (
+        code == 1
+        and stderr.strip() == f"error: {root}: no labelled samples (the labelled set is empty)"
+    )
+
+
+def test_debug_shows_the_traceback(capsys):
+    from test_cli import run_cli
+
+    with pytest.raises(MerTuneError):
+        run_cli(["--debug", "run", "--data", "synthetic:huge"], capsys)
