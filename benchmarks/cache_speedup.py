@@ -47,8 +47,8 @@ def main() -> None:
 
     import ray
 
-    from mer_tune.search import search
     from mer_tune.staged import staged_search
+    from mer_tune.tuning import search
 
     work = Path(tempfile.mkdtemp(prefix="mer-tune-cache-bench-"))
     ray.init(

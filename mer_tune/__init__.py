@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def search(*args: Any, **kwargs: Any):
     """Run a search; see `mer_tune.search.search` (imported lazily: Ray is heavy)."""
-    from .search import search as _search
+    from .tuning import search as _search
 
     return _search(*args, **kwargs)
 

@@ -370,9 +370,9 @@ def search(
     records each one as a nested run under the search's parent run.
 
     Writes STORAGE/NAME/results.csv and best_config.yaml (loadable by `mer-tune run --config`)."""
-    from .search import resume
-    from .search import search as flat_search
     from .staged import staged_search
+    from .tuning import resume
+    from .tuning import search as flat_search
 
     if resume_name:
         _print_summary(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
@@ -431,6 +431,24 @@ def _print_summary(res) -> None:
     console.print(f"browse the trials: {res.ui_command}", soft_wrap=True)
     score = f"{res.best_score:.4f}" if res.best_score is not None else "none (every trial failed)"
     click.echo(f"best weighted F1: {score}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True)
+def report(name, storage, fmt, top) -> None:
+    """The top trials, best config, parameter importances, failures and plots of search NAME."""
+    from .report import build_report, format_report
+
+    click.echo(format_report(build_report(name, storage, top), fmt))
 
 
 @cli.command()

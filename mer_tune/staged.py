@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from .config import get_path
-from .search import SearchResult, search
 from .spaces import load_space
+from .tuning import SearchResult, search
 
 STEP_SHARES = {"upstream": 0.5, "thresholds": 0.25, "voting": 0.25}
 

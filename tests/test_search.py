@@ -1,5 +1,8 @@
 """Real searches: a local Ray, Optuna's TPE and a sqlite MLflow store, on tiny data."""
 
+import io
+import json
+
 import optuna
 import pandas as pd
 import pytest
@@ -8,8 +11,8 @@ from mlflow.tracking import MlflowClient
 from mer_tune.config import load_config
 from mer_tune.data import load
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.search import search
 from mer_tune.spaces import load_space
+from mer_tune.tuning import search
 
 SPACE_KEYS = [
     "self_training.thresholds.neutral",
@@ -85,6 +88,20 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
     assert max(histories) >= 10  # finetuning's 10 epochs, in the trial that computed them
     scores = sorted(c.data.metrics["weighted_f1"] for c in children)
     assert scores == pytest.approx(sorted(results["weighted_f1"]))
+
+    # What a user looks at: the trial's config and confusion matrix, the search's plots.
+    child_files = {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert {"config.yaml", "confusion_matrix.png"} <= child_files
+    plots = {a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots
+    code, report_json, _ = run_cli(["report", "s1", "--format", "json"], capsys)
+    report = json.loads(report_json)
+    assert code == 0 and report["finished"] == 4 and report["best_weighted_f1"] == results["weighted_f1"].max()
+    assert set(report["importances"]) == set(SPACE_KEYS)
+    code, report_csv, _ = run_cli(["report", "s1", "--format", "csv", "--top", "2"], capsys)
+    assert len(pd.read_csv(io.StringIO(report_csv))) == 2
+    code, table, _ = run_cli(["report", "s1"], capsys)
+    assert "best weighted F1" in table and "parameter importances" in table
 
     # best_config.yaml is a config `mer-tune run --config` accepts and reproduces.
     best = load_config(path / "best_config.yaml")

@@ -7,9 +7,11 @@ store (`tune.with_parameters`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from sklearn.metrics import confusion_matrix
 
 from . import pipeline
 from .cache import StageStore
@@ -111,6 +114,10 @@ def run_trial(
     final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
     if res.pseudo_precision is not None:
         final["pseudo_precision"] = res.pseudo_precision
+    matrix = confusion_matrix(
+        res.predictions["label"], res.predictions["pred"], labels=cfg.data.classes
+    )
+    final["confusion"] = json.dumps(matrix.tolist())
     tune.report(final)
 
 
@@ -154,7 +161,12 @@ def _optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
 
 
 def _logger_callback(
-    recorder: SearchRecorder, space: Space, rows: dict, on_event: Callable[..., None], path: Path
+    recorder: SearchRecorder,
+    space: Space,
+    rows: dict,
+    on_event: Callable[..., None],
+    path: Path,
+    base: Config,
 ):
     from ray.tune import Callback
 
@@ -216,6 +228,7 @@ def _logger_callback(
                 "mer_tune.cached_stages": result.get("cache_hits", ""),
                 "mer_tune.status": row["status"],
             }
+            _trial_artifacts(recorder, trial, result, base)
             recorder.finish_child(trial.trial_id, status, tags)
             self._save()
             on_event("complete", row=row)
@@ -238,6 +251,25 @@ def _logger_callback(
             on_event("error", row=row)
 
     return MlflowTrialLogger()
+
+
+def _trial_artifacts(recorder: SearchRecorder, trial, result: dict, base: Config) -> None:
+    """The resolved config as YAML and, for a finished trial, its confusion matrix."""
+    from .report import confusion_png
+
+    run_id = recorder.children.get(trial.trial_id)
+    if run_id is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = with_overrides(base, dict(trial.config))
+        (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
+        if result.get("confusion"):
+            confusion_png(
+                json.loads(result["confusion"]),
+                cfg.data.classes,
+                Path(tmp) / "confusion_matrix.png",
+            )
+        recorder.client.log_artifacts(run_id, tmp)
 
 
 def _error_message(trial) -> str:
@@ -392,7 +424,7 @@ def search(
 
     searcher = _optuna_searcher(sp, sp.defaults(base), seed, name)
     rows: dict[str, dict] = {}
-    callback = _logger_callback(recorder, sp, rows, on_event, path)
+    callback = _logger_callback(recorder, sp, rows, on_event, path, base)
     tuner = tune.Tuner(
         _trainable(dataset, base, state),
         tune_config=tune.TuneConfig(
@@ -453,7 +485,7 @@ def resume(
     # The restored run config carries a pickled copy of the old callback; this process's
     # callback (with its live MLflow client and the rows read above) replaces it.
     tuner._local_tuner.get_run_config().callbacks = [
-        _logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path)
+        _logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path, base)
     ]
     return _fit(tuner, recorder, path, rows, sp, base)
 
@@ -523,14 +555,20 @@ def _finish(
         recorder.set_tags(recorder.parent_id, {"mer_tune.best_trial": int(best["trial"])})
         recorder.client.log_artifact(recorder.parent_id, str(path / "best_config.yaml"))
     recorder.client.log_artifact(recorder.parent_id, str(path / "results.csv"))
-    _export_study(path, sp, table)
+    study = _export_study(path, sp, table)
+    from .report import study_plots
+
+    plots = path / "plots"
+    plots.mkdir(exist_ok=True)
+    if study_plots(study, plots):
+        recorder.client.log_artifacts(recorder.parent_id, str(plots), "plots")
     recorder.finish_parent(status)
     return SearchResult(
         table, best_cfg, best_score, path, recorder.experiment_id, recorder.parent_id, recorder.uri
     )
 
 
-def _export_study(path: Path, sp: Space, table: pd.DataFrame) -> None:
+def _export_study(path: Path, sp: Space, table: pd.DataFrame):
     """The search as an Optuna study in STORAGE/NAME/optuna.db (for optuna-dashboard and
     Optuna's plots); rebuilt from the results so it always matches them."""
     import optuna
@@ -560,6 +598,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame) -> None:
                 user_attrs={"ray_trial_id": row["trial_id"]},
             )
         )
+    return study
 
 
 def _plain(value: Any) -> Any:

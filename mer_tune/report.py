@@ -1,0 +1,150 @@
+"""What a finished search shows: plots for MLflow, and `mer-tune report`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .errors import MerTuneError
+
+
+def confusion_png(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
+    """A confusion-matrix image (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(
+                j,
+                i,
+                int(m[i, j]),
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+            )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def study_plots(study, out: Path) -> list[Path]:
+    """Optuna's parameter-importance, optimisation-history and parallel-coordinate plots as
+    PNG files; a plot Optuna cannot draw for this study (too few trials) is left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    made = []
+    for name, draw in (
+        ("param_importances", ovm.plot_param_importances),
+        ("optimization_history", ovm.plot_optimization_history),
+        ("parallel_coordinate", ovm.plot_parallel_coordinate),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks these plots experimental
+                ax = draw(study)
+            fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            made.append(out / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
+            plt.close("all")
+    return made
+
+
+def importances(study) -> dict[str, float]:
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return {}
+
+
+def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5) -> dict[str, Any]:
+    """The top trials, best config, parameter importances, failures and plot locations."""
+    import optuna
+
+    path = Path(storage).resolve() / name
+    if not (path / "results.csv").exists():
+        raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
+    table = pd.read_csv(path / "results.csv")
+    state = (
+        yaml.safe_load((path / "search.yaml").read_text())
+        if (path / "search.yaml").exists()
+        else {}
+    )
+    study = None
+    if (path / "optuna.db").exists():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{path / 'optuna.db'}")
+    finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
+    failed = table[table["status"] == "FAILED"]
+    best = path / "best_config.yaml"
+    return {
+        "search": name,
+        "path": str(path),
+        "trials": len(table),
+        "finished": len(finished),
+        "failed": len(failed),
+        "best_weighted_f1": float(finished["weighted_f1"].iloc[0]) if len(finished) else None,
+        "best_config": str(best) if best.exists() else None,
+        "top": finished.head(top).drop(columns=["trial_id"], errors="ignore").to_dict("records"),
+        "importances": importances(study) if study is not None else {},
+        "failures": failed[["trial", "error"]].to_dict("records") if "error" in failed else [],
+        "plots": sorted(str(p) for p in (path / "plots").glob("*.png")),
+        "mlflow": {
+            "tracking_uri": state.get("tracking_uri"),
+            "parent_run_id": state.get("parent_run_id"),
+        },
+    }
+
+
+def format_report(report: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report, indent=2, default=str)
+    if fmt == "csv":
+        return pd.DataFrame(report["top"]).to_csv(index=False)
+    lines = [
+        f"search {report['search']}: {report['finished']} finished, {report['failed']} failed "
+        f"of {report['trials']} trials"
+    ]
+    if report["best_weighted_f1"] is not None:
+        lines.append(
+            f"best weighted F1: {report['best_weighted_f1']:.4f}   config: {report['best_config']}"
+        )
+    lines.append("top trials:")
+    lines.append(pd.DataFrame(report["top"]).to_string(index=False) if report["top"] else "  none")
+    if report["importances"]:
+        lines.append("parameter importances:")
+        lines += [f"  {k:40s} {v:.3f}" for k, v in report["importances"].items()]
+    for f in report["failures"]:
+        lines.append(f"failed trial {f['trial']}: {f['error']}")
+    if report["plots"]:
+        lines.append("plots: " + ", ".join(report["plots"]))
+    return "\n".join(lines)
