@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -25,43 +26,59 @@ def _config(config_file: str | None, sets: tuple[str, ...], folds: int | None = 
     return with_overrides(cfg, overrides, source="--set") if overrides else cfg
 
 
-def _data_options(
-    cfg: Config,
-    visual: str,
-    audio: str,
-    text: str,
-    labels: str | None,
-    test_names: str | None,
-    trust_pickle: bool,
-) -> DataOptions:
+DATA_ARGS = (
+    "visual_features",
+    "audio_features",
+    "text_features",
+    "labels",
+    "test_names",
+    "trust_pickle",
+)
+
+
+def _data_options(cfg: Config, data_args: dict) -> DataOptions:
+    folders = {m: data_args[f"{m}_features"] for m in ("visual", "audio", "text")}
     return DataOptions(
-        folders={"visual": visual, "audio": audio, "text": text},
+        folders=folders,
         classes=tuple(cfg.data.classes),
-        labels=labels,
-        test_names=test_names,
-        trust_pickle=trust_pickle,
+        labels=data_args["labels"],
+        test_names=data_args["test_names"],
+        trust_pickle=data_args["trust_pickle"],
     )
 
 
 def data_options(f):
-    """Options that say where the modalities and labels of a dataset are."""
-    f = click.option(
+    """Options that say where the modalities and labels of a dataset are; the command
+    receives them together as `data_args`."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        kwargs["data_args"] = {k: kwargs.pop(k) for k in DATA_ARGS}
+        return f(*args, **kwargs)
+
+    wrapper = click.option(
         "--trust-pickle",
         is_flag=True,
         help="Allow reading label-6way.npz (it holds pickled objects).",
-    )(f)
-    f = click.option(
+    )(wrapper)
+    wrapper = click.option(
         "--test-names",
         type=click.Path(exists=True, dir_okay=False),
         help="Names kept apart as the test set.",
-    )(f)
-    f = click.option("--labels", type=click.Path(), help="Label file (default: label-disdim.csv).")(
-        f
+    )(wrapper)
+    wrapper = click.option(
+        "--labels", type=click.Path(), help="Label file (default: label-disdim.csv)."
+    )(wrapper)
+    wrapper = click.option("--text-features", default=DEFAULT_FOLDERS["text"], show_default=True)(
+        wrapper
     )
-    f = click.option("--text-features", default=DEFAULT_FOLDERS["text"], show_default=True)(f)
-    f = click.option("--audio-features", default=DEFAULT_FOLDERS["audio"], show_default=True)(f)
-    f = click.option("--visual-features", default=DEFAULT_FOLDERS["visual"], show_default=True)(f)
-    return f
+    wrapper = click.option("--audio-features", default=DEFAULT_FOLDERS["audio"], show_default=True)(
+        wrapper
+    )
+    wrapper = click.option(
+        "--visual-features", default=DEFAULT_FOLDERS["visual"], show_default=True
+    )(wrapper)
+    return wrapper
 
 
 class Progress:
@@ -130,12 +147,7 @@ def run(
     folds,
     out,
     device,
-    visual_features,
-    audio_features,
-    text_features,
-    labels,
-    test_names,
-    trust_pickle,
+    data_args,
 ) -> None:
     """Train and evaluate one configuration with stratified k-fold; print the weighted F1.
 
@@ -143,9 +155,7 @@ def run(
     from .runner import run_config
 
     cfg = _config(config_file, sets, folds)
-    opts = _data_options(
-        cfg, visual_features, audio_features, text_features, labels, test_names, trust_pickle
-    )
+    opts = _data_options(cfg, data_args)
     with Progress() as progress:
         result = run_config(cfg, data_spec, Path(out), opts, report=progress, device=device)
     folds_text = ", ".join(f"{v:.4f}" for v in result.fold_f1)
@@ -181,20 +191,13 @@ def synth(out, scale, seed) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @data_options
 def check(
-    folder, visual_features, audio_features, text_features, labels, test_names, trust_pickle
+    folder,
+    data_args,
 ) -> None:
     """Counts per class and split, dims per modality, and every problem found."""
     from .checks import check_report
 
-    opts = _data_options(
-        build_config(),
-        visual_features,
-        audio_features,
-        text_features,
-        labels,
-        test_names,
-        trust_pickle,
-    )
+    opts = _data_options(build_config(), data_args)
     text, ok = check_report(folder, opts)
     click.echo(text)
     if not ok:
@@ -206,20 +209,14 @@ def check(
 @click.option("--force", is_flag=True, help="Rebuild even when the pack looks current.")
 @data_options
 def pack_cmd(
-    folder, force, visual_features, audio_features, text_features, labels, test_names, trust_pickle
+    folder,
+    force,
+    data_args,
 ) -> None:
     """Pack a feature folder into memory-mappable arrays (done on first use anyway)."""
     from .data import load
 
-    opts = _data_options(
-        build_config(),
-        visual_features,
-        audio_features,
-        text_features,
-        labels,
-        test_names,
-        trust_pickle,
-    )
+    opts = _data_options(build_config(), data_args)
     t0 = time.perf_counter()
     d = load(folder, opts, force=force)
     click.echo(
@@ -359,12 +356,7 @@ def search(
     trial_timeout,
     strategy,
     max_failures,
-    visual_features,
-    audio_features,
-    text_features,
-    labels,
-    test_names,
-    trust_pickle,
+    data_args,
 ) -> None:
     """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
     records each one as a nested run under the search's parent run.
@@ -383,9 +375,7 @@ def search(
     if trials < 1:
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
     cfg = _config(config_file, sets)
-    opts = _data_options(
-        cfg, visual_features, audio_features, text_features, labels, test_names, trust_pickle
-    )
+    opts = _data_options(cfg, data_args)
     res = run_search(
         space,
         trials,
