@@ -168,6 +168,47 @@ def run(
     click.echo(f"weighted F1 (mean over {len(result.fold_f1)} folds): {result.weighted_f1:.4f}")
 
 
+@cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Config YAML, e.g. a search's best_config.yaml.",
+)
+@click.option("--data", "data_spec", help=DATA_HELP)
+@click.option("--out", type=click.Path(dir_okay=False), default="submission.csv", show_default=True)
+@click.option(
+    "--folds",
+    type=click.IntRange(1, 20),
+    default=5,
+    show_default=True,
+    help="Fold models whose probabilities are averaged.",
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option(
+    "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when present.")
+@data_options
+def predict(config_file, data_spec, out, folds, sets, tracking_uri, device, data_args) -> None:
+    """Train a configuration on all labelled data (k fold models, averaged) and write a
+    MER2024 submission (columns name, discrete) for the test names."""
+    from .runner import predict_submission
+
+    cfg = _config(config_file, sets, folds)
+    with Progress() as progress:
+        sub = predict_submission(
+            cfg,
+            data_spec,
+            Path(out),
+            _data_options(cfg, data_args),
+            tracking_uri,
+            report=progress,
+            device=device,
+        )
+    click.echo(f"wrote {len(sub)} predictions to {out}")
+
+
 @cli.group()
 def data() -> None:
     """Create, check and pack datasets."""

@@ -26,7 +26,7 @@ from .data import LABELLED, TEST, UNLABELLED, MERData
 
 # Bump a stage's version when its code changes what it computes: cached outputs of the
 # old code then stop matching.
-STAGE_VERSIONS = {"pretrain": 1, "finetune": 1, "pseudo": 1, "retrain": 1}
+STAGE_VERSIONS = {"pretrain": 1, "finetune": 1, "pseudo": 2}
 Report = Callable[..., None]
 
 
@@ -156,6 +156,7 @@ class FoldResult:
     pseudo_precision: float | None
     seconds: dict[str, float]
     cache_hits: list[str] = field(default_factory=list)
+    state: dict[str, torch.Tensor] | None = None  # the final model's weights
 
 
 @dataclass
@@ -277,6 +278,7 @@ def run_fold(
         "finetune", lambda: cache.get_or_compute("finetune", keys["finetune"], do_finetune)
     )
     val_logits, pool_logits = fine["val"], fine["pool"]
+    final_state = fine["state"]
 
     added = {c: 0 for c in data.classes}
     precision = None
@@ -315,14 +317,14 @@ def run_fold(
                 logits_val = train.predict(model, feats, val_idx)
                 if rnd + 1 < st.rounds:
                     logits_pool = train.predict(model, feats, unl)
-            return {"val": logits_val, "keep": keep, "labels": labels}
+            return {"val": logits_val, "keep": keep, "labels": labels, "state": _cpu(state)}
 
         # Pseudo-labelling and retraining are one cached stage: both depend on the thresholds.
         selftrain = timed(
             "self_training",
             lambda: cache.get_or_compute("pseudo", keys["pseudo"], do_self_training),
         )
-        val_logits = selftrain["val"]
+        val_logits, final_state = selftrain["val"], selftrain["state"]
         for c in selftrain["labels"]:
             added[data.classes[int(c)]] += 1
         if data.hidden_labels is not None and len(selftrain["keep"]):
@@ -333,7 +335,14 @@ def run_fold(
     elif st.enabled and st.rounds > 0:
         report("note", text="the unlabelled pool is empty: self-training skipped")
     return FoldResult(
-        fold, val_idx, val_logits, added, precision, seconds, list(getattr(cache, "hits", []))
+        fold,
+        val_idx,
+        val_logits,
+        added,
+        precision,
+        seconds,
+        list(getattr(cache, "hits", [])),
+        final_state,
     )
 
 
@@ -400,3 +409,29 @@ def run(
         notes=notes,
         cache_hits=sorted(set(getattr(cache, "hits", []))),
     )
+
+
+def predict_names(
+    data: MERData,
+    cfg: Config,
+    idx: np.ndarray,
+    cache: StageCache | None = None,
+    report: Report | None = None,
+    device: str | None = None,
+) -> np.ndarray:
+    """Class probabilities for the samples `idx` (e.g. the test set), averaged over the
+    k fold models, as the challenge protocol does: each fold trains on the other folds'
+    labelled samples and picks its best epoch on its own."""
+    report = report or (lambda *a, **k: None)
+    cache = cache or MemoryCache()
+    feats = train.Features(data, pick_device(device))
+    y = data.labels[data.indices(LABELLED)]
+    total = None
+    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed)
+    for k, (tr, va) in enumerate(folds):
+        res = run_fold(data, cfg, k, tr, va, feats, cache, report)
+        model = train.make_model(data, cfg, 0, feats.device)
+        model.load_state_dict(res.state)
+        probs = vote(train.predict(model, feats, idx), cfg.voting.weights, cfg.voting.mode)
+        total = probs if total is None else total + probs
+    return total / len(folds)

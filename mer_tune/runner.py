@@ -1,14 +1,18 @@
-"""`mer-tune run`: one config, k-fold, results written to a folder."""
+"""`mer-tune run` (one config, k-fold, results in a folder) and `mer-tune predict`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from . import pipeline
 from .config import Config
-from .data import DataOptions
+from .data import TEST, DataOptions
 from .datasets import resolve
+from .errors import MerTuneError
 from .outputs import ensure_writable, write_json, write_text
 
 
@@ -33,3 +37,50 @@ def run_config(
     write_text(out / "val_predictions.csv", result.predictions.to_csv(index=False))
     write_json(out / "metrics.json", metrics)
     return result
+
+
+def predict_submission(
+    cfg: Config,
+    data_spec: str | None,
+    out: Path,
+    opts: DataOptions | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "mer-tune",
+    report: pipeline.Report | None = None,
+    device: str | None = None,
+) -> pd.DataFrame:
+    """Train `cfg` on all labelled data (k fold models, probabilities averaged) and write a
+    MER2024 submission (columns name, discrete) for the test names; log it to MLflow."""
+    from .tracking import SearchRecorder, check_reachable, resolve_uri
+
+    opts = opts or DataOptions(classes=tuple(cfg.data.classes))
+    data = resolve(data_spec, opts)
+    test_idx = data.indices(TEST)
+    if len(test_idx) == 0:
+        raise MerTuneError(
+            f"{data.source}: no test names (add test-names.csv or pass --test-names)"
+        )
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    ensure_writable(out.resolve().parent)
+    probs = pipeline.predict_names(data, cfg, test_idx, report=report, device=device)
+    submission = pd.DataFrame(
+        {
+            "name": data.names[test_idx],
+            "discrete": np.asarray(data.classes, dtype=object)[probs.argmax(1)],
+        }
+    )
+    write_text(out, submission.to_csv(index=False))
+    recorder = SearchRecorder(uri, experiment)
+    run = recorder.client.create_run(
+        recorder.experiment_id,
+        run_name="predict",
+        tags={"mer_tune.kind": "predict", "mer_tune.data_fingerprint": data.fingerprint},
+    )
+    run_id = run.info.run_id
+    recorder.client.log_param(run_id, "folds", cfg.eval.folds)
+    recorder.client.log_param(run_id, "test_samples", len(test_idx))
+    recorder.client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    recorder.client.log_artifact(run_id, str(out))
+    recorder.client.set_terminated(run_id)
+    return submission

@@ -90,3 +90,31 @@ def test_data_check_reports_a_problem(tmp_path, capsys):
     (root / "features" / "chinese-hubert-large-UTT" / "sample_00000002.npy").unlink()
     code, stdout, _ = run_cli(["data", "check", str(root)], capsys)
     assert code == 1 and "problem: sample 'sample_00000002' has no audio features" in stdout
+
+
+def test_predict_writes_a_submission_for_every_test_name(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg_file = tmp_path / "fast.yaml"
+    cfg_file.write_text(yaml.safe_dump(FAST))
+    out = tmp_path / "submission.csv"
+    code, stdout, stderr = run_cli(["predict", "--config", str(cfg_file), "--data", str(tiny_dir), "--folds", "2",
+                                    "--out", str(out)], capsys)
+    assert code == 0, stderr
+    sub = pd.read_csv(out)
+    test_names = pd.read_csv(tiny_dir / "test-names.csv")["name"]
+    assert list(sub.columns) == ["name", "discrete"]
+    assert sorted(sub["name"]) == sorted(test_names) and sub["name"].is_unique
+    assert set(sub["discrete"]) <= {"neutral", "angry", "happy", "sad", "worried", "surprise"}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mer-tune").experiment_id])
+    assert [r.data.tags["mer_tune.kind"] for r in runs] == ["predict"]
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {"submission.csv", "config.yaml"}
+
+
+def test_predict_without_test_names_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    code, _, stderr = run_cli(["predict", "--data", str(root), "--out", str(tmp_path / "s.csv")], capsys)
+    assert code == 1 and "no test names" in stderr and not (tmp_path / "s.csv").exists()
