@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: env run test lint clean
+.PHONY: env run test lint clean chromium
 
 $(BIN)/mer-tune: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ lint: env
 	$(BIN)/ruff check mer_tune tests benchmarks
 	$(BIN)/ruff format --check mer_tune tests benchmarks
 
-test: env lint
+# The browser test drives Debian's chromium (playwright uses it; no browser download).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: env lint chromium
 	$(BIN)/pytest -q
 
 clean:

@@ -114,6 +114,9 @@ def run_trial(
     final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
     if res.pseudo_precision is not None:
         final["pseudo_precision"] = res.pseudo_precision
+    import ray
+
+    final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
     matrix = confusion_matrix(
         res.predictions["label"], res.predictions["pred"], labels=cfg.data.classes
     )
@@ -225,6 +228,7 @@ def _logger_callback(
             tags = {
                 "ray.node_ip": result.get("node_ip", ""),
                 "ray.hostname": result.get("hostname", ""),
+                "ray.node_id": result.get("node_id", ""),
                 "mer_tune.cached_stages": result.get("cache_hits", ""),
                 "mer_tune.status": row["status"],
             }

@@ -97,8 +97,20 @@ def test_predict_writes_a_submission_for_every_test_name(tiny_dir, tmp_path, cap
     cfg_file = tmp_path / "fast.yaml"
     cfg_file.write_text(yaml.safe_dump(FAST))
     out = tmp_path / "submission.csv"
-    code, stdout, stderr = run_cli(["predict", "--config", str(cfg_file), "--data", str(tiny_dir), "--folds", "2",
-                                    "--out", str(out)], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "predict",
+            "--config",
+            str(cfg_file),
+            "--data",
+            str(tiny_dir),
+            "--folds",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     sub = pd.read_csv(out)
     test_names = pd.read_csv(tiny_dir / "test-names.csv")["name"]
@@ -110,11 +122,16 @@ def test_predict_writes_a_submission_for_every_test_name(tiny_dir, tmp_path, cap
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mer-tune").experiment_id])
     assert [r.data.tags["mer_tune.kind"] for r in runs] == ["predict"]
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {"submission.csv", "config.yaml"}
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {
+        "submission.csv",
+        "config.yaml",
+    }
 
 
 def test_predict_without_test_names_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
-    code, _, stderr = run_cli(["predict", "--data", str(root), "--out", str(tmp_path / "s.csv")], capsys)
+    code, _, stderr = run_cli(
+        ["predict", "--data", str(root), "--out", str(tmp_path / "s.csv")], capsys
+    )
     assert code == 1 and "no test names" in stderr and not (tmp_path / "s.csv").exists()

@@ -96,7 +96,11 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
     assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots
     code, report_json, _ = run_cli(["report", "s1", "--format", "json"], capsys)
     report = json.loads(report_json)
-    assert code == 0 and report["finished"] == 4 and report["best_weighted_f1"] == results["weighted_f1"].max()
+    assert (
+        code == 0
+        and report["finished"] == 4
+        and report["best_weighted_f1"] == results["weighted_f1"].max()
+    )
     assert set(report["importances"]) == set(SPACE_KEYS)
     code, report_csv, _ = run_cli(["report", "s1", "--format", "csv", "--top", "2"], capsys)
     assert len(pd.read_csv(io.StringIO(report_csv))) == 2

@@ -11,20 +11,41 @@ def test_parameters_split_by_the_stage_they_first_affect():
 
 
 def test_budget_split_sums_to_the_trials():
-    assert split_budget(16, ["upstream", "thresholds", "voting"]) == {"upstream": 8, "thresholds": 4, "voting": 4}
-    assert split_budget(3, ["upstream", "thresholds", "voting"]) == {"upstream": 1, "thresholds": 1, "voting": 1}
+    assert split_budget(16, ["upstream", "thresholds", "voting"]) == {
+        "upstream": 8,
+        "thresholds": 4,
+        "voting": 4,
+    }
+    assert split_budget(3, ["upstream", "thresholds", "voting"]) == {
+        "upstream": 1,
+        "thresholds": 1,
+        "voting": 1,
+    }
     assert sum(split_budget(7, ["upstream", "voting"]).values()) == 7
 
 
 def test_staged_search_freezes_each_steps_best_for_the_next(search_env, tiny_dir):
-    (search_env / "mixed.yaml").write_text(yaml.safe_dump({"params": {
-        "optim.lr": {"type": "float", "low": 0.001, "high": 0.005, "log": True},
-        "self_training.thresholds.sad": {"type": "float", "low": 0.2, "high": 0.6},
-        "voting.weights.text": {"type": "float", "low": 0.0, "high": 1.0},
-    }}))
-    res = staged_search(str(search_env / "mixed.yaml"), 4, data=str(tiny_dir), config=str(search_env / "fast.yaml"),
-                        concurrency=1, tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
-                        storage=str(search_env / "runs"), name="st")
+    (search_env / "mixed.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "params": {
+                    "optim.lr": {"type": "float", "low": 0.001, "high": 0.005, "log": True},
+                    "self_training.thresholds.sad": {"type": "float", "low": 0.2, "high": 0.6},
+                    "voting.weights.text": {"type": "float", "low": 0.0, "high": 1.0},
+                }
+            }
+        )
+    )
+    res = staged_search(
+        str(search_env / "mixed.yaml"),
+        4,
+        data=str(tiny_dir),
+        config=str(search_env / "fast.yaml"),
+        concurrency=1,
+        tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
+        storage=str(search_env / "runs"),
+        name="st",
+    )
     runs = search_env / "runs"
     upstream = pd.read_csv(runs / "st-upstream" / "results.csv")
     voting = pd.read_csv(runs / "st-voting" / "results.csv")

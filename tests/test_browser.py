@@ -1,0 +1,108 @@
+"""The trials of a search can be browsed in the MLflow UI: a real server, a real browser."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mer_tune.tuning import search
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 with a sqlite store, stopped after the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 - open while the server runs
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail(
+                        f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-500:]}"
+                    )
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.browser
+def test_parent_and_nested_trials_appear_in_the_mlflow_ui(mlflow_server, search_env, tiny_dir):
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is needed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    res = search(
+        space=str(search_env / "space.yaml"),
+        trials=2,
+        data=str(tiny_dir),
+        config=str(search_env / "fast.yaml"),
+        concurrency=1,
+        tracking_uri=mlflow_server,
+        storage=str(search_env / "runs"),
+        name="browsed",
+    )
+    url = f"{mlflow_server}/#/experiments/{res.experiment_id}/runs"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.get_by_text("browsed").first.wait_for(timeout=60000)
+            # Child runs sit collapsed under their parent: expand it as a user would.
+            page.get_by_role("row").filter(has_text="browsed").first.locator("button").first.click()
+            for name in ("trial-000", "trial-001"):
+                page.get_by_text(name).first.wait_for(timeout=30000)
+            page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"))
+            assert "3 matching runs" in page.inner_text("body")  # the parent and its two trials
+        finally:
+            browser.close()
