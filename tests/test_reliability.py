@@ -169,3 +169,29 @@ def test_debug_shows_the_traceback(capsys):
 
     with pytest.raises(MerTuneError):
         run_cli(["--debug", "run", "--data", "synthetic:huge"], capsys)
+
+
+def test_max_failures_retries_a_failing_trial_in_the_same_run(search_env, tiny_dir):
+    (search_env / "bad_lr.yaml").write_text(
+        "params:\n  optim.lr: {type: categorical, choices: [1.0e+30]}\n"
+    )
+    res = search(
+        space=str(search_env / "bad_lr.yaml"),
+        trials=1,
+        data=str(tiny_dir),
+        config=str(search_env / "fast.yaml"),
+        concurrency=1,
+        max_failures=1,
+        tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
+        storage=str(search_env / "runs"),
+        name="mf",
+    )
+    from ray.tune import ExperimentAnalysis
+
+    (trial,) = ExperimentAnalysis(str(res.path / "ray")).trials
+    assert trial.run_metadata.num_failures == 2  # the first try and one retry
+    assert res.results["status"].tolist() == ["FAILED"]
+    runs = MlflowClient(res.tracking_uri).search_runs(
+        [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
