@@ -1,0 +1,46 @@
+"""Memory of one inference pass over a whole packed dataset: is the feature set held once?
+
+    python benchmarks/memory_probe.py --dir /tmp/mer-full --batch-size 4096
+
+Prints private (RssAnon) and file-backed (RssFile, the memory-mapped pack) resident
+memory and the peak (VmHWM), before and after the pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mer_tune import train
+from mer_tune.config import build_config
+from mer_tune.data import DataOptions, default_pack_dir, load_pack
+
+
+def memory() -> str:
+    keep = ("VmHWM", "RssAnon", "RssFile")
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return "  ".join(" ".join(line.split()) for line in lines if line.startswith(keep))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", default="/tmp/mer-full")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    args = parser.parse_args()
+    data = load_pack(default_pack_dir(Path(args.dir), DataOptions()))
+    print(f"packed features: {data.nbytes() / 2**30:.2f} GiB; after loading: {memory()}")
+    feats = train.Features(data, torch.device("cpu"))
+    model = train.make_model(data, build_config(), 0, torch.device("cpu"))
+    t0 = time.perf_counter()
+    train.predict(model, feats, np.arange(len(data.names)), batch_size=args.batch_size)
+    print(
+        f"inference over {len(data.names)} samples in {time.perf_counter() - t0:.1f} s; after: {memory()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
