@@ -34,12 +34,10 @@ from .spaces import Space, load_space
 from .tracking import SearchRecorder, check_reachable, resolve_uri, ui_command
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
 # Save Tune's experiment state at every step (it is small), so a killed driver loses
 # as little as possible.
-os.environ.setdefault(
-    "TUNE_GLOBAL_CHECKPOINT_S", "0"
-)  # our own progress lines replace Tune's tables
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 METRIC = "weighted_f1"
 
 
