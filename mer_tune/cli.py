@@ -350,6 +350,10 @@ class SearchProgress:
 @click.option("--name", help="Name of this search (default: SPACE-DATE-TIME).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage in every trial.")
 @click.option(
+    "--cache-dir",
+    help="Stage cache folder or URI (s3://..., gs://...; default: STORAGE/NAME/cache).",
+)
+@click.option(
     "--resume",
     "resume_name",
     metavar="NAME",
@@ -393,6 +397,7 @@ def search(
     experiment,
     name,
     no_cache,
+    cache_dir,
     resume_name,
     trial_timeout,
     strategy,
@@ -434,6 +439,7 @@ def search(
         experiment=experiment,
         name=name,
         cache=not no_cache,
+        cache_dir=cache_dir,
         max_failures=max_failures,
         trial_timeout=trial_timeout,
         data_options=opts,

@@ -64,6 +64,7 @@ def staged_search(
     name = name or f"{sp.name}-staged"
     work = Path(storage).resolve() / f"{name}-spaces"
     work.mkdir(parents=True, exist_ok=True)
+    shared_cache = kwargs.pop("cache_dir", None) or Path(storage).resolve() / name / "cache"
     result: SearchResult | None = None
     for step in steps:
         step_file = work / f"{step}.yaml"
@@ -80,7 +81,7 @@ def staged_search(
             budget[step],
             storage=storage,
             name=f"{name}-{step}",
-            cache_dir=Path(storage).resolve() / name / "cache",
+            cache_dir=shared_cache,
             **kwargs,
         )
         if result.best_config is None:

@@ -419,7 +419,7 @@ def search(
         "parent_run_id": parent,
         "tracking_uri": uri,
         "experiment": experiment,
-        "cache_dir": str(Path(cache_dir or path / "cache").resolve()) if cache else None,
+        "cache_dir": _cache_location(cache_dir, path) if cache else None,
     }
     write_text(path / "search.yaml", yaml.safe_dump(state))
     write_text(path / "base_config.yaml", base.to_yaml())
@@ -526,6 +526,13 @@ def _fit(
         del rows[trial_id]
     recorder.drop_orphans(set(rows))
     return _finish(recorder, path, rows, sp, base, "FINISHED")
+
+
+def _cache_location(cache_dir: str | Path | None, path: Path) -> str:
+    """A URI (s3://, gs://, file://) as given; a folder made absolute; default under the search."""
+    if cache_dir and "://" in str(cache_dir):
+        return str(cache_dir)
+    return str(Path(cache_dir or path / "cache").resolve())
 
 
 def _load(config: str | Path) -> Config:

@@ -112,3 +112,36 @@ def test_cache_info_and_clear(tmp_path):
     info = store.info()
     assert info["pretrain"]["entries"] == 1 and info["finetune"]["bytes"] > 0
     assert store.clear() == 2 and store.info() == {}
+
+
+def test_a_uri_store_shares_entries_and_computes_a_stage_once(tmp_path):
+    """Any pyarrow filesystem URI (here file://) works like a folder, lease lock included."""
+    root = f"file://{tmp_path}/shared"
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.5)
+        return {"w": torch.ones(3), "a": np.arange(4)}
+
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(StageStore(root).get_or_compute("s", {"k": 1}, slow))
+        )
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 3
+    store = StageStore(root)
+    assert store.get_or_compute("s", {"k": 1}, lambda: 1 / 0)["a"].tolist() == [0, 1, 2, 3]
+    assert store.info()["s"]["entries"] == 1
+    (tmp_path / "shared" / next(p.name for p in (tmp_path / "shared").glob("*.pt"))).write_bytes(
+        b"junk"
+    )
+    assert StageStore(root).get_or_compute("s", {"k": 1}, lambda: {"a": np.arange(2)})[
+        "a"
+    ].tolist() == [0, 1]
