@@ -100,7 +100,13 @@ def run_trial(
                 }
             )
 
-    res = pipeline.run(data, cfg, cache=cache, report=report, device="cuda" if use_gpu else "cpu")
+    res = pipeline.run(
+        data,
+        cfg,
+        cache=cache,
+        report=report,
+        device="cuda" if use_gpu and torch.cuda.is_available() else "cpu",
+    )
     final: dict[str, Any] = {
         METRIC: res.weighted_f1,
         "final": True,
