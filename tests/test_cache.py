@@ -61,18 +61,18 @@ def test_key_changes_with_any_upstream_value_and_only_then(fast_cfg):
     assert over["pretrain"] == base["pretrain"] and over["finetune"] != base["finetune"]
 
 
-def test_concurrent_users_compute_a_shared_stage_once(tmp_path):
-    calls = []
+def _three_users_at_once(root) -> tuple[list, list]:
+    """Three threads ask for the same missing stage; returns (compute calls, results)."""
+    calls, results = [], []
 
     def slow():
         calls.append(1)
-        time.sleep(0.3)
+        time.sleep(0.5)
         return {"w": torch.ones(3), "a": np.arange(4)}
 
-    results = []
     threads = [
         threading.Thread(
-            target=lambda: results.append(StageStore(tmp_path).get_or_compute("s", {"k": 1}, slow))
+            target=lambda: results.append(StageStore(root).get_or_compute("s", {"k": 1}, slow))
         )
         for _ in range(3)
     ]
@@ -80,6 +80,13 @@ def test_concurrent_users_compute_a_shared_stage_once(tmp_path):
         t.start()
     for t in threads:
         t.join()
+    return calls, results
+
+
+@pytest.mark.parametrize("where", ["folder", "uri"])
+def test_concurrent_users_compute_a_shared_stage_once(tmp_path, where):
+    root = tmp_path if where == "folder" else f"file://{tmp_path}"
+    calls, results = _three_users_at_once(root)
     assert len(calls) == 1 and len(results) == 3
     assert all(np.array_equal(r["a"], np.arange(4)) for r in results)
 
@@ -114,28 +121,11 @@ def test_cache_info_and_clear(tmp_path):
     assert store.clear() == 2 and store.info() == {}
 
 
-def test_a_uri_store_shares_entries_and_computes_a_stage_once(tmp_path):
-    """Any pyarrow filesystem URI (here file://) works like a folder, lease lock included."""
+def test_a_uri_store_shares_entries_and_recomputes_a_corrupt_one(tmp_path):
+    """Any pyarrow filesystem URI (here file://) works like a folder."""
     root = f"file://{tmp_path}/shared"
-    calls = []
-
-    def slow():
-        calls.append(1)
-        time.sleep(0.5)
-        return {"w": torch.ones(3), "a": np.arange(4)}
-
-    results = []
-    threads = [
-        threading.Thread(
-            target=lambda: results.append(StageStore(root).get_or_compute("s", {"k": 1}, slow))
-        )
-        for _ in range(3)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1 and len(results) == 3
+    calls, _ = _three_users_at_once(root)
+    assert len(calls) == 1
     store = StageStore(root)
     assert store.get_or_compute("s", {"k": 1}, lambda: 1 / 0)["a"].tolist() == [0, 1, 2, 3]
     assert store.info()["s"]["entries"] == 1
