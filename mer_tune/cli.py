@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 
 from .config import Config, build_config, load_config, parse_set_options, with_overrides
-from .data import DEFAULT_FOLDERS, DataOptions
+from .data import DEFAULT_FOLDERS, DEFAULT_MODELS, DataOptions
 from .errors import MerTuneError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -263,6 +263,103 @@ def pack_cmd(
     click.echo(
         f"packed {len(d.names)} samples ({d.nbytes() / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s"
     )
+
+
+@cli.command()
+@click.option("--videos", required=True, type=click.Path(file_okay=False), help="Folder of clips.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--transcripts", type=click.Path(dir_okay=False), help="CSV with name + text.")
+@click.option("--text-column", default="chinese", show_default=True)
+@click.option("--faces", type=click.Path(file_okay=False), help="Face crops in FACES/<name>/.")
+@click.option(
+    "--visual", default=DEFAULT_MODELS["visual"], show_default=True, help="Hub id or folder."
+)
+@click.option(
+    "--audio", default=DEFAULT_MODELS["audio"], show_default=True, help="Hub id or folder."
+)
+@click.option("--text", default=DEFAULT_MODELS["text"], show_default=True, help="Hub id or folder.")
+@click.option(
+    "--modalities", default="visual,audio,text", show_default=True, help="Comma-separated subset."
+)
+@click.option("--level", type=click.Choice(["utt", "frame"]), default="utt", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when present.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="auto: float16 on a GPU, float32 on the CPU.",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--frames", type=click.IntRange(1), default=8, show_default=True, help="Per clip.")
+@click.option("--device-map", help="For the text model, e.g. auto (needs accelerate).")
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Run a model folder's own code (Baichuan2 needs it)."
+)
+def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> None:
+    """Extract MER2024 visual, audio and text features from raw clips into OUT/features/
+    (existing outputs are skipped; a clip that fails is reported, the rest go on)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .extract import ExtractOptions
+    from .extract import extract as run_extract
+
+    chosen = tuple(m.strip() for m in modalities.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in DEFAULT_MODELS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"'{modalities}' (choose from visual,audio,text)", param_hint="--modalities"
+        )
+    models = {m: kw.pop(m) for m in ("visual", "audio", "text")}
+    opts = ExtractOptions(
+        videos=Path(videos),
+        out=Path(out),
+        transcripts=Path(transcripts) if transcripts else None,
+        faces=Path(faces) if faces else None,
+        models=models,
+        modalities=chosen,
+        text_column=text_column,
+        **kw,
+    )
+    columns = (
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+
+        def progress(label: str, total: int):
+            task = bar.add_task(label, total=total)
+            return lambda: bar.advance(task)
+
+        results = run_extract(opts, progress)
+    failed = 0
+    hints = []
+    for r in results:
+        rate = (
+            f", {r.written / r.seconds:.1f} clips/s after a {r.load_seconds:.1f} s model load"
+            if r.seconds and r.written
+            else ""
+        )
+        click.echo(
+            f"{r.modality:6s} {r.folder}: {r.written} written, {r.skipped} already there, "
+            f"{len(r.failed)} failed (dim {r.dim or '-'}{rate})"
+        )
+        for note, count in r.notes.items():
+            click.echo(f"  note: {note} ({count} clips)")
+        for name, why in list(r.failed.items())[:20]:
+            click.echo(f"  failed {name}: {why}")
+        if len(r.failed) > 20:
+            click.echo(f"  ... and {len(r.failed) - 20} more")
+        failed += len(r.failed)
+        if r.folder.name != DEFAULT_FOLDERS[r.modality]:
+            hints.append(f"--{r.modality}-features {r.folder.name}")
+    if hints:
+        click.echo(f"read it with: mer-tune data check {out} {' '.join(hints)}")
+    if failed:
+        click.echo(f"error: {failed} extractions failed (rerun to retry them)", err=True)
+        sys.exit(1)
 
 
 class SearchProgress:

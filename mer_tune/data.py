@@ -30,6 +30,12 @@ from .config import MER2024_CLASSES, MODALITIES
 from .errors import MerTuneError
 
 PACK_VERSION = 1
+# The MER2024 extractors (what `mer-tune extract` runs by default) and the folders they fill.
+DEFAULT_MODELS = {
+    "visual": "openai/clip-vit-large-patch14",
+    "audio": "TencentGameMate/chinese-hubert-large",
+    "text": "baichuan-inc/Baichuan2-13B-Base",
+}
 DEFAULT_FOLDERS = {
     "visual": "clip-vit-large-patch14-UTT",
     "audio": "chinese-hubert-large-UTT",

@@ -1,0 +1,393 @@
+"""`mer-tune extract`: the three MER2024 feature sets from raw clips, with transformers.
+
+    visual  frames (or face crops) -> CLIP image features, mean over frames
+    audio   16 kHz mono track -> HuBERT-style model, sum of the last 4 hidden layers, mean over time
+    text    transcript -> any AutoModel, sum of the last 4 hidden layers, mean over tokens
+
+Writes `OUT/features/<model-name>-UTT/<name>.npy` (shape (dim,)) or `-FRA` (shape (T, dim)),
+the layout `--data` reads. One modality at a time, so only one model is in memory (a 13B
+text model needs the whole card). Existing outputs are skipped, each file is written
+atomically, and a clip that fails is reported while the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+
+from .data import DEFAULT_MODELS
+from .errors import MerTuneError
+from .media import MediaError, face_images, list_clips, read_audio, sample_frames
+
+MODALITIES = ("visual", "audio", "text")
+MIN_AUDIO = 1_600  # 0.1 s: shorter input is zero-padded (the conv front end needs 400 samples)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    videos: Path
+    out: Path
+    transcripts: Path | None = None
+    faces: Path | None = None
+    models: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    modalities: tuple[str, ...] = MODALITIES
+    level: str = "utt"  # utt: (dim,) per clip; frame: (T, dim)
+    device: str | None = None  # None: cuda when present
+    dtype: str = "auto"  # auto: float16 on cuda, float32 on the CPU
+    batch_size: int = 32  # frames per visual batch, transcripts per text batch
+    frames: int = 8  # frames (or face crops) sampled per clip
+    text_column: str = "chinese"
+    max_tokens: int = 512
+    audio_chunk_s: float = 30.0  # long audio goes through the model in chunks this long
+    device_map: str | None = None  # for the text model, e.g. "auto" (needs accelerate)
+    trust_remote_code: bool = False  # run a model folder's own code (Baichuan2 needs it)
+
+
+@dataclass
+class ModalityResult:
+    modality: str
+    folder: Path
+    written: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    notes: Counter = field(default_factory=Counter)
+    dim: int | None = None
+    load_seconds: float = 0.0
+    seconds: float = 0.0  # extraction, after the model loaded
+
+
+def model_folder_name(model: str, level: str) -> str:
+    """`openai/clip-vit-large-patch14` -> `clip-vit-large-patch14-UTT`, as MERTools names it."""
+    return f"{Path(model.rstrip('/')).name}-{'UTT' if level == 'utt' else 'FRA'}"
+
+
+def _device(requested: str | None) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise MerTuneError("--device cuda: no CUDA device is visible")
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _load(option: str, spec: str, loader, **kwargs):
+    """transformers' own loaders; a hub id or a local folder."""
+    try:
+        return loader.from_pretrained(spec, **kwargs)
+    except (OSError, ValueError, ImportError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MerTuneError(f"--{option} {spec}: cannot load ({first})") from None
+
+
+def _save(folder: Path, name: str, arr: np.ndarray) -> None:
+    """Written beside its final name, then renamed: a killed run leaves no partial file."""
+    tmp = folder / f".{name}.npy.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(arr, dtype=np.float32))
+    os.replace(tmp, folder / f"{name}.npy")
+
+
+def _prefetched(fn: Callable, items: Iterable, depth: int = 4) -> Iterator[tuple]:
+    """(item, result, error) in order, decoding up to `depth` items ahead in threads while
+    the model runs (PyAV releases the GIL)."""
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque = deque()
+
+        def submit() -> None:
+            for item in items:
+                pending.append((item, pool.submit(fn, item)))
+                return
+
+        for _ in range(depth):
+            submit()
+        while pending:
+            item, fut = pending.popleft()
+            submit()
+            try:
+                yield item, fut.result(), None
+            except (MediaError, MerTuneError, OSError, ValueError) as err:
+                yield item, None, str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _pool(hidden: torch.Tensor, level: str) -> np.ndarray:
+    """(T, dim) -> (dim,) at utterance level."""
+    hidden = hidden.float()
+    return (hidden.mean(0) if level == "utt" else hidden).cpu().numpy()
+
+
+def _last_four(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Sum of the last four hidden layers, summed in float32 (fp16 sums overflow)."""
+    return sum(h.float() for h in hidden_states[-4:])
+
+
+# --- visual -------------------------------------------------------------------------------
+
+
+class VisualModel:
+    def __init__(self, spec: str, device: torch.device, dtype: torch.dtype, opts: ExtractOptions):
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.processor = _load("visual", spec, AutoImageProcessor)
+        self.model = _load("visual", spec, AutoModel, dtype=dtype).to(device).eval()
+        self.device, self.dtype = device, dtype
+
+    @torch.inference_mode()
+    def __call__(self, images: list) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device, self.dtype)
+        if hasattr(self.model, "get_image_features"):  # CLIP: the projected image embedding
+            out = self.model.get_image_features(pixel_values=pixels)
+        else:
+            out = self.model(pixel_values=pixels)
+        if not isinstance(out, torch.Tensor):
+            embeds = getattr(out, "image_embeds", None)
+            out = embeds if embeds is not None else out.pooler_output
+        return out.float()
+
+
+def _visual(opts: ExtractOptions, clips: dict[str, Path], todo: list[str], res, model, tick):
+    def decode(name: str):
+        if opts.faces is not None:
+            faces = face_images(opts.faces, name, opts.frames)
+            if faces is not None:
+                return faces, False
+        return sample_frames(clips[name], opts.frames), opts.faces is not None
+
+    batch: list[tuple[str, list]] = []
+
+    def flush() -> None:
+        images = [img for _, imgs in batch for img in imgs]
+        try:
+            feats = torch.cat(
+                [
+                    model(images[i : i + opts.batch_size])
+                    for i in range(0, len(images), opts.batch_size)
+                ]
+            )
+        except RuntimeError as err:  # e.g. out of memory: the whole batch fails
+            for name, _ in batch:
+                res.failed[name] = f"model: {str(err).splitlines()[0]}"
+                tick()
+            batch.clear()
+            return
+        start = 0
+        for name, imgs in batch:
+            arr = _pool(feats[start : start + len(imgs)], opts.level)
+            start += len(imgs)
+            _save(res.folder, name, arr)
+            res.written += 1
+            res.dim = arr.shape[-1]
+            tick()
+        batch.clear()
+
+    for name, got, error in _prefetched(decode, todo):
+        if error is not None:
+            res.failed[name] = error
+            tick()
+            continue
+        images, whole_frames = got
+        if whole_frames:
+            res.notes["no face crops: whole frames used"] += 1
+        batch.append((name, images))
+        if sum(len(i) for _, i in batch) >= opts.batch_size:
+            flush()
+    if batch:
+        flush()
+
+
+# --- audio --------------------------------------------------------------------------------
+
+
+class AudioModel:
+    def __init__(self, spec: str, device: torch.device, dtype: torch.dtype, opts: ExtractOptions):
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        self.features = _load("audio", spec, AutoFeatureExtractor)
+        self.model = _load("audio", spec, AutoModel, dtype=dtype).to(device).eval()
+        self.device, self.dtype = device, dtype
+        self.chunk = max(MIN_AUDIO, int(opts.audio_chunk_s * 16_000))
+
+    @torch.inference_mode()
+    def __call__(self, wave: np.ndarray) -> torch.Tensor:
+        """(T, dim) over the whole track; chunks keep attention memory bounded, and a tail
+        shorter than a second joins the chunk before it."""
+        bounds = list(range(0, len(wave), self.chunk)) + [len(wave)]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 16_000:
+            bounds.pop(-2)
+        parts = []
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            piece = wave[lo:hi]
+            if len(piece) < MIN_AUDIO:
+                piece = np.pad(piece, (0, MIN_AUDIO - len(piece)))
+            inputs = self.features(piece, sampling_rate=16_000, return_tensors="pt")
+            values = inputs["input_values"].to(self.device, self.dtype)
+            out = self.model(input_values=values, output_hidden_states=True)
+            parts.append(_last_four(out.hidden_states)[0])
+        return torch.cat(parts)
+
+
+def _audio(opts: ExtractOptions, clips: dict[str, Path], todo: list[str], res, model, tick):
+    for name, wave, error in _prefetched(lambda n: read_audio(clips[n]), todo):
+        try:
+            if error is not None:
+                raise MediaError(error)
+            arr = _pool(model(wave), opts.level)
+        except (MediaError, RuntimeError) as err:
+            res.failed[name] = str(err).splitlines()[0]
+        else:
+            _save(res.folder, name, arr)
+            res.written += 1
+            res.dim = arr.shape[-1]
+        tick()
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+class TextModel:
+    def __init__(self, spec: str, device: torch.device, dtype: torch.dtype, opts: ExtractOptions):
+        from transformers import AutoModel, AutoTokenizer
+
+        trust = {"trust_remote_code": opts.trust_remote_code}
+        self.tokenizer = _load("text", spec, AutoTokenizer, **trust)
+        if self.tokenizer.pad_token is None:  # decoder-only models often have none
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        kwargs = {"dtype": dtype, **trust}
+        if opts.device_map:
+            kwargs["device_map"] = opts.device_map
+        self.model = _load("text", spec, AutoModel, **kwargs).eval()
+        if not opts.device_map:
+            self.model.to(device)
+        self.device = next(self.model.parameters()).device
+        self.dim = int(self.model.config.get_text_config().hidden_size)
+        self.max_tokens = opts.max_tokens
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> list[torch.Tensor]:
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        mask = enc["attention_mask"].to(self.device)
+        out = self.model(
+            input_ids=enc["input_ids"].to(self.device),
+            attention_mask=mask,
+            output_hidden_states=True,
+        )
+        hidden = _last_four(out.hidden_states)
+        return [h[m.bool()] for h, m in zip(hidden, mask, strict=True)]
+
+
+def read_transcripts(path: Path, column: str) -> dict[str, str]:
+    """`name` -> text from a transcript CSV such as MER2024's transcription-merge.csv."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise MerTuneError(f"{path}: cannot read transcripts ({err})") from None
+    for col in ("name", column):
+        if col not in table.columns:
+            raise MerTuneError(
+                f"{path}: no '{col}' column (columns: {', '.join(table.columns)}); "
+                "choose the text with --text-column"
+            )
+    dupes = table["name"][table["name"].duplicated()]
+    if len(dupes):
+        raise MerTuneError(f"{path}: name '{dupes.iloc[0]}' appears more than once")
+    return dict(zip(table["name"], table[column].str.strip(), strict=True))
+
+
+def _text(opts: ExtractOptions, texts: dict[str, str], todo: list[str], res, model, tick):
+    res.dim = model.dim
+    empty = np.zeros(model.dim if opts.level == "utt" else (1, model.dim), np.float32)
+    spoken = []
+    for name in todo:
+        if texts.get(name):
+            spoken.append(name)
+            continue
+        res.notes[
+            "no transcript text: zeros" if name in texts else "not in transcripts: zeros"
+        ] += 1
+        _save(res.folder, name, empty)
+        res.written += 1
+        tick()
+    for i in range(0, len(spoken), opts.batch_size):
+        names = spoken[i : i + opts.batch_size]
+        try:
+            hidden = model([texts[n] for n in names])
+        except RuntimeError as err:
+            for name in names:
+                res.failed[name] = f"model: {str(err).splitlines()[0]}"
+                tick()
+            continue
+        for name, h in zip(names, hidden, strict=True):
+            _save(res.folder, name, _pool(h, opts.level))
+            res.written += 1
+            tick()
+
+
+# --- driver -------------------------------------------------------------------------------
+
+MODELS = {"visual": VisualModel, "audio": AudioModel, "text": TextModel}
+
+
+def extract(
+    opts: ExtractOptions, progress: Callable[[str, int], Callable[[], None]] | None = None
+) -> list[ModalityResult]:
+    """Extract every modality in `opts.modalities` for every clip in `opts.videos`.
+
+    `progress(label, total)` returns a function called once per clip done."""
+    if opts.batch_size < 1 or opts.frames < 1:
+        raise MerTuneError("--batch-size and --frames must be at least 1")
+    clips = list_clips(opts.videos)
+    if opts.faces is not None and not opts.faces.is_dir():
+        raise MerTuneError(f"{opts.faces}: face folder not found")
+    texts = None
+    if "text" in opts.modalities:
+        if opts.transcripts is None:
+            raise MerTuneError(
+                "text features need --transcripts (or leave text out with --modalities)"
+            )
+        texts = read_transcripts(opts.transcripts, opts.text_column)
+    device = _device(opts.device)
+    transformers.utils.logging.disable_progress_bar()  # ours shows progress per clip
+    dtype = _dtype(opts.dtype, device)
+    results = []
+    for modality in opts.modalities:
+        folder = opts.out / "features" / model_folder_name(opts.models[modality], opts.level)
+        res = ModalityResult(modality, folder)
+        done = {p.stem for p in folder.glob("*.npy")} if folder.is_dir() else set()
+        todo = [n for n in clips if n not in done]
+        res.skipped = len(clips) - len(todo)
+        results.append(res)
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        model = MODELS[modality](opts.models[modality], device, dtype, opts)
+        res.load_seconds = time.perf_counter() - t0
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        tick = progress(f"{modality} ({folder.name})", len(todo)) if progress else lambda: None
+        if modality == "visual":
+            _visual(opts, clips, todo, res, model, tick)
+        elif modality == "audio":
+            _audio(opts, clips, todo, res, model, tick)
+        else:
+            _text(opts, texts, todo, res, model, tick)
+        res.seconds = time.perf_counter() - t0
+        del model  # free the card before the next modality's model loads
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
