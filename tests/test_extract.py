@@ -3,7 +3,6 @@ temp folder, on tiny generated clips with sound."""
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,103 +14,19 @@ from test_cli import run_cli
 
 from mer_tune.extract import ExtractOptions, extract
 from mer_tune.media import uniform_indices
+from mer_tune.synth_media import TINY_DIMS, write_clip, write_models, write_transcripts
 
 CLASSES = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
-WORDS = "我很开心难过生气害怕惊讶今天的天气好"
-DIMS = {"visual": 12, "audio": 16, "text": 20}  # projection_dim, hidden sizes below
-
-
-def write_clip(path, seconds=1.0, fps=10, audio=True, rate=44100, seed=0) -> None:
-    """A 32x32 H.264 clip of noise frames with a stereo AAC sine (resampled on read)."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
-        sound = out.add_stream("aac", rate=rate, layout="stereo") if audio else None
-        for _ in range(int(seconds * fps)):
-            img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-            for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
-        if sound is not None:
-            n = int(seconds * rate)
-            wave = (0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * np.arange(n) / rate)).astype(
-                np.float32
-            )
-            for start in range(0, n, 1024):
-                block = np.ascontiguousarray(np.stack([wave, wave])[:, start : start + 1024])
-                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
-                frame.sample_rate, frame.pts = rate, start
-                for packet in sound.encode(frame):
-                    out.mux(packet)
-            for packet in sound.encode():
-                out.mux(packet)
+DIMS = TINY_DIMS
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from transformers import (
-        BertConfig,
-        BertModel,
-        BertTokenizer,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        HubertConfig,
-        HubertModel,
-        Wav2Vec2FeatureExtractor,
-    )
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    layer = dict(intermediate_size=32, num_attention_heads=2)
-    CLIPModel(
-        CLIPConfig(
-            text_config=dict(hidden_size=16, num_hidden_layers=1, vocab_size=100, **layer),
-            vision_config=dict(
-                hidden_size=16, num_hidden_layers=2, image_size=32, patch_size=8, **layer
-            ),
-            projection_dim=DIMS["visual"],
-        )
-    ).save_pretrained(root / "tiny-clip")
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(root / "tiny-clip")
-    HubertModel(
-        HubertConfig(
-            hidden_size=DIMS["audio"],
-            num_hidden_layers=4,
-            conv_dim=(8,) * 7,
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-            **layer,
-        )
-    ).save_pretrained(root / "tiny-hubert")
-    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(root / "tiny-hubert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    text = root / "tiny-text"
-    text.mkdir()
-    (text / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizer(vocab_file=str(text / "vocab.txt")).save_pretrained(text)
-    BertModel(
-        BertConfig(vocab_size=len(vocab), hidden_size=DIMS["text"], num_hidden_layers=4, **layer)
-    ).save_pretrained(text)
-    return root
+    return write_models(tmp_path_factory.mktemp("models"), "tiny")
 
 
-def model_args(models) -> list[str]:
-    return [
-        f"--{m}={models / n}"
-        for m, n in [("visual", "tiny-clip"), ("audio", "tiny-hubert"), ("text", "tiny-text")]
-    ]
-
-
-def write_transcripts(path, names) -> None:
-    rng = np.random.default_rng(0)
-    texts = ["".join(rng.choice(list(WORDS), size=1 + i % 5)) for i in range(len(names))]
-    texts[1] = ""  # empty text gives zeros
-    pd.DataFrame({"name": names, "chinese": texts, "english": "x"}).to_csv(path, index=False)
+def model_args(models: dict) -> list[str]:
+    return [f"--{m}={folder}" for m, folder in models.items()]
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +82,7 @@ def test_extract_writes_the_layout_that_data_check_and_run_accept(
 
 def test_frame_level_keeps_time_and_chunked_audio_matches(tiny_models, clips, tmp_path):
     root, names = clips
-    models = {
-        m: str(tiny_models / n)
-        for m, n in zip(DIMS, ["tiny-clip", "tiny-hubert", "tiny-text"], strict=True)
-    }
+    models = {m: str(folder) for m, folder in tiny_models.items()}
     common = dict(
         videos=root / "videos",
         transcripts=root / "transcription-merge.csv",
