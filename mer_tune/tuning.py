@@ -316,9 +316,16 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     _check_address(address)
+    # A Ray started here for this search serves this machine only: its ports listen on
+    # 127.0.0.1, not on the machine's network address.
+    local = {} if address or os.environ.get("RAY_ADDRESS") else {"_node_ip_address": "127.0.0.1"}
     try:
         ray.init(
-            address=address, include_dashboard=False, configure_logging=False, log_to_driver=False
+            address=address,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+            **local,
         )
     except (ConnectionError, RuntimeError) as err:
         raise MerTuneError(f"--address {address}: cannot connect to Ray ({err})") from None

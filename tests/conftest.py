@@ -85,7 +85,13 @@ def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",  # nothing in the tests listens beyond 127.0.0.1
+    )
     yield
     ray.shutdown()
 
