@@ -67,8 +67,16 @@ class ModalityResult:
 
 
 def model_folder_name(model: str, level: str) -> str:
-    """`openai/clip-vit-large-patch14` -> `clip-vit-large-patch14-UTT`, as MERTools names it."""
-    return f"{Path(model.rstrip('/')).name}-{'UTT' if level == 'utt' else 'FRA'}"
+    """`openai/clip-vit-large-patch14` -> `clip-vit-large-patch14-UTT`, as MERTools names it
+    (a local folder by its resolved name, so `.` works too)."""
+    path = Path(model)
+    name = path.resolve().name if path.exists() else Path(model.rstrip("/")).name
+    return f"{name}-{'UTT' if level == 'utt' else 'FRA'}"
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _device(requested: str | None) -> torch.device:
@@ -88,16 +96,49 @@ def _load(option: str, spec: str, loader, **kwargs):
     try:
         return loader.from_pretrained(spec, **kwargs)
     except (OSError, ValueError, ImportError, KeyError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MerTuneError(f"--{option} {spec}: cannot load ({first})") from None
+        hint = " (models with their own code need --trust-remote-code)"
+        hint = hint if "trust_remote_code" in str(err) else ""
+        raise MerTuneError(f"--{option} {spec}: cannot load ({first_line(err)}){hint}") from None
+
+
+def _to(model, device: torch.device, option: str, spec: str):
+    try:
+        return model.to(device).eval()
+    except RuntimeError as err:  # e.g. out of GPU memory
+        raise MerTuneError(
+            f"--{option} {spec}: cannot move to {device} ({first_line(err)})"
+        ) from None
 
 
 def _save(folder: Path, name: str, arr: np.ndarray) -> None:
     """Written beside its final name, then renamed: a killed run leaves no partial file."""
     tmp = folder / f".{name}.npy.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(arr, dtype=np.float32))
-    os.replace(tmp, folder / f"{name}.npy")
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(arr, dtype=np.float32))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / f"{name}.npy")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _done(folder: Path, level: str) -> set[str]:
+    """Names whose output is a readable array of the level's rank; stale temp files of a
+    killed run are removed."""
+    if not folder.is_dir():
+        return set()
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    done = set()
+    for path in folder.glob("*.npy"):
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # EOFError: an empty file
+            continue  # unreadable (e.g. cut short by a crash): extracted again
+        if arr.ndim == (1 if level == "utt" else 2) and arr.size:
+            done.add(path.stem)
+    return done
 
 
 def _prefetched(fn: Callable, items: Iterable, depth: int = 4) -> Iterator[tuple]:
@@ -119,8 +160,8 @@ def _prefetched(fn: Callable, items: Iterable, depth: int = 4) -> Iterator[tuple
             submit()
             try:
                 yield item, fut.result(), None
-            except (MediaError, MerTuneError, OSError, ValueError) as err:
-                yield item, None, str(err).splitlines()[0] if str(err) else type(err).__name__
+            except Exception as err:  # one clip's failure, reported
+                yield item, None, first_line(err)
 
 
 def _pool(hidden: torch.Tensor, level: str) -> np.ndarray:
@@ -130,8 +171,10 @@ def _pool(hidden: torch.Tensor, level: str) -> np.ndarray:
 
 
 def _last_four(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Sum of the last four hidden layers, summed in float32 (fp16 sums overflow)."""
-    return sum(h.float() for h in hidden_states[-4:])
+    """Sum of the last four hidden layers, in float32 (fp16 sums overflow), on the last
+    layer's device (with a device map the layers sit on several GPUs)."""
+    device = hidden_states[-1].device
+    return sum(h.to(device, torch.float32) for h in hidden_states[-4:])
 
 
 # --- visual -------------------------------------------------------------------------------
@@ -142,7 +185,7 @@ class VisualModel:
         from transformers import AutoImageProcessor, AutoModel
 
         self.processor = _load("visual", spec, AutoImageProcessor)
-        self.model = _load("visual", spec, AutoModel, dtype=dtype).to(device).eval()
+        self.model = _to(_load("visual", spec, AutoModel, dtype=dtype), device, "visual", spec)
         self.device, self.dtype = device, dtype
 
     @torch.inference_mode()
@@ -154,8 +197,12 @@ class VisualModel:
         else:
             out = self.model(pixel_values=pixels)
         if not isinstance(out, torch.Tensor):
-            embeds = getattr(out, "image_embeds", None)
-            out = embeds if embeds is not None else out.pooler_output
+            for key in ("image_embeds", "pooler_output"):
+                if getattr(out, key, None) is not None:
+                    out = getattr(out, key)
+                    break
+            else:  # a vision model without pooling: its first token
+                out = out.last_hidden_state[:, 0]
         return out.float()
 
 
@@ -178,9 +225,9 @@ def _visual(opts: ExtractOptions, clips: dict[str, Path], todo: list[str], res, 
                     for i in range(0, len(images), opts.batch_size)
                 ]
             )
-        except RuntimeError as err:  # e.g. out of memory: the whole batch fails
+        except Exception as err:  # e.g. out of memory: the batch fails
             for name, _ in batch:
-                res.failed[name] = f"model: {str(err).splitlines()[0]}"
+                res.failed[name] = f"model: {first_line(err)}"
                 tick()
             batch.clear()
             return
@@ -217,7 +264,10 @@ class AudioModel:
         from transformers import AutoFeatureExtractor, AutoModel
 
         self.features = _load("audio", spec, AutoFeatureExtractor)
-        self.model = _load("audio", spec, AutoModel, dtype=dtype).to(device).eval()
+        rate = getattr(self.features, "sampling_rate", 16_000)
+        if rate != 16_000:
+            raise MerTuneError(f"--audio {spec}: expects {rate} Hz input; audio is read at 16 kHz")
+        self.model = _to(_load("audio", spec, AutoModel, dtype=dtype), device, "audio", spec)
         self.device, self.dtype = device, dtype
         self.chunk = max(MIN_AUDIO, int(opts.audio_chunk_s * 16_000))
 
@@ -246,8 +296,8 @@ def _audio(opts: ExtractOptions, clips: dict[str, Path], todo: list[str], res, m
             if error is not None:
                 raise MediaError(error)
             arr = _pool(model(wave), opts.level)
-        except (MediaError, RuntimeError) as err:
-            res.failed[name] = str(err).splitlines()[0]
+        except Exception as err:  # one clip's failure, reported
+            res.failed[name] = first_line(err)
         else:
             _save(res.folder, name, arr)
             res.written += 1
@@ -266,37 +316,45 @@ class TextModel:
         self.tokenizer = _load("text", spec, AutoTokenizer, **trust)
         if self.tokenizer.pad_token is None:  # decoder-only models often have none
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        if self.tokenizer.pad_token is None:
+            raise MerTuneError(f"--text {spec}: the tokenizer has no pad, eos or unk token")
+        # Right padding: position ids of the real tokens do not depend on the batch.
+        self.tokenizer.padding_side = "right"
         kwargs = {"dtype": dtype, **trust}
         if opts.device_map:
             kwargs["device_map"] = opts.device_map
         self.model = _load("text", spec, AutoModel, **kwargs).eval()
         if not opts.device_map:
-            self.model.to(device)
+            self.model = _to(self.model, device, "text", spec)
         self.device = next(self.model.parameters()).device
-        self.dim = int(self.model.config.get_text_config().hidden_size)
-        self.max_tokens = opts.max_tokens
+        config = self.model.config.get_text_config()
+        self.dim = int(config.hidden_size)
+        limits = [opts.max_tokens, getattr(config, "max_position_embeddings", None)]
+        limits.append(getattr(self.tokenizer, "model_max_length", None))
+        self.max_tokens = min(int(x) for x in limits if x)
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> list[torch.Tensor]:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         )
-        mask = enc["attention_mask"].to(self.device)
         out = self.model(
             input_ids=enc["input_ids"].to(self.device),
-            attention_mask=mask,
+            attention_mask=enc["attention_mask"].to(self.device),
             output_hidden_states=True,
+            use_cache=False,  # a decoder's key/value cache would only cost memory here
         )
         hidden = _last_four(out.hidden_states)
-        return [h[m.bool()] for h, m in zip(hidden, mask, strict=True)]
+        mask = enc["attention_mask"].to(hidden.device).bool()
+        return [h[m] for h, m in zip(hidden, mask, strict=True)]
 
 
 def read_transcripts(path: Path, column: str) -> dict[str, str]:
     """`name` -> text from a transcript CSV such as MER2024's transcription-merge.csv."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise MerTuneError(f"{path}: cannot read transcripts ({err})") from None
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (OSError, ValueError, UnicodeDecodeError) as err:  # ValueError: empty, malformed
+        raise MerTuneError(f"{path}: cannot read transcripts ({first_line(err)})") from None
     for col in ("name", column):
         if col not in table.columns:
             raise MerTuneError(
@@ -327,13 +385,17 @@ def _text(opts: ExtractOptions, texts: dict[str, str], todo: list[str], res, mod
         names = spoken[i : i + opts.batch_size]
         try:
             hidden = model([texts[n] for n in names])
-        except RuntimeError as err:
+        except Exception as err:  # e.g. out of memory: the batch fails
             for name in names:
-                res.failed[name] = f"model: {str(err).splitlines()[0]}"
+                res.failed[name] = f"model: {first_line(err)}"
                 tick()
             continue
         for name, h in zip(names, hidden, strict=True):
-            _save(res.folder, name, _pool(h, opts.level))
+            if not len(h):  # text that tokenizes to nothing
+                res.notes["no tokens: zeros"] += 1
+                _save(res.folder, name, empty)
+            else:
+                _save(res.folder, name, _pool(h, opts.level))
             res.written += 1
             tick()
 
@@ -361,14 +423,24 @@ def extract(
                 "text features need --transcripts (or leave text out with --modalities)"
             )
         texts = read_transcripts(opts.transcripts, opts.text_column)
+        if not set(texts) & set(clips):
+            raise MerTuneError(
+                f"{opts.transcripts}: no name matches a clip (clip names look like "
+                f"'{next(iter(clips))}', transcript names like '{next(iter(texts), '')}')"
+            )
     device = _device(opts.device)
     transformers.utils.logging.disable_progress_bar()  # ours shows progress per clip
     dtype = _dtype(opts.dtype, device)
+    for modality in opts.modalities:  # a bad model fails now, not after hours of another
+        from transformers import AutoConfig
+
+        spec = opts.models[modality]
+        _load(modality, spec, AutoConfig, trust_remote_code=opts.trust_remote_code)
     results = []
     for modality in opts.modalities:
         folder = opts.out / "features" / model_folder_name(opts.models[modality], opts.level)
         res = ModalityResult(modality, folder)
-        done = {p.stem for p in folder.glob("*.npy")} if folder.is_dir() else set()
+        done = _done(folder, opts.level)
         todo = [n for n in clips if n not in done]
         res.skipped = len(clips) - len(todo)
         results.append(res)

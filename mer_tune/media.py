@@ -50,37 +50,40 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaError(f"cannot open: {err}") from None
 
 
-def _frame_count(path: Path) -> int:
-    """Frames in the first video stream: from the header, else by counting packets
-    (demuxing without decoding is cheap)."""
+def _packet_count(path: Path) -> int:
+    """Packets in the first video stream, about one per frame. Demuxing without decoding
+    is cheap, and unlike the header's frame count it is always there."""
     with _open(path) as container:
         if not container.streams.video:
             raise MediaError("no video stream")
+        return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+
+
+def _decode_at(path: Path, wanted: set[int]) -> tuple[list[Image.Image], int]:
+    """The frames at `wanted` indices, and how many frames were decoded."""
+    images: list[Image.Image] = []
+    count = 0
+    with _open(path) as container:
         stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for p in container.demux(stream) if p.size)
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            count = i + 1
+            if i in wanted:
+                images.append(frame.to_image())
+                if len(images) == len(wanted):
+                    break
+    return images, count
 
 
 def sample_frames(path: Path, n: int) -> list[Image.Image]:
-    """`n` frames spread evenly over the clip, as RGB images."""
-    wanted = set(uniform_indices(_frame_count(path), n))
-    images: list[Image.Image] = []
-    last = None
+    """`n` frames spread evenly over the clip (all of them when it has fewer), as RGB."""
     try:
-        with _open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                last = frame
-                if i in wanted:
-                    images.append(frame.to_image())
-                    if len(images) == len(wanted):
-                        break
+        wanted = set(uniform_indices(_packet_count(path), n))
+        images, decoded = _decode_at(path, wanted)
+        if len(images) < len(wanted) and decoded:  # fewer frames than packets: spread again
+            images, _ = _decode_at(path, set(uniform_indices(decoded, n)))
     except av.error.FFmpegError as err:
         raise MediaError(f"cannot decode video: {err}") from None
-    if not images and last is not None:  # the header over-counted frames
-        images.append(last.to_image())
     if not images:
         raise MediaError("no video frames")
     return images

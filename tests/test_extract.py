@@ -80,7 +80,7 @@ def test_extract_writes_the_layout_that_data_check_and_run_accept(
     assert (run_out / "metrics.json").exists()
 
 
-def test_frame_level_keeps_time_and_chunked_audio_matches(tiny_models, clips, tmp_path):
+def test_frame_level_keeps_time_and_long_audio_goes_in_chunks(tiny_models, clips, tmp_path):
     root, names = clips
     models = {m: str(folder) for m, folder in tiny_models.items()}
     common = dict(
@@ -97,10 +97,29 @@ def test_frame_level_keeps_time_and_chunked_audio_matches(tiny_models, clips, tm
     assert aud.shape[1] == DIMS["audio"] and 50 < aud.shape[0] < 100  # ~1.9 s at 50 frames/s
     txt = np.load(tmp_path / "a/features/tiny-text-FRA" / f"{names[4]}.npy")
     assert txt.shape == (5 + 2, DIMS["text"])  # 5 characters + [CLS] + [SEP]
-    # Long audio in chunks: the same number of frames, only the chunk edges differ.
-    extract(ExtractOptions(out=tmp_path / "b", audio_chunk_s=1.0, modalities=("audio",), **common))
+    # 0.5 s chunks: three pieces (the short tail joins the last), each losing under one
+    # frame at its edge to the convolutional front end.
+    extract(ExtractOptions(out=tmp_path / "b", audio_chunk_s=0.5, modalities=("audio",), **common))
     chunked = np.load(tmp_path / "b/features/tiny-hubert-FRA" / f"{names[13]}.npy")
-    assert abs(chunked.shape[0] - aud.shape[0]) <= 1
+    assert aud.shape[0] - 3 <= chunked.shape[0] < aud.shape[0]
+
+
+def test_features_do_not_depend_on_the_batch_size(tiny_models, clips, tmp_path):
+    root, names = clips
+    common = dict(
+        videos=root / "videos",
+        transcripts=root / "transcription-merge.csv",
+        models={m: str(folder) for m, folder in tiny_models.items()},
+        modalities=("visual", "text"),
+        frames=3,
+    )
+    extract(ExtractOptions(out=tmp_path / "one", batch_size=1, **common))
+    extract(ExtractOptions(out=tmp_path / "many", batch_size=7, **common))
+    for folder in ("tiny-clip-UTT", "tiny-text-UTT"):
+        for name in names:
+            one = np.load(tmp_path / "one/features" / folder / f"{name}.npy")
+            many = np.load(tmp_path / "many/features" / folder / f"{name}.npy")
+            np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-5)
 
 
 def test_a_failing_clip_is_reported_the_rest_go_on_and_a_rerun_skips_done_work(
@@ -129,10 +148,28 @@ def test_a_failing_clip_is_reported_the_rest_go_on_and_a_rerun_skips_done_work(
     assert "no face crops: whole frames used (2 clips)" in stdout  # ok_1 and silent
     visual = out / "features" / "tiny-clip-UTT"
     assert sorted(p.stem for p in visual.glob("*.npy")) == ["ok_0", "ok_1", "silent"]
+    whole = tmp_path / "whole"
+    extract(
+        ExtractOptions(
+            videos=videos,
+            out=whole,
+            models={"visual": tiny_models["visual"]},
+            modalities=("visual",),
+        )
+    )
+    # ok_0 was read from its face crops, ok_1 from whole frames as in a run without faces.
+    crops, frames = (np.load(visual / f"{n}.npy") for n in ("ok_0", "ok_1"))
+    assert not np.allclose(crops, np.load(whole / "features/tiny-clip-UTT/ok_0.npy"))
+    assert np.allclose(frames, np.load(whole / "features/tiny-clip-UTT/ok_1.npy"))
     assert sorted(p.stem for p in (out / "features" / "tiny-hubert-UTT").glob("*.npy")) == [
         "ok_0",
         "ok_1",
     ]
+    assert not list(out.rglob("*.tmp"))
+    (out / "features/tiny-hubert-UTT/ok_1.npy").write_bytes(b"")  # cut short by a crash
+    (out / "features/tiny-hubert-UTT/.ok_1.npy.123.tmp").write_bytes(b"partial")
+    code, stdout, _ = run_cli(args, capsys)
+    assert "1 written, 1 already there, 2 failed" in stdout  # audio: ok_1 redone
     assert not list(out.rglob("*.tmp"))
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
 
@@ -148,6 +185,8 @@ def test_a_failing_clip_is_reported_the_rest_go_on_and_a_rerun_skips_done_work(
         (["--visual", "/nonexistent/model"], "--visual /nonexistent/model: cannot load"),
         (["--transcripts", "{t}", "--text-column", "english"], "no 'english' column"),
         (["--modalities", "visual,smell"], "--modalities"),
+        (["--transcripts", "{bad}"], "no name matches a clip"),
+        (["--audio", "/nonexistent/hubert"], "--audio /nonexistent/hubert: cannot load"),
         (["--device", "cuda"], "no CUDA device"),
     ],
 )
@@ -159,10 +198,13 @@ def test_bad_input_is_one_line_and_writes_nothing(extra, message, tiny_models, t
     write_clip(videos / "a.mp4")
     transcripts = tmp_path / "t.csv"
     pd.DataFrame({"name": ["a"], "chinese": ["我"]}).to_csv(transcripts, index=False)
+    pd.DataFrame({"name": ["a.mp4"], "chinese": ["我"]}).to_csv(tmp_path / "bad.csv", index=False)
     out = tmp_path / "out"
     args = ["extract", "--videos", str(videos), "--out", str(out), *model_args(tiny_models)]
     args += ["--transcripts", str(transcripts)]
-    code, _, stderr = run_cli([*args, *[e.format(t=transcripts) for e in extra]], capsys)
+    code, _, stderr = run_cli(
+        [*args, *[e.format(t=transcripts, bad=tmp_path / "bad.csv") for e in extra]], capsys
+    )
     assert code != 0
     assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists()
