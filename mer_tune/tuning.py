@@ -29,6 +29,7 @@ from .config import Config, build_config, with_overrides
 from .data import DataOptions, MERData
 from .datasets import resolve
 from .errors import MerTuneError, UsageError
+from .gpu import check_packing, trial_bytes
 from .outputs import ensure_writable, write_text
 from .spaces import Space, load_space
 from .tracking import SearchRecorder, check_reachable, resolve_uri, ui_command
@@ -331,6 +332,27 @@ def _init_ray(address: str | None) -> None:
         raise MerTuneError(f"--address {address}: cannot connect to Ray ({err})") from None
 
 
+def _card_bytes(gpus: float) -> int | None:
+    """Memory of the card a trial would get, asked on a GPU node (None without CUDA, as
+    with a fake GPU resource, or when no GPU node comes up within a minute)."""
+    import ray
+
+    @ray.remote(num_gpus=gpus, num_cpus=0)
+    def probe() -> int | None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_properties(0).total_memory
+
+    ref = probe.remote()
+    done, _ = ray.wait([ref], timeout=60)
+    if not done:
+        ray.cancel(ref, force=True)
+        return None
+    return ray.get(ref)
+
+
 def search(
     space: str = "thresholds",
     trials: int = 8,
@@ -407,6 +429,12 @@ def search(
         )
     concurrency = concurrency or max(1, int(total_cpus // max(cpus_per_trial, 1)))
     dataset = resolve(data, data_options or DataOptions(classes=tuple(base.data.classes)))
+    gpu_estimate = None
+    if gpus > 0:
+        gpu_estimate = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
+        card = _card_bytes(gpus)
+        if card:
+            check_packing(gpu_estimate, gpus, card)
 
     # Every check has passed: only now does anything get written.
     ensure_writable(path)
@@ -421,6 +449,7 @@ def search(
         "concurrency": concurrency,
         "cpus_per_trial": cpus_per_trial,
         "gpus_per_trial": gpus,
+        "gpu_memory_estimate_gib": round(gpu_estimate / 2**30, 2) if gpu_estimate else None,
         "data": dataset.source,
         "cache": cache,
         "max_failures": max_failures,

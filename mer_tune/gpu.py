@@ -1,0 +1,47 @@
+"""How much GPU memory one trial needs, so that fractional GPUs (`--gpus-per-trial 0.25`)
+pack several trials on a card without running it out of memory.
+
+A trial on a GPU holds: the whole feature set (uploaded once, as stored), the model with
+its gradients, Adam's two moments and a best-epoch copy, the batches in flight (raw,
+standardised, noisy views, activations) and the CUDA context. The estimate is an upper
+bound from those parts; Ray's GPU fractions only count, they do not limit memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import Config
+from .errors import UsageError
+from .model import MRCCL
+
+CUDA_CONTEXT = 600 * 2**20  # context + cuBLAS workspaces + allocator slack, per process
+INFERENCE_BATCH = 4096  # train.predict's batch size
+
+
+def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Config) -> int:
+    """Upper bound on one trial's GPU memory, in bytes."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        params = sum(p.numel() for p in MRCCL(dims, classes, cfg.model).parameters())
+    model = params * 4 * 5  # weights, gradients, two Adam moments, best-epoch copy
+    width = sum(dims.values())
+    # Training: raw gather + standardised copy + two noisy views, float32, plus encoder
+    # activations (hidden wide, per layer) kept for the backward pass.
+    train = cfg.optim.batch_size * (
+        width * 4 * 4 + cfg.model.hidden * 4 * 64 * (1 + cfg.model.layers)
+    )
+    infer = INFERENCE_BATCH * width * 4 * 2
+    return feature_bytes + model + max(train, infer) + CUDA_CONTEXT
+
+
+def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int) -> None:
+    """Refuse a GPU fraction whose share of the card cannot hold a trial."""
+    share = gpus_per_trial * card_bytes
+    if 0 < gpus_per_trial < 1 and estimate > share:
+        fits = int(card_bytes // estimate)
+        hint = f"use --gpus-per-trial {1 / fits:.3g} or more" if fits else "it needs a whole card"
+        raise UsageError(
+            f"--gpus-per-trial {gpus_per_trial:g}: a trial needs about {estimate / 2**30:.1f} GiB "
+            f"of GPU memory, more than its {share / 2**30:.1f} GiB share of a "
+            f"{card_bytes / 2**30:.0f} GiB card; {hint}"
+        )

@@ -1,0 +1,27 @@
+"""The per-trial GPU memory estimate that guards fractional GPUs."""
+
+import pytest
+
+from mer_tune.config import build_config
+from mer_tune.errors import UsageError
+from mer_tune.gpu import CUDA_CONTEXT, check_packing, trial_bytes
+
+FULL_DIMS = {"audio": 1024, "visual": 768, "text": 5120}
+FULL_FEATURES = 1_667_000_000  # the packed MER2024-SEMI-scale features, float16
+
+
+def test_estimate_counts_the_features_the_model_and_the_batches():
+    cfg = build_config()
+    est = trial_bytes(FULL_DIMS, 6, FULL_FEATURES, cfg)
+    assert FULL_FEATURES + CUDA_CONTEXT < est < FULL_FEATURES + 2 * 2**30
+    assert trial_bytes(FULL_DIMS, 6, 2 * FULL_FEATURES, cfg) - est == FULL_FEATURES
+    wider = build_config({"model": {"hidden": 512}, "optim": {"batch_size": 4096}})
+    assert trial_bytes(FULL_DIMS, 6, FULL_FEATURES, wider) > est
+
+
+def test_a_fraction_too_small_for_a_trial_is_refused_with_the_fraction_that_fits():
+    gib = 2**30
+    check_packing(3 * gib, 0.25, 80 * gib)  # 20 GiB share: fits
+    check_packing(100 * gib, 1, 80 * gib)  # a whole card is never refused here
+    with pytest.raises(UsageError, match=r"--gpus-per-trial 0.1: .*use --gpus-per-trial 0.25"):
+        check_packing(18 * gib, 0.1, 80 * gib)  # 4 trials of 18 GiB fit on 80 GiB
