@@ -29,8 +29,9 @@ lint: env
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# The suite runs in a network namespace whose only interface is loopback (see .ci/isolated).
 test: env lint chromium
-	$(BIN)/pytest -q
+	.ci/isolated $(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -141,13 +142,25 @@ class LocalCluster:
             proc.wait(timeout=30)
 
 
+def only_loopback() -> bool:
+    """True in a network namespace whose only interface is loopback (`.ci/isolated`)."""
+    return set(psutil.net_if_addrs()) <= {"lo"}
+
+
 def listening_beyond_localhost(procs: list[psutil.Process]) -> list[str]:
+    """Listening sockets reachable from beyond 127.0.0.1: any address but loopback's, and
+    wildcard binds unless loopback is the only interface there is."""
+    wildcard = {"0.0.0.0", "::"}
     bad = []
     for proc in procs:
         try:
             for conn in proc.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in LOCAL:
-                    bad.append(f"{proc.name()} {conn.laddr.ip}:{conn.laddr.port}")
+                ip = conn.laddr.ip
+                if conn.status != psutil.CONN_LISTEN or ip in LOCAL:
+                    continue
+                if ip in wildcard and only_loopback():
+                    continue
+                bad.append(f"{proc.name()} {ip}:{conn.laddr.port}")
         except psutil.Error:
             continue
     return bad
@@ -208,11 +221,17 @@ def test_trials_run_on_the_gpu_node_and_log_over_http(cluster, mlflow_server, tm
         time.sleep(2)
     output = driver.stdout.read().decode()
     assert driver.returncode == 0, output[-2000:]
-    # The MLflow server listens on 127.0.0.1 only. Ray 2.60's own daemons (GCS, raylets,
-    # core workers, runtime-env agent) bind every interface or the host's address whatever
-    # --node-ip-address says: printed here, stated in the README, not ours to change.
+    # The MLflow server binds 127.0.0.1 itself. Ray 2.60's own daemons (GCS, raylets, core
+    # workers) bind every interface whatever --node-ip-address says: `make test` runs the
+    # suite where loopback is the only interface (.ci/isolated), so they cannot be reached
+    # from elsewhere; run bare on a host network, this is reported instead of failing.
     assert not listening_beyond_localhost([psutil.Process(mlflow_pid(mlflow_server))])
-    print("Ray binds beyond 127.0.0.1:", sorted(set(bad)))
+    if only_loopback():
+        assert not bad, sorted(set(bad))
+    else:
+        warnings.warn(
+            f"not isolated: Ray listens beyond 127.0.0.1: {sorted(set(bad))}", stacklevel=1
+        )
 
     runs = child_runs(mlflow_server)
     assert len(runs) == 3
