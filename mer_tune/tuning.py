@@ -332,6 +332,16 @@ def _init_ray(address: str | None) -> None:
         raise MerTuneError(f"--address {address}: cannot connect to Ray ({err})") from None
 
 
+def _storage_root(storage: str | Path) -> Path:
+    """The search folder's parent: a path, on shared storage (NFS) for a cluster."""
+    if "://" in str(storage):
+        raise UsageError(
+            f"--storage {storage}: URIs are not supported; give a folder every node can "
+            "reach (an NFS mount); the stage cache alone can live at a URI (--cache-dir)"
+        )
+    return Path(storage).resolve()
+
+
 def _card_bytes(gpus: float) -> int | None:
     """Memory of the card a trial would get, asked on a GPU node (None without CUDA, as
     with a fake GPU resource, or when no GPU node comes up within a minute)."""
@@ -407,7 +417,7 @@ def search(
     base = sp.base_config(base)
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
-    root = ensure_writable(Path(storage).resolve())
+    root = ensure_writable(_storage_root(storage))
     name = name or f"{sp.name}-{datetime.now():%Y%m%d-%H%M%S}"
     path = root / name
     if path.exists():
@@ -504,7 +514,7 @@ def resume(
     MLflow parent and child runs are reused, never duplicated."""
     from ray import tune
 
-    path = Path(storage).resolve() / name
+    path = _storage_root(storage) / name
     if not (path / "search.yaml").exists() or not (path / "ray").is_dir():
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
     state = yaml.safe_load((path / "search.yaml").read_text())

@@ -65,6 +65,13 @@ def test_bad_input_is_one_line_without_traceback(args, code, message, capsys, tm
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
+def test_search_storage_uri_is_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(["search", "--storage", "s3://bucket/runs"], capsys)
+    assert code == 2 and "--storage s3://bucket/runs: URIs are not supported" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_data_exits_1_and_writes_nothing(tmp_path, capsys):
     root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
     (root / "features" / "Baichuan2-13B-Base-UTT" / "sample_00000001.npy").unlink()
