@@ -5,6 +5,7 @@ them from its own process, as a user on a cluster's head node would."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -25,7 +26,6 @@ from conftest import FAST, LOW_THRESHOLDS_SPACE
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 MER_TUNE = str(Path(sys.executable).with_name("mer-tune"))
-LOCAL = {"127.0.0.1", "::1"}
 NODES_SCRIPT = """
 import json, sys, ray
 ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False)
@@ -142,6 +142,13 @@ class LocalCluster:
             proc.wait(timeout=30)
 
 
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, and IPv4 loopback written as IPv6 (::ffff:127.0.0.1)."""
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 def only_loopback() -> bool:
     """True in a network namespace whose only interface is loopback (`.ci/isolated`)."""
     return set(psutil.net_if_addrs()) <= {"lo"}
@@ -156,7 +163,7 @@ def listening_beyond_localhost(procs: list[psutil.Process]) -> list[str]:
         try:
             for conn in proc.net_connections(kind="inet"):
                 ip = conn.laddr.ip
-                if conn.status != psutil.CONN_LISTEN or ip in LOCAL:
+                if conn.status != psutil.CONN_LISTEN or is_loopback(ip):
                     continue
                 if ip in wildcard and only_loopback():
                     continue
