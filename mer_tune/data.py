@@ -36,11 +36,18 @@ DEFAULT_MODELS = {
     "audio": "TencentGameMate/chinese-hubert-large",
     "text": "baichuan-inc/Baichuan2-13B-Base",
 }
-DEFAULT_FOLDERS = {
-    "visual": "clip-vit-large-patch14-UTT",
-    "audio": "chinese-hubert-large-UTT",
-    "text": "Baichuan2-13B-Base-UTT",
-}
+
+
+def model_folder_name(model: str, level: str = "utt") -> str:
+    """`openai/clip-vit-large-patch14` -> `clip-vit-large-patch14-UTT`, as MERTools names it
+    (a local folder by its resolved name, so `.` works too)."""
+    path = Path(model)
+    name = path.resolve().name if path.exists() else Path(model.rstrip("/")).name
+    return f"{name}-{'UTT' if level == 'utt' else 'FRA'}"
+
+
+# clip-vit-large-patch14-UTT, chinese-hubert-large-UTT, Baichuan2-13B-Base-UTT
+DEFAULT_FOLDERS = {m: model_folder_name(spec) for m, spec in DEFAULT_MODELS.items()}
 LABELLED, UNLABELLED, TEST = "labelled", "unlabelled", "test"
 TRUTH_FILE = "synthetic-truth.csv"  # hidden labels of a synthetic pool: reporting only
 FP16_MAX = 60000.0  # larger magnitudes would overflow float16: keep such a modality in float32

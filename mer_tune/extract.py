@@ -18,6 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 import transformers
 
-from .data import DEFAULT_MODELS
+from .data import DEFAULT_MODELS, model_folder_name
 from .errors import MerTuneError
 from .media import MediaError, face_images, list_clips, read_audio, sample_frames
 
@@ -64,14 +65,6 @@ class ModalityResult:
     dim: int | None = None
     load_seconds: float = 0.0
     seconds: float = 0.0  # extraction, after the model loaded
-
-
-def model_folder_name(model: str, level: str) -> str:
-    """`openai/clip-vit-large-patch14` -> `clip-vit-large-patch14-UTT`, as MERTools names it
-    (a local folder by its resolved name, so `.` works too)."""
-    path = Path(model)
-    name = path.resolve().name if path.exists() else Path(model.rstrip("/")).name
-    return f"{name}-{'UTT' if level == 'utt' else 'FRA'}"
 
 
 def first_line(err: BaseException) -> str:
@@ -146,22 +139,15 @@ def _prefetched(fn: Callable, items: Iterable, depth: int = 4) -> Iterator[tuple
     the model runs (PyAV releases the GIL)."""
     items = iter(items)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: deque = deque()
-
-        def submit() -> None:
-            for item in items:
-                pending.append((item, pool.submit(fn, item)))
-                return
-
-        for _ in range(depth):
-            submit()
+        pending = deque((item, pool.submit(fn, item)) for item in islice(items, depth))
         while pending:
             item, fut = pending.popleft()
-            submit()
+            pending.extend((nxt, pool.submit(fn, nxt)) for nxt in islice(items, 1))
             try:
-                yield item, fut.result(), None
+                result, error = fut.result(), None
             except Exception as err:  # one clip's failure, reported
-                yield item, None, first_line(err)
+                result, error = None, first_line(err)
+            yield item, result, error
 
 
 def _pool(hidden: torch.Tensor, level: str) -> np.ndarray:
@@ -431,9 +417,9 @@ def extract(
     device = _device(opts.device)
     transformers.utils.logging.disable_progress_bar()  # ours shows progress per clip
     dtype = _dtype(opts.dtype, device)
-    for modality in opts.modalities:  # a bad model fails now, not after hours of another
-        from transformers import AutoConfig
+    from transformers import AutoConfig
 
+    for modality in opts.modalities:  # a bad model fails now, not after hours of another
         spec = opts.models[modality]
         _load(modality, spec, AutoConfig, trust_remote_code=opts.trust_remote_code)
     results = []

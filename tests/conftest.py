@@ -117,6 +117,23 @@ def search_env(tmp_path, monkeypatch, ray_session):
     return tmp_path
 
 
+def tiny_search(env: Path, tiny_dir: Path, **kw):
+    """A real search of the tiny data with the fast config and space of `search_env`,
+    logged to a sqlite store in `env`; keyword arguments override the defaults."""
+    from mer_tune.tuning import search
+
+    args = dict(
+        space=str(env / "space.yaml"),
+        trials=4,
+        data=str(tiny_dir),
+        config=str(env / "fast.yaml"),
+        concurrency=2,
+        tracking_uri=f"sqlite:///{env / 'mlflow.db'}",
+        storage=str(env / "runs"),
+    )
+    return search(**(args | kw))
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with a sqlite store, stopped after the test."""

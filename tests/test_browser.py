@@ -4,8 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from mer_tune.tuning import search
+from conftest import tiny_search
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_FLAGS = [
@@ -25,15 +24,8 @@ def test_parent_and_nested_trials_appear_in_the_mlflow_ui(mlflow_server, search_
         pytest.fail("Debian's chromium is needed (make test installs it)")
     from playwright.sync_api import sync_playwright
 
-    res = search(
-        space=str(search_env / "space.yaml"),
-        trials=2,
-        data=str(tiny_dir),
-        config=str(search_env / "fast.yaml"),
-        concurrency=1,
-        tracking_uri=mlflow_server,
-        storage=str(search_env / "runs"),
-        name="browsed",
+    res = tiny_search(
+        search_env, tiny_dir, trials=2, concurrency=1, tracking_uri=mlflow_server, name="browsed"
     )
     url = f"{mlflow_server}/#/experiments/{res.experiment_id}/runs"
     ARTIFACTS.mkdir(exist_ok=True)

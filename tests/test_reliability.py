@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST, LOW_THRESHOLDS_SPACE, write_dataset
+from conftest import FAST, LOW_THRESHOLDS_SPACE, tiny_search, write_dataset
 from mlflow.tracking import MlflowClient
 
 from mer_tune.errors import MerTuneError
@@ -119,17 +119,7 @@ def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path,
 
 
 def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):
-    res = search(
-        space=str(search_env / "space.yaml"),
-        trials=2,
-        data=str(tiny_dir),
-        config=str(search_env / "fast.yaml"),
-        concurrency=1,
-        trial_timeout=0.01,
-        tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
-        storage=str(search_env / "runs"),
-        name="t",
-    )
+    res = tiny_search(search_env, tiny_dir, trials=2, concurrency=1, trial_timeout=0.01, name="t")
     assert (res.results["status"] == "FAILED").all()
     assert res.results["error"].str.contains("--trial-timeout").all()
     assert res.best_config is None and not (res.path / "best_config.yaml").exists()
@@ -175,15 +165,13 @@ def test_max_failures_retries_a_failing_trial_in_the_same_run(search_env, tiny_d
     (search_env / "bad_lr.yaml").write_text(
         "params:\n  optim.lr: {type: categorical, choices: [1.0e+30]}\n"
     )
-    res = search(
+    res = tiny_search(
+        search_env,
+        tiny_dir,
         space=str(search_env / "bad_lr.yaml"),
         trials=1,
-        data=str(tiny_dir),
-        config=str(search_env / "fast.yaml"),
         concurrency=1,
         max_failures=1,
-        tracking_uri=f"sqlite:///{search_env / 'mlflow.db'}",
-        storage=str(search_env / "runs"),
         name="mf",
     )
     from ray.tune import ExperimentAnalysis

@@ -6,33 +6,19 @@ import json
 import optuna
 import pandas as pd
 import pytest
+from conftest import tiny_search
 from mlflow.tracking import MlflowClient
 
 from mer_tune.config import load_config
 from mer_tune.data import load
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.spaces import load_space
-from mer_tune.tuning import search
 
 SPACE_KEYS = [
     "self_training.thresholds.neutral",
     "self_training.thresholds.angry",
     "self_training.thresholds.worried",
 ]
-
-
-def _search(env, tiny_dir, **kw):
-    args = dict(
-        space=str(env / "space.yaml"),
-        trials=4,
-        data=str(tiny_dir),
-        config=str(env / "fast.yaml"),
-        concurrency=2,
-        tracking_uri=f"sqlite:///{env / 'mlflow.db'}",
-        storage=str(env / "runs"),
-    )
-    args.update(kw)
-    return search(**args)
 
 
 def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
@@ -127,9 +113,9 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
 
 
 def test_optuna_drives_the_search_and_the_seed_repeats_it(search_env, tiny_dir):
-    a = _search(search_env, tiny_dir, trials=4, concurrency=1, seed=7, name="a")
-    b = _search(search_env, tiny_dir, trials=4, concurrency=1, seed=7, name="b")
-    c = _search(search_env, tiny_dir, trials=4, concurrency=1, seed=8, name="c")
+    a = tiny_search(search_env, tiny_dir, trials=4, concurrency=1, seed=7, name="a")
+    b = tiny_search(search_env, tiny_dir, trials=4, concurrency=1, seed=7, name="b")
+    c = tiny_search(search_env, tiny_dir, trials=4, concurrency=1, seed=8, name="c")
     # A plain Optuna study with the same sampler, seed and first point, told the same
     # scores, asks for exactly the values the search ran: the study drives the search.
     space = load_space(str(search_env / "space.yaml"))
@@ -152,7 +138,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_env, tiny_dir
     (search_env / "lr.yaml").write_text(
         "params:\n  optim.lr: {type: categorical, choices: [0.003, 1.0e+30]}\n"
     )
-    res = _search(
+    res = tiny_search(
         search_env, tiny_dir, space=str(search_env / "lr.yaml"), trials=4, seed=3, name="f"
     )
     status = res.results.set_index("optim.lr")["status"]
@@ -182,7 +168,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_env, tiny_dir
 )
 def test_bad_search_input_fails_before_any_trial(search_env, tiny_dir, kw, error, message):
     with pytest.raises(error, match=message):
-        _search(search_env, tiny_dir, name="bad", **kw)
+        tiny_search(search_env, tiny_dir, name="bad", **kw)
     assert not (search_env / "runs" / "bad" / "ray").exists()
 
 
