@@ -3,6 +3,7 @@ contrastive terms, noise embedding enhancement (NEE) and four classifier heads."
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,7 +23,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = z @ z.T / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    # Built on the device: a CPU-to-GPU copy could not be captured into a CUDA graph.
+    targets = torch.cat(
+        [torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)]
+    )
     return F.cross_entropy(sim, targets)
 
 
@@ -34,29 +38,41 @@ def ddpm_noise_std(timesteps: int, beta_start: float, beta_end: float) -> torch.
     return (1.0 - _alpha_bar(timesteps, beta_start, beta_end)).sqrt()
 
 
-def _alpha_bar(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+@functools.cache
+def _alpha_bar(
+    timesteps: int, beta_start: float, beta_end: float, device: str = "cpu"
+) -> torch.Tensor:
     betas = (
         torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), timesteps, dtype=torch.float64)
         ** 2
     )
-    return torch.cumprod(1.0 - betas, dim=0).float()
+    return torch.cumprod(1.0 - betas, dim=0).float().to(device)
 
 
 def add_noise(
     x: torch.Tensor, modality: str, cfg: NoiseConfig, gen: torch.Generator | None
 ) -> torch.Tensor:
-    """An augmented view of standardised features x for the NEE contrastive term."""
+    """An augmented view of standardised features x for the NEE contrastive term.
+
+    Random numbers come from `gen`, on its device; with gen=None from the default
+    generator of x's device (what a CUDA graph can capture). Nothing here reads a value
+    back to the host, so a GPU step never waits on it."""
+    device = gen.device if gen is not None else x.device
     if cfg.kind == "ddpm":
-        abar = _alpha_bar(getattr(cfg.timesteps, modality), cfg.beta_start, cfg.beta_end)
+        abar = _alpha_bar(
+            getattr(cfg.timesteps, modality), cfg.beta_start, cfg.beta_end, str(device)
+        )
         # One t per batch, as in the method.
-        t = int(torch.randint(len(abar), (1,), generator=gen).item())
-        eps = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
-        return abar[t].sqrt() * x + (1 - abar[t]).sqrt() * eps
+        t = torch.randint(len(abar), (1,), generator=gen, device=device)
+        eps = torch.randn(x.shape, generator=gen, device=device).to(x.device, x.dtype)
+        keep = abar[t].to(x.device)
+        return keep.sqrt() * x + (1 - keep).sqrt() * eps
     if cfg.kind == "gaussian":
-        return x + cfg.gaussian_std * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+        eps = torch.randn(x.shape, generator=gen, device=device).to(x.device, x.dtype)
+        return x + cfg.gaussian_std * eps
     if cfg.kind == "mask":
-        keep = (torch.rand(x.shape, generator=gen) >= cfg.mask_prob).to(x.device, x.dtype)
-        return x * keep
+        keep = torch.rand(x.shape, generator=gen, device=device) >= cfg.mask_prob
+        return x * keep.to(x.device, x.dtype)
     return x
 
 

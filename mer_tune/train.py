@@ -15,7 +15,9 @@ from sklearn.metrics import f1_score
 
 from .config import HEADS, MODALITIES, Config
 from .data import MERData
+from .errors import MerTuneError
 from .model import MRCCL, add_noise
+from .steps import Stepper, autocast
 
 EpochHook = Callable[[str, int, dict], None]
 
@@ -32,7 +34,7 @@ def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 _fixed_mmap_threshold()
 
 
-class DivergedError(RuntimeError):
+class DivergedError(MerTuneError):
     """The loss became NaN or inf: the trial stops early instead of training on garbage."""
 
 
@@ -54,13 +56,18 @@ class Features:
         else:
             self.arrays = data.features
 
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, idx: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Standardised float32 features of the samples `idx` (on the GPU, `idx` may be a
+        device tensor: no host round trip)."""
         if self.on_device:
             tidx = torch.as_tensor(idx, device=self.device)
             raw = {m: self.arrays[m][tidx] for m in MODALITIES}
         else:
+            idx = idx.numpy() if isinstance(idx, torch.Tensor) else idx
             raw = {m: torch.from_numpy(np.asarray(self.arrays[m][idx])) for m in MODALITIES}
-        return {m: (raw[m].float() - self.mean[m]) / self.std[m] for m in MODALITIES}
+        # In place on the float32 copy: a 4096-sample inference batch is ~110 MB per
+        # temporary at full scale. raw is a gathered copy, never the stored features.
+        return {m: raw[m].float().sub_(self.mean[m]).div_(self.std[m]) for m in MODALITIES}
 
 
 def make_model(data: MERData, cfg: Config, seed: int, device: torch.device) -> MRCCL:
@@ -77,14 +84,21 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarr
     return out
 
 
-def _check(loss: torch.Tensor, stage: str, epoch: int) -> None:
-    if not torch.isfinite(loss):
-        raise DivergedError(f"{stage}: loss became {loss.item()} at epoch {epoch}")
+def _check(loss_sum: torch.Tensor, stage: str, epoch: int) -> float:
+    """The epoch's summed loss as a float; raises when a step's loss was NaN or inf."""
+    value = loss_sum.item()
+    if not np.isfinite(value):
+        raise DivergedError(
+            f"{stage}: the loss became {value} in epoch {epoch}; this config diverges "
+            "(a lower optim.lr usually helps)"
+        )
+    return value
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on a GPU; full precision on the CPU (where it brings no speed here).
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _noise_generator(device: torch.device, seed: int) -> torch.Generator | None:
+    # The CPU draws from its own seeded generator; a GPU from its default one (seeded in
+    # make_model), which is the generator a CUDA graph can capture.
+    return None if device.type == "cuda" else torch.Generator().manual_seed(seed)
 
 
 def pretrain(
@@ -97,30 +111,29 @@ def pretrain(
 ) -> dict[str, torch.Tensor]:
     """Contrastive pretraining (no labels) over the samples `idx`."""
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    model.train()
+    gen = _noise_generator(feats.device, seed)
+    stepper = Stepper(
+        model,
+        feats.batch,
+        lambda x, _y: _contrastive_loss(model, x, cfg, gen),
+        cfg.optim,
+        feats.device,
+    )
     for epoch in range(cfg.pretrain.epochs):
         pool = idx
         if cfg.pretrain.max_samples and len(idx) > cfg.pretrain.max_samples:
             pool = rng.choice(idx, size=cfg.pretrain.max_samples, replace=False)
-        total, count = 0.0, 0
-        for b in _batches(len(pool), cfg.optim.batch_size, rng):
-            x = feats.batch(pool[b])
-            with _autocast(feats.device):
-                loss = _contrastive_loss(model, x, cfg, gen)
-            _check(loss, "pretrain", epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + loss.item() * len(b), count + len(b)
+        batches = _batches(len(pool), cfg.optim.batch_size, rng)
+        total, _ = stepper.epoch([pool[b] for b in batches])
+        mean_loss = _check(total, "pretrain", epoch) / max(len(pool), 1)
         if on_epoch:
-            on_epoch("pretrain", epoch, {"pretrain_loss": total / max(count, 1)})
+            on_epoch("pretrain", epoch, {"pretrain_loss": mean_loss})
+    stepper.close()
     return copy.deepcopy(model.state_dict())
 
 
 def _contrastive_loss(
-    model: MRCCL, x: dict[str, torch.Tensor], cfg: Config, gen: torch.Generator
+    model: MRCCL, x: dict[str, torch.Tensor], cfg: Config, gen: torch.Generator | None
 ) -> torch.Tensor:
     emb = model.embed(x)
     noisy = None
@@ -157,28 +170,24 @@ def supervised(
     """Cross-entropy on the four heads plus the contrastive terms; keep the best epoch
     on the validation fold. Returns (best state, {best_epoch, best_f1, history})."""
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    gen = _noise_generator(feats.device, seed)
+
+    def loss_fn(x: dict[str, torch.Tensor], y: torch.Tensor | None) -> torch.Tensor:
+        emb = model.embed(x)
+        logits = model.logits(emb)
+        loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
+        if cfg.loss.finetune_contrastive > 0:
+            loss = loss + cfg.loss.finetune_contrastive * _contrastive_loss(model, x, cfg, gen)
+        return loss
+
     targets = torch.as_tensor(train_y, device=feats.device)
+    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, targets)
     best_state, best = copy.deepcopy(model.state_dict()), {"best_epoch": -1, "best_f1": -1.0}
     history = []
     for epoch in range(epochs):
-        model.train()
-        for b in _batches(len(train_idx), cfg.optim.batch_size, rng):
-            x = feats.batch(train_idx[b])
-            with _autocast(feats.device):
-                emb = model.embed(x)
-                logits = model.logits(emb)
-                y = targets[torch.as_tensor(b, device=feats.device)]
-                loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
-                if cfg.loss.finetune_contrastive > 0:
-                    loss = loss + cfg.loss.finetune_contrastive * _contrastive_loss(
-                        model, x, cfg, gen
-                    )
-            _check(loss, stage, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        batches = _batches(len(train_idx), cfg.optim.batch_size, rng)
+        total, last = stepper.epoch([train_idx[b] for b in batches], batches)
+        _check(total, stage, epoch)
         score = equal_vote_f1(predict(model, feats, val_idx), val_y)
         history.append(score)
         if score > best["best_f1"]:
@@ -188,8 +197,9 @@ def supervised(
             on_epoch(
                 stage,
                 epoch,
-                {"val_f1": score, "best_val_f1": best["best_f1"], "train_loss": loss.item()},
+                {"val_f1": score, "best_val_f1": best["best_f1"], "train_loss": last.item()},
             )
+    stepper.close()
     model.load_state_dict(best_state)
     return best_state, best | {"history": history}
 
@@ -203,7 +213,7 @@ def predict(
     parts: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
     for start in range(0, len(idx), batch_size):
         x = feats.batch(np.asarray(idx[start : start + batch_size]))
-        with _autocast(feats.device):
+        with autocast(feats.device):
             out = model.logits(model.embed(x))
         for h in HEADS:
             parts[h].append(out[h].float().cpu().numpy())

@@ -81,6 +81,18 @@ def test_bad_data_exits_1_and_writes_nothing(tmp_path, capsys):
     assert not any(out.glob("*"))
 
 
+def test_a_diverging_config_is_one_line_and_writes_nothing(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(
+        ["run", "--data", str(tiny_dir), "--set", "optim.lr=1e9", "--out", str(out)], capsys
+    )
+    assert code == 1 and "pretrain: the loss became nan in epoch 0" in stderr
+    # The progress line of the stage comes before it; the error is one line of its own.
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "optim.lr" in errors[0] and "Traceback" not in stderr
+    assert not any(out.glob("*"))
+
+
 def test_data_synth_and_check(tmp_path, capsys):
     code, stdout, _ = run_cli(
         ["data", "synth", "--out", str(tmp_path / "s"), "--scale", "tiny"], capsys
