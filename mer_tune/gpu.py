@@ -2,9 +2,16 @@
 pack several trials on a card without running it out of memory.
 
 A trial on a GPU holds: the whole feature set (uploaded once, as stored), the model with
-its gradients, Adam's two moments and a best-epoch copy, the batches in flight (raw,
-standardised, noisy views, activations) and the CUDA context. The estimate is an upper
-bound from those parts; Ray's GPU fractions only count, they do not limit memory.
+its gradients, Adam's two moments and a best-epoch copy, the batches in flight (raw and
+standardised features, noisy views, activations), the CUDA graph of the stage being
+trained, PyTorch's allocator cache and the CUDA context. The estimate is an upper bound
+on what the card shows for the trial; Ray's GPU fractions only count, they do not limit
+memory.
+
+Calibration (benchmarks/RESULTS.md, H100, full MER2024-SEMI scale, default config): the
+card showed 3.43 GiB for one trial: 1.55 GiB of features, 0.79 GiB more allocated by
+PyTorch at the peak, 0.56 GiB more held in its allocator cache, 0.53 GiB of context.
+The batch sizes explain 0.17 GiB of the 0.79; RUNTIME covers the rest with a margin.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from .config import Config
 from .errors import UsageError
 from .model import MRCCL
 
-CUDA_CONTEXT = 600 * 2**20  # context + cuBLAS workspaces + allocator slack, per process
+CUDA_CONTEXT = 640 * 2**20  # CUDA context and cuBLAS workspaces, per process (0.53 GiB seen)
+RUNTIME = 1280 * 2**20  # graph pools, allocator cache, gathers (1.18 GiB seen beyond batches)
 INFERENCE_BATCH = 4096  # train.predict's batch size
 
 
@@ -25,13 +33,15 @@ def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Con
         params = sum(p.numel() for p in MRCCL(dims, classes, cfg.model).parameters())
     model = params * 4 * 5  # weights, gradients, two Adam moments, best-epoch copy
     width = sum(dims.values())
-    # Training: raw gather + standardised copy + two noisy views, float32, plus encoder
+    # Training: gathered + standardised batch, two noisy views, float32, plus encoder
     # activations (hidden wide, per layer) kept for the backward pass.
     train = cfg.optim.batch_size * (
         width * 4 * 4 + cfg.model.hidden * 4 * 64 * (1 + cfg.model.layers)
     )
-    infer = INFERENCE_BATCH * width * 4 * 2
-    return feature_bytes + model + max(train, infer) + CUDA_CONTEXT
+    # Inference: the gathered batch as stored (float16, float32 at most) plus its float32
+    # copy, standardised in place.
+    infer = INFERENCE_BATCH * width * (4 + 4)
+    return feature_bytes + model + max(train, infer) + RUNTIME + CUDA_CONTEXT
 
 
 def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int) -> None:

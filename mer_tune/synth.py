@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,16 @@ import pandas as pd
 from filelock import FileLock
 
 from .config import MER2024_CLASSES, MODALITIES
-from .data import DEFAULT_FOLDERS, TRUTH_FILE
+from .data import (
+    DEFAULT_FOLDERS,
+    LABELLED,
+    TEST,
+    TRUTH_FILE,
+    UNLABELLED,
+    MERData,
+    _moments,
+    validate,
+)
 from .errors import MerTuneError
 
 LABELLED_COUNTS = [1248, 1208, 1038, 730, 616, 190]  # MER2024-SEMI, classes in order
@@ -71,11 +81,17 @@ def class_counts(total: int) -> list[int]:
     return counts.tolist()
 
 
-def generate(scale: str, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-    """Features per modality (N, dim) float32, labels (N,), and how many are labelled."""
+def _scale(scale: str | Scale) -> Scale:
+    if isinstance(scale, Scale):
+        return scale
     if scale not in SCALES:
         raise MerTuneError(f"unknown scale '{scale}'; valid: {', '.join(SCALES)}")
-    sc = SCALES[scale]
+    return SCALES[scale]
+
+
+def generate(scale: str | Scale, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """Features per modality (N, dim) float32, labels (N,), and how many are labelled."""
+    sc = _scale(scale)
     rng = np.random.default_rng(seed)
     lab_counts = class_counts(sc.labelled)
     # The pool follows the same class mix as the labelled set.
@@ -109,37 +125,81 @@ def generate(scale: str, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, 
     return feats, labels, sc.labelled
 
 
+@dataclass
+class Layout:
+    """A generated dataset as it is laid out: names (shuffled so that labelled and
+    unlabelled samples interleave), features in that order, the first `labelled` names
+    labelled, and the test names drawn from the pool."""
+
+    names: list[str]
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    labelled: int
+    test: list[str]
+
+
+def layout(scale: str | Scale, seed: int) -> Layout:
+    feats, labels, n_lab = generate(scale, seed)
+    names = [f"sample_{i:08d}" for i in range(len(labels))]
+    order = np.random.default_rng(seed + 1).permutation(len(names))
+    names = [names[i] for i in order]
+    pool_names = names[n_lab:]
+    test = np.random.default_rng(seed + 2).choice(
+        len(pool_names), size=_scale(scale).test, replace=False
+    )
+    return Layout(names, feats, labels, n_lab, sorted(pool_names[i] for i in test))
+
+
+def in_memory(scale: str | Scale = "tiny", seed: int = 0) -> MERData:
+    """The same dataset as `write` produces, built in memory without touching the disk
+    (benchmarks and experiments; `mer-tune` itself reads the written layout)."""
+    lay = layout(scale, seed)
+    label = scale if isinstance(scale, str) else f"custom-{zlib.crc32(repr(scale).encode()):08x}"
+    n = len(lay.names)
+    split = np.full(n, UNLABELLED, dtype=object)
+    split[: lay.labelled] = LABELLED
+    split[np.isin(lay.names, lay.test)] = TEST
+    labels = np.where(np.arange(n) < lay.labelled, lay.labels, -1).astype(np.int64)
+    moments = {m: _moments(a) for m, a in lay.features.items()}
+    data = MERData(
+        names=np.asarray(lay.names, dtype=object),
+        split=split,
+        labels=labels,
+        features=lay.features,
+        classes=list(MER2024_CLASSES),
+        mean={m: moments[m][0] for m in MODALITIES},
+        std={m: moments[m][1] for m in MODALITIES},
+        fingerprint=f"synthetic-{label}-seed{seed}",
+        hidden_labels=np.where(split == LABELLED, -1, lay.labels).astype(np.int64),
+        source=f"synthetic:{label}",
+    )
+    validate(data)
+    return data
+
+
 def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
     """Write a synthetic dataset in the MERTools layout (atomically: temp folder, rename)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise MerTuneError(f"{out}: folder exists and is not empty")
-    feats, labels, n_lab = generate(scale, seed)
-    sc = SCALES[scale]
-    names = [f"sample_{i:08d}" for i in range(len(labels))]
-    # Shuffle names so that labelled and unlabelled samples are interleaved on disk.
-    order = np.random.default_rng(seed + 1).permutation(len(names))
-    names = [names[i] for i in order]
+    lay = layout(scale, seed)
+    names, n_lab = lay.names, lay.labelled
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out.parent))
     try:
         for m in MODALITIES:
             folder = tmp / "features" / DEFAULT_FOLDERS[m]
             folder.mkdir(parents=True)
-            for name, row in zip(names, feats[m], strict=True):
+            for name, row in zip(names, lay.features[m], strict=True):
                 np.save(folder / f"{name}.npy", row)
-        cls = np.asarray(MER2024_CLASSES, dtype=object)[labels]
+        cls = np.asarray(MER2024_CLASSES, dtype=object)[lay.labels]
         pd.DataFrame({"name": names[:n_lab], "discrete": cls[:n_lab]}).to_csv(
             tmp / "label-disdim.csv", index=False
         )
-        pool_names = names[n_lab:]
-        pd.DataFrame({"name": pool_names, "discrete": cls[n_lab:]}).to_csv(
+        pd.DataFrame({"name": names[n_lab:], "discrete": cls[n_lab:]}).to_csv(
             tmp / TRUTH_FILE, index=False
         )
-        test = np.random.default_rng(seed + 2).choice(len(pool_names), size=sc.test, replace=False)
-        pd.DataFrame({"name": sorted(pool_names[i] for i in test)}).to_csv(
-            tmp / "test-names.csv", index=False
-        )
+        pd.DataFrame({"name": lay.test}).to_csv(tmp / "test-names.csv", index=False)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

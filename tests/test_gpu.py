@@ -13,7 +13,9 @@ FULL_FEATURES = 1_667_000_000  # the packed MER2024-SEMI-scale features, float16
 def test_estimate_counts_the_features_the_model_and_the_batches():
     cfg = build_config()
     est = trial_bytes(FULL_DIMS, 6, FULL_FEATURES, cfg)
-    assert FULL_FEATURES + CUDA_CONTEXT < est < FULL_FEATURES + 2 * 2**30
+    assert FULL_FEATURES + CUDA_CONTEXT < est < FULL_FEATURES + 2.5 * 2**30
+    # What the card showed for one such trial on an H100 (benchmarks/RESULTS.md).
+    assert est > 3.43 * 2**30
     assert trial_bytes(FULL_DIMS, 6, 2 * FULL_FEATURES, cfg) - est == FULL_FEATURES
     wider = build_config({"model": {"hidden": 512}, "optim": {"batch_size": 4096}})
     assert trial_bytes(FULL_DIMS, 6, FULL_FEATURES, wider) > est
