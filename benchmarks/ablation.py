@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
 import numpy as np
+from record import recording
 
 from mer_tune import pipeline, synth
 from mer_tune.config import build_config, parse_set_options, with_overrides
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--only", action="append", help="run only these variants")
+    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     base = build_config({"eval": {"folds": args.folds}, "seed": args.seed})
     base = with_overrides(base, parse_set_options(args.sets))
@@ -81,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording("--record" in sys.argv[1:]):
+        main()

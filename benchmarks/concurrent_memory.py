@@ -25,18 +25,44 @@ import time
 from pathlib import Path
 
 import psutil
+from record import recording
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def _tree_pss(root: psutil.Process) -> int:
-    total = 0
+def _rollup(pid: int) -> dict[str, int]:
+    """Proportional set size split by kind (anonymous, file-backed, shared memory)."""
+    out = {"anon": 0, "file": 0, "shmem": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            kind = {"Pss_Anon": "anon", "Pss_File": "file", "Pss_Shmem": "shmem"}.get(key)
+            if kind:
+                out[kind] += int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _role(proc: psutil.Process, me: int) -> str:
+    if proc.pid == me:
+        return "driver"
+    try:
+        name = " ".join(proc.cmdline()[:1]) + proc.name()
+    except psutil.Error:
+        return "ray"
+    # Trial workers are Ray workers that ran a trial (ray::IDLE when pre-started only).
+    return "trials" if "ImplicitFunc" in name or "run_trial" in name else "ray"
+
+
+def _tree_pss(root: psutil.Process) -> tuple[int, dict[str, dict[str, int]]]:
+    """Summed PSS of root and its descendants, and its split by role and kind."""
+    split: dict[str, dict[str, int]] = {}
     for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
+        part = split.setdefault(_role(proc, root.pid), {"anon": 0, "file": 0, "shmem": 0})
+        for kind, value in _rollup(proc.pid).items():
+            part[kind] += value
+    return sum(sum(v.values()) for v in split.values()), split
 
 
 def _child(root: str, n: int, sets: list[str]) -> None:
@@ -46,16 +72,18 @@ def _child(root: str, n: int, sets: list[str]) -> None:
     from mer_tune.tuning import search
 
     me = psutil.Process()
-    peak, stop = [0], threading.Event()
+    peak, split, stop = [0], [{}], threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_pss(me))
+            total, parts = _tree_pss(me)
+            if total > peak[0]:
+                peak[0], split[0] = total, parts
             time.sleep(0.5)
 
     work = Path(tempfile.mkdtemp(prefix="mer-tune-mem-"))
     ray.init(num_cpus=n, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    idle = _tree_pss(me)
+    idle = _tree_pss(me)[0]
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
@@ -73,7 +101,8 @@ def _child(root: str, n: int, sets: list[str]) -> None:
     stop.set()
     sampler.join()
     finished = int((res.results["status"] == "FINISHED").sum())
-    print(json.dumps({"peak": peak[0], "idle": idle, "wall": wall, "finished": finished}))
+    out = {"peak": peak[0], "split": split[0], "idle": idle, "wall": wall, "finished": finished}
+    print(json.dumps(out))
 
 
 def main() -> None:
@@ -82,6 +111,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--child", type=int)
+    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if args.child:
         _child(args.dir, args.child, args.sets)
@@ -105,7 +135,11 @@ def main() -> None:
             f"{out['finished']}/{n} finished in {out['wall']:.0f} s",
             flush=True,
         )
+        for role, kinds in sorted(out["split"].items()):
+            parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in kinds.items())
+            print(f"    at the peak, {role}: {parts} GiB", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    with recording("--record" in sys.argv[1:]):
+        main()

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from record import recording
 
 from mer_tune.extract import ExtractOptions, extract
 from mer_tune.synth_media import write_clip, write_models, write_transcripts
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     modalities = tuple(args.modalities.split(","))
 
@@ -85,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording("--record" in sys.argv[1:]):
+        main()

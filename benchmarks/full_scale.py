@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from record import recording
+
 
 def _peak_rss() -> int:
     """This process's own high-water RSS (VmHWM). ru_maxrss would also count the parent's
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--child")
     parser.add_argument("--skip-per-file", action="store_true")
+    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if args.child:
         _child(args.child, args.dir, args.device, args.sets)
@@ -116,4 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording("--record" in sys.argv[1:]):
+        main()

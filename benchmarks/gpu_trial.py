@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from record import recording
+
 
 def _child(pack_dir: str, sets: list[str], device: str) -> None:
     import torch
@@ -154,6 +156,7 @@ def main() -> None:
         "--scale", default="full", help="synthetic scale to pack when --pack is missing"
     )
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if args.child:
         _child(args.pack, args.sets, args.device)
@@ -191,4 +194,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording("--record" in sys.argv[1:]):
+        main()

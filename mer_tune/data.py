@@ -15,6 +15,7 @@ memory-mappable ``.npy`` per modality plus a sample table; later loads map the p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -96,6 +97,16 @@ class MERData:
 
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in self.features.values())
+
+    def shareable(self) -> MERData:
+        """The same data with plain-ndarray views of the (memory-mapped) features.
+        numpy pickles an ndarray subclass such as np.memmap in-band, so Ray would copy
+        the features into every trial's heap (measured: +1.55 GiB per trial at full
+        scale); a plain array goes out-of-band into the object store, and every trial
+        reads the one shared copy."""
+        return dataclasses.replace(
+            self, features={m: np.asarray(a) for m, a in self.features.items()}
+        )
 
 
 # ---------------------------------------------------------------- reading the MERTools layout

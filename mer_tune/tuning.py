@@ -549,7 +549,7 @@ def _trainable(dataset: MERData, base: Config, state: dict[str, Any]):
 
     trainable = tune.with_parameters(
         run_trial,
-        data=dataset,
+        data=dataset.shareable(),
         base=base.to_dict(),
         threads=max(1, int(state["cpus_per_trial"])),
         use_gpu=state["gpus_per_trial"] > 0,

@@ -116,3 +116,20 @@ def test_synthetic_dataset_has_mer_shape(tiny_dir):
     assert data.hidden_labels is not None
     pool = data.split != "labelled"
     assert (data.hidden_labels[pool] >= 0).all() and (data.labels[pool] == -1).all()
+
+
+def test_trials_read_one_shared_copy_of_the_packed_features(tiny_dir, ray_session):
+    import ray
+
+    packed = load(tiny_dir)
+    assert all(isinstance(a, np.memmap) for a in packed.features.values())
+    shared = packed.shareable()
+    for m, arr in shared.features.items():
+        assert type(arr) is np.ndarray and np.shares_memory(arr, packed.features[m])
+    # What Ray does with the dataset of a search: put it once, get it in each trial.
+    # Zero-copy reads come back read-only, views of the object store.
+    got = ray.get(ray.put(shared))
+    for m, arr in got.features.items():
+        assert not arr.flags.writeable and np.array_equal(arr, packed.features[m])
+    # A memory map itself would be pickled in-band: a private, writable copy per trial.
+    assert all(a.flags.writeable for a in ray.get(ray.put(packed)).features.values())

@@ -1,0 +1,82 @@
+"""`--record`: append a benchmark's printed numbers to benchmarks/RESULTS.md, with the
+date, the machine and the exact command, under "Recorded runs" at the end of the file.
+The curated tables above that heading are written by hand from these records."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADING = "## Recorded runs"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    parts = [f"{cpu}, {os.cpu_count()} cores"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(torch.cuda.get_device_name())
+        else:
+            parts.append("no GPU")
+        parts.append(f"torch {torch.__version__}")
+    except ImportError:
+        pass
+    parts.append(f"Python {platform.python_version()}")
+    return "; ".join(parts)
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: io.TextIOBase):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def recording(enabled: bool, results: Path = RESULTS) -> Iterator[None]:
+    """Print as usual; when enabled, also append what was printed to RESULTS.md once the
+    benchmark has finished (nothing is written for a run that fails)."""
+    if not enabled:
+        yield
+        return
+    buffer = io.StringIO()
+    started = datetime.datetime.now(datetime.UTC)
+    real = sys.stdout
+    sys.stdout = _Tee(real, buffer)
+    try:
+        yield
+    finally:
+        sys.stdout = real
+    argv = [a for a in sys.argv if a != "--record"]
+    command = "python " + shlex.join([os.path.relpath(argv[0])] + argv[1:])
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    if HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n"
+    entry = (
+        f"\n### {Path(argv[0]).stem}, {started:%Y-%m-%d %H:%M} UTC\n\n"
+        f"Machine: {machine()}. Command: `{command}`\n\n"
+        f"```\n{buffer.getvalue().rstrip()}\n```\n"
+    )
+    results.write_text(text.rstrip("\n") + "\n" + entry)
