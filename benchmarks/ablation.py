@@ -1,14 +1,16 @@
 """Ablation in the shape of the paper's table, on synthetic data.
 
     python benchmarks/ablation.py --data synthetic:small --folds 3
-    python benchmarks/ablation.py --labelled 300 --unlabelled 6000 --folds 5 \
+    python benchmarks/ablation.py --labelled 300 --unlabelled 6000 --folds 5 --seeds 3 \\
         --set oversample.target=60
 
 --data reads a dataset as `mer-tune run` does; --labelled/--unlabelled instead generate
 one in memory with the synthetic generator at the real dims and that many samples
-(MER2024-SEMI has 5,030 and 115,595). --set overrides the base config of every variant.
-Prints a markdown table of weighted F1 (mean over folds, with its standard error) per
-variant, and the pseudo-labels added with their precision.
+(MER2024-SEMI has 5,030 and 115,595). --seeds repeats everything (data draw, folds,
+training) over that many seeds. --set overrides the base config of every variant.
+Prints each run's fold scores, then a markdown table per variant: weighted F1 over all
+folds and seeds, its paired difference from the full method (same data, same folds),
+in how many folds the full method wins, ties and loses, and the pseudo-labels added with their precision.
 """
 
 from __future__ import annotations
@@ -39,47 +41,73 @@ VARIANTS = {
 }
 
 
+def _dataset(args: argparse.Namespace, seed: int):
+    if not args.labelled:
+        return resolve(args.data, DataOptions())
+    scale = dataclasses.replace(
+        synth.SCALES["full"],
+        labelled=args.labelled,
+        unlabelled=args.unlabelled,
+        test=args.unlabelled // 6,
+    )
+    return synth.in_memory(scale, seed)
+
+
+def _se(values: list[float]) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="synthetic:small")
     parser.add_argument("--labelled", type=int)
     parser.add_argument("--unlabelled", type=int)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="repeat over seeds 0..N-1")
     parser.add_argument("--set", dest="sets", action="append", default=[])
-    parser.add_argument("--only", action="append", help="run only these variants")
     parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
-    base = build_config({"eval": {"folds": args.folds}, "seed": args.seed})
-    base = with_overrides(base, parse_set_options(args.sets))
-    if args.labelled:
-        scale = dataclasses.replace(
-            synth.SCALES["full"],
-            labelled=args.labelled,
-            unlabelled=args.unlabelled,
-            test=args.unlabelled // 6,
-        )
-        data = synth.in_memory(scale, args.seed)
-    else:
-        data = resolve(args.data, DataOptions())
+    if bool(args.labelled) != bool(args.unlabelled):
+        parser.error("--labelled and --unlabelled go together")
+    folds = {name: [] for name in VARIANTS}
+    pseudo = {name: [0, 0.0] for name in VARIANTS}  # count, count x precision
+    seconds = dict.fromkeys(VARIANTS, 0.0)
+    for seed in range(args.seeds):
+        # A new draw of the data and of every random choice in training, per seed.
+        data = _dataset(args, seed)
+        base = build_config({"eval": {"folds": args.folds, "seed": seed}, "seed": seed})
+        base = with_overrides(base, parse_set_options(args.sets))
+        for name, overrides in VARIANTS.items():
+            t0 = time.perf_counter()
+            res = pipeline.run(data, with_overrides(base, overrides))
+            seconds[name] += time.perf_counter() - t0
+            folds[name] += res.fold_f1
+            added = sum(res.pseudo_added.values())
+            pseudo[name][0] += added
+            pseudo[name][1] += added * (res.pseudo_precision or 0.0)
+            print(f"seed {seed}, {name}: " + ", ".join(f"{v:.4f}" for v in res.fold_f1))
+    n = args.folds * args.seeds
+    full = np.asarray(folds["full method"])
     print(
-        f"| variant | weighted F1, mean of {args.folds} folds ± s.e. | per fold "
-        "| pseudo-labels (precision) | seconds |"
+        f"\n| variant | weighted F1, mean of {n} folds ± s.e. | paired difference from the "
+        "full method ± s.e. | folds: full method better / equal / worse | pseudo-labels "
+        "(precision) | seconds |"
     )
-    print("| --- | --- | --- | --- | --- |")
-    for name, overrides in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        cfg = with_overrides(base, overrides)
-        t0 = time.perf_counter()
-        res = pipeline.run(data, cfg)
-        folds = ", ".join(f"{v:.4f}" for v in res.fold_f1)
-        se = np.std(res.fold_f1, ddof=1) / np.sqrt(len(res.fold_f1)) if args.folds > 1 else 0
-        precision = f" ({res.pseudo_precision:.3f})" if res.pseudo_precision is not None else ""
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in VARIANTS:
+        scores = np.asarray(folds[name])
+        diff = scores - full
+        paired = "" if name == "full method" else f"{diff.mean():+.4f} ± {_se(list(diff)):.4f}"
+        better = (
+            ""
+            if name == "full method"
+            else f"{(diff < 0).sum()} / {(diff == 0).sum()} / {(diff > 0).sum()}"
+        )
+        count, weighted = pseudo[name]
+        precision = f" ({weighted / count:.3f})" if count else ""
         print(
-            f"| {name} | {res.weighted_f1:.4f} ± {se:.3f} | {folds} "
-            f"| {sum(res.pseudo_added.values())}{precision} | {time.perf_counter() - t0:.0f} |",
-            flush=True,
+            f"| {name} | {scores.mean():.4f} ± {_se(list(scores)):.4f} | {paired} | {better} "
+            f"| {count}{precision} | {seconds[name]:.0f} |"
         )
 
 

@@ -79,4 +79,6 @@ def recording(enabled: bool, results: Path = RESULTS) -> Iterator[None]:
         f"Machine: {machine()}. Command: `{command}`\n\n"
         f"```\n{buffer.getvalue().rstrip()}\n```\n"
     )
-    results.write_text(text.rstrip("\n") + "\n" + entry)
+    tmp = results.with_suffix(".md.tmp")
+    tmp.write_text(text.rstrip("\n") + "\n" + entry)
+    os.replace(tmp, results)  # a reader never sees half a file

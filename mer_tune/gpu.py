@@ -41,7 +41,9 @@ def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Con
     # Inference: the gathered batch as stored (float16, float32 at most) plus its float32
     # copy, standardised in place.
     infer = INFERENCE_BATCH * width * (4 + 4)
-    return feature_bytes + model + max(train, infer) + RUNTIME + CUDA_CONTEXT
+    # The stage's CUDA graph keeps one training step's memory in its own pool, beside
+    # whatever the eager odd-size batch or the validation pass needs.
+    return feature_bytes + model + train + max(train, infer) + RUNTIME + CUDA_CONTEXT
 
 
 def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int) -> None:

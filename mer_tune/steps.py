@@ -13,18 +13,26 @@ The loss is summed on the device and read once per epoch: no per-step synchronis
 
 from __future__ import annotations
 
+import functools
 import os
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .config import OptimConfig
+from .errors import MerTuneError
 
 # loss_fn(standardised batch per modality, labels of the batch or None) -> scalar loss
 LossFn = Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]
 WARMUP_STEPS = 3  # eager steps before capture: lazy initialisation happens outside the graph
+
+
+@functools.cache
+def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    # One side stream per process: each stream that runs a matmul keeps its own cuBLAS
+    # workspace for the life of the process, so a stream per stage would add up.
+    return torch.cuda.Stream(device)
 
 
 def graphs_enabled(device: torch.device) -> bool:
@@ -97,6 +105,12 @@ class Stepper:
             total = total + loss * size
         return total, loss
 
+    def __enter__(self) -> Stepper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Free the graph and its private memory pool: a pool outlives its graph in the
         allocator's cache, and a trial captures one graph per training stage."""
@@ -123,7 +137,7 @@ class Stepper:
         if self.graph is None:
             if self.warm < WARMUP_STEPS:
                 self.warm += 1
-                side = torch.cuda.Stream(self.device)
+                side = _warmup_stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):
                     loss = self._eager_step(idx, pos)
@@ -131,10 +145,13 @@ class Stepper:
                 return loss
             try:
                 self._capture(idx, pos)
-            except RuntimeError as err:  # an op that cannot be captured: train eagerly
-                warnings.warn(f"CUDA graph capture failed, training eagerly: {err}", stacklevel=2)
-                self.graphed, self.graph = False, None
-                return self._eager_step(idx, pos)
+            except RuntimeError as err:
+                # A failed capture can leave the stream state behind it unusable: stop
+                # the trial with the way out rather than train on in an unknown state.
+                raise MerTuneError(
+                    f"CUDA graph capture failed ({str(err).splitlines()[0]}); "
+                    "set MER_TUNE_CUDA_GRAPHS=0 to train with eager steps"
+                ) from err
         self.static_idx.copy_(idx)
         if pos is not None:
             self.static_pos.copy_(pos)

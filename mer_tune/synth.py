@@ -151,8 +151,10 @@ def layout(scale: str | Scale, seed: int) -> Layout:
 
 
 def in_memory(scale: str | Scale = "tiny", seed: int = 0) -> MERData:
-    """The same dataset as `write` produces, built in memory without touching the disk
-    (benchmarks and experiments; `mer-tune` itself reads the written layout)."""
+    """The samples, features and labels that `write` produces, built in memory without
+    touching the disk (benchmarks and experiments; `mer-tune` itself reads the written
+    layout). Rows stay in generation order and float32, where a load of the written
+    folder sorts them by name and packs them as float16: folds and scores differ."""
     lay = layout(scale, seed)
     label = scale if isinstance(scale, str) else f"custom-{zlib.crc32(repr(scale).encode()):08x}"
     n = len(lay.names)

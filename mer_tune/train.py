@@ -96,9 +96,13 @@ def _check(loss_sum: torch.Tensor, stage: str, epoch: int) -> float:
 
 
 def _noise_generator(device: torch.device, seed: int) -> torch.Generator | None:
-    # The CPU draws from its own seeded generator; a GPU from its default one (seeded in
-    # make_model), which is the generator a CUDA graph can capture.
-    return None if device.type == "cuda" else torch.Generator().manual_seed(seed)
+    """The CPU draws from its own seeded generator; a GPU from its default one, the
+    generator a CUDA graph can capture, seeded here so each stage draws its own noise
+    and dropout masks."""
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+        return None
+    return torch.Generator().manual_seed(seed)
 
 
 def pretrain(
@@ -112,23 +116,17 @@ def pretrain(
     """Contrastive pretraining (no labels) over the samples `idx`."""
     rng = np.random.default_rng(seed)
     gen = _noise_generator(feats.device, seed)
-    stepper = Stepper(
-        model,
-        feats.batch,
-        lambda x, _y: _contrastive_loss(model, x, cfg, gen),
-        cfg.optim,
-        feats.device,
-    )
-    for epoch in range(cfg.pretrain.epochs):
-        pool = idx
-        if cfg.pretrain.max_samples and len(idx) > cfg.pretrain.max_samples:
-            pool = rng.choice(idx, size=cfg.pretrain.max_samples, replace=False)
-        batches = _batches(len(pool), cfg.optim.batch_size, rng)
-        total, _ = stepper.epoch([pool[b] for b in batches])
-        mean_loss = _check(total, "pretrain", epoch) / max(len(pool), 1)
-        if on_epoch:
-            on_epoch("pretrain", epoch, {"pretrain_loss": mean_loss})
-    stepper.close()
+    loss_fn = lambda x, _y: _contrastive_loss(model, x, cfg, gen)  # noqa: E731
+    with Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device) as stepper:
+        for epoch in range(cfg.pretrain.epochs):
+            pool = idx
+            if cfg.pretrain.max_samples and len(idx) > cfg.pretrain.max_samples:
+                pool = rng.choice(idx, size=cfg.pretrain.max_samples, replace=False)
+            batches = _batches(len(pool), cfg.optim.batch_size, rng)
+            total, _ = stepper.epoch([pool[b] for b in batches])
+            mean_loss = _check(total, "pretrain", epoch) / max(len(pool), 1)
+            if on_epoch:
+                on_epoch("pretrain", epoch, {"pretrain_loss": mean_loss})
     return copy.deepcopy(model.state_dict())
 
 
@@ -181,25 +179,21 @@ def supervised(
         return loss
 
     targets = torch.as_tensor(train_y, device=feats.device)
-    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, targets)
     best_state, best = copy.deepcopy(model.state_dict()), {"best_epoch": -1, "best_f1": -1.0}
     history = []
-    for epoch in range(epochs):
-        batches = _batches(len(train_idx), cfg.optim.batch_size, rng)
-        total, last = stepper.epoch([train_idx[b] for b in batches], batches)
-        _check(total, stage, epoch)
-        score = equal_vote_f1(predict(model, feats, val_idx), val_y)
-        history.append(score)
-        if score > best["best_f1"]:
-            best = {"best_epoch": epoch, "best_f1": score}
-            best_state = copy.deepcopy(model.state_dict())
-        if on_epoch:
-            on_epoch(
-                stage,
-                epoch,
-                {"val_f1": score, "best_val_f1": best["best_f1"], "train_loss": last.item()},
-            )
-    stepper.close()
+    with Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, targets) as stepper:
+        for epoch in range(epochs):
+            batches = _batches(len(train_idx), cfg.optim.batch_size, rng)
+            total, last = stepper.epoch([train_idx[b] for b in batches], batches)
+            _check(total, stage, epoch)
+            score = equal_vote_f1(predict(model, feats, val_idx), val_y)
+            history.append(score)
+            if score > best["best_f1"]:
+                best = {"best_epoch": epoch, "best_f1": score}
+                best_state = copy.deepcopy(model.state_dict())
+            if on_epoch:
+                metrics = {"val_f1": score, "best_val_f1": best["best_f1"]}
+                on_epoch(stage, epoch, metrics | {"train_loss": last.item()})
     model.load_state_dict(best_state)
     return best_state, best | {"history": history}
 
