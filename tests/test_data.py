@@ -118,6 +118,20 @@ def test_synthetic_dataset_has_mer_shape(tiny_dir):
     assert (data.hidden_labels[pool] >= 0).all() and (data.labels[pool] == -1).all()
 
 
+def test_in_memory_synthetic_data_matches_the_written_folder(tmp_path):
+    from mer_tune import synth
+
+    written = read_folders(synth.write(tmp_path / "d", "tiny", 5))
+    built = synth.in_memory("tiny", 5)
+    row = {name: i for i, name in enumerate(written.names)}
+    order = [row[name] for name in built.names]
+    assert sorted(built.names) == sorted(written.names)
+    for field in ("split", "labels", "hidden_labels"):
+        assert (getattr(written, field)[order] == getattr(built, field)).all(), field
+    for m in built.features:
+        assert np.array_equal(written.features[m][order], built.features[m])
+
+
 def test_trials_read_one_shared_copy_of_the_packed_features(tiny_dir, ray_session):
     import ray
 
