@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 
 import numpy as np
-from record import recording
+import record
 
 from mer_tune import pipeline, synth
 from mer_tune.config import build_config, parse_set_options, with_overrides
@@ -65,7 +64,6 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=1, help="repeat over seeds 0..N-1")
     parser.add_argument("--set", dest="sets", action="append", default=[])
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if bool(args.labelled) != bool(args.unlabelled):
         parser.error("--labelled and --unlabelled go together")
@@ -112,5 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
-from record import recording
+import record
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -111,7 +111,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--child", type=int)
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if args.child:
         _child(args.dir, args.child, args.sets)
@@ -141,5 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import record
 import torch
-from record import recording
 
 from mer_tune.extract import ExtractOptions, extract
 from mer_tune.synth_media import write_clip, write_models, write_transcripts
@@ -48,7 +47,6 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     modalities = tuple(args.modalities.split(","))
 
@@ -88,5 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

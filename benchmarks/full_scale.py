@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from record import recording
+import record
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """This process's own high-water RSS (VmHWM). ru_maxrss would also count the parent's
     peak, which Linux carries across fork and exec."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -56,7 +56,7 @@ def _child(step: str, root: str, device: str, sets: list[str]) -> None:
             "packed_bytes": data.nbytes(),
         }
     out["wall"] = time.perf_counter() - t0
-    out["peak_rss_bytes"] = _peak_rss()
+    out["peak_rss_bytes"] = peak_rss()
     print(json.dumps(out))
 
 
@@ -67,7 +67,6 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--child")
     parser.add_argument("--skip-per-file", action="store_true")
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if args.child:
         _child(args.child, args.dir, args.device, args.sets)
@@ -119,5 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

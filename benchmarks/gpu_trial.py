@@ -25,7 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from record import recording
+import record
+from full_scale import peak_rss
 
 
 def _child(pack_dir: str, sets: list[str], device: str) -> None:
@@ -41,10 +42,6 @@ def _child(pack_dir: str, sets: list[str], device: str) -> None:
     res = pipeline.run(data, cfg, device=device)
     cuda = torch.cuda.is_available()
     wall = time.perf_counter() - t0
-    rss = 0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            rss = int(line.split()[1]) * 1024
     out = {
         "wall": wall,
         "seconds": res.seconds,
@@ -55,7 +52,7 @@ def _child(pack_dir: str, sets: list[str], device: str) -> None:
         "max_reserved": torch.cuda.max_memory_reserved() if cuda else 0,
         "estimate": gpu.trial_bytes(data.dims, len(data.classes), data.nbytes(), cfg),
         "packed_bytes": data.nbytes(),
-        "peak_rss": rss,
+        "peak_rss": peak_rss(),
         "graphs": os.environ.get("MER_TUNE_CUDA_GRAPHS", "1") != "0",
     }
     print(json.dumps(out))
@@ -156,7 +153,6 @@ def main() -> None:
         "--scale", default="full", help="synthetic scale to pack when --pack is missing"
     )
     parser.add_argument("--child", action="store_true")
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     if args.child:
         _child(args.pack, args.sets, args.device)
@@ -194,5 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

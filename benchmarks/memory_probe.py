@@ -9,13 +9,12 @@ memory and the peak (VmHWM), before and after the pass.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import record
 import torch
-from record import recording
 
 from mer_tune import train
 from mer_tune.config import build_config
@@ -32,7 +31,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default="/tmp/mer-full")
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
     data = load_pack(default_pack_dir(Path(args.dir), DataOptions()))
     print(f"packed features: {data.nbytes() / 2**30:.2f} GiB; after loading: {memory()}")
@@ -46,5 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

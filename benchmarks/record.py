@@ -1,6 +1,9 @@
 """`--record`: append a benchmark's printed numbers to benchmarks/RESULTS.md, with the
 date, the machine and the exact command, under "Recorded runs" at the end of the file.
-The curated tables above that heading are written by hand from these records."""
+The curated tables above that heading are written by hand from these records.
+
+Every benchmark ends with `run(main)`, which takes `--record` off the command line
+before the script's own argument parser sees it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -69,7 +72,7 @@ def recording(enabled: bool, results: Path = RESULTS) -> Iterator[None]:
         yield
     finally:
         sys.stdout = real
-    argv = [a for a in sys.argv if a != "--record"]
+    argv = sys.argv
     command = "python " + shlex.join([os.path.relpath(argv[0])] + argv[1:])
     text = results.read_text() if results.exists() else "# Benchmark results\n"
     if HEADING not in text:
@@ -82,3 +85,11 @@ def recording(enabled: bool, results: Path = RESULTS) -> Iterator[None]:
     tmp = results.with_suffix(".md.tmp")
     tmp.write_text(text.rstrip("\n") + "\n" + entry)
     os.replace(tmp, results)  # a reader never sees half a file
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a benchmark's main(); with `--record` on the command line, record its output."""
+    enabled = "--record" in sys.argv[1:]
+    sys.argv = [a for a in sys.argv if a != "--record"]
+    with recording(enabled):
+        main()

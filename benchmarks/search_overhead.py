@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from record import recording
+import record
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -38,7 +37,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--record", action="store_true", help="append the output to RESULTS.md")
     args = parser.parse_args()
 
     import ray
@@ -90,5 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with recording("--record" in sys.argv[1:]):
-        main()
+    record.run(main)

@@ -239,6 +239,20 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
         m: _stack(per_mod[m], names, root / "features" / opts.folders[m], m) for m in MODALITIES
     }
     hidden = _read_truth(root, names, index)
+    return assemble(names, split, labels, features, classes, hidden, str(root))
+
+
+def assemble(
+    names: list[str],
+    split: np.ndarray,
+    labels: np.ndarray,
+    features: dict[str, np.ndarray],
+    classes: list[str],
+    hidden_labels: np.ndarray | None,
+    source: str,
+    fingerprint: str = "",
+) -> MERData:
+    """A validated MERData from its arrays, with the standardising statistics computed."""
     moments = {m: _moments(a) for m, a in features.items()}
     data = MERData(
         names=np.asarray(names, dtype=object),
@@ -248,9 +262,9 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
         classes=classes,
         mean={m: moments[m][0] for m in MODALITIES},
         std={m: moments[m][1] for m in MODALITIES},
-        fingerprint="",
-        hidden_labels=hidden,
-        source=str(root),
+        fingerprint=fingerprint,
+        hidden_labels=hidden_labels,
+        source=source,
     )
     validate(data)
     return data

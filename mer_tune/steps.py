@@ -52,8 +52,8 @@ def autocast(device: torch.device, graphed: bool = False):
 
 
 class Stepper:
-    """Adam steps of `model` on batches of sample indices into `arrays` (the features,
-    uploaded once) with optional per-batch labels."""
+    """Adam steps of `model` on batches of sample indices: `batch(idx)` gives their
+    standardised features, `targets[pos]` their labels (None for contrastive stages)."""
 
     def __init__(
         self,

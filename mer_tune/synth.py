@@ -28,16 +28,7 @@ import pandas as pd
 from filelock import FileLock
 
 from .config import MER2024_CLASSES, MODALITIES
-from .data import (
-    DEFAULT_FOLDERS,
-    LABELLED,
-    TEST,
-    TRUTH_FILE,
-    UNLABELLED,
-    MERData,
-    _moments,
-    validate,
-)
+from .data import DEFAULT_FOLDERS, LABELLED, TEST, TRUTH_FILE, UNLABELLED, MERData, assemble
 from .errors import MerTuneError
 
 LABELLED_COUNTS = [1248, 1208, 1038, 730, 616, 190]  # MER2024-SEMI, classes in order
@@ -162,21 +153,17 @@ def in_memory(scale: str | Scale = "tiny", seed: int = 0) -> MERData:
     split[: lay.labelled] = LABELLED
     split[np.isin(lay.names, lay.test)] = TEST
     labels = np.where(np.arange(n) < lay.labelled, lay.labels, -1).astype(np.int64)
-    moments = {m: _moments(a) for m, a in lay.features.items()}
-    data = MERData(
-        names=np.asarray(lay.names, dtype=object),
-        split=split,
-        labels=labels,
-        features=lay.features,
-        classes=list(MER2024_CLASSES),
-        mean={m: moments[m][0] for m in MODALITIES},
-        std={m: moments[m][1] for m in MODALITIES},
+    hidden = np.where(split == LABELLED, -1, lay.labels).astype(np.int64)
+    return assemble(
+        lay.names,
+        split,
+        labels,
+        lay.features,
+        list(MER2024_CLASSES),
+        hidden,
+        f"synthetic:{label}",
         fingerprint=f"synthetic-{label}-seed{seed}",
-        hidden_labels=np.where(split == LABELLED, -1, lay.labels).astype(np.int64),
-        source=f"synthetic:{label}",
     )
-    validate(data)
-    return data
 
 
 def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
