@@ -4,7 +4,6 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: env run test lint clean chromium
 

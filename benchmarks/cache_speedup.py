@@ -24,8 +24,6 @@ from pathlib import Path
 import pandas as pd
 import record
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 
 def _run(fn, **kw):
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,6 @@ from pathlib import Path
 
 import psutil
 import record
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _rollup(pid: int) -> dict[str, int]:

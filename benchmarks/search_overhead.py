@@ -14,14 +14,11 @@ Ray's start-up is timed apart (it is paid once per search, not per trial).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import record
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 FAST = """
 model: {hidden: 16, heads: 2, head_dims: [16]}

@@ -475,6 +475,34 @@ class SearchProgress:
     show_default=True,
     help="Retries of a failing trial.",
 )
+@click.option(
+    "--holdout",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of the labelled set kept out of the search and used only to confirm its "
+    "winner (0 = none: the best score is then optimistic).",
+)
+@click.option("--holdout-seed", type=int, help="Seed of the holdout draw (default: --seed).")
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 20),
+    help="Repeated fold splits per trial, averaged (less noisy selection).",
+)
+@click.option(
+    "--confirm-top",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Best trials confirmed on the holdout, besides the baseline (0 = no confirm step).",
+)
+@click.option(
+    "--confirm-seeds",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Also retrain each confirmed config on all non-holdout data with this many seeds.",
+)
 @data_options
 def search(
     space,
@@ -499,12 +527,21 @@ def search(
     trial_timeout,
     strategy,
     max_failures,
+    holdout,
+    holdout_seed,
+    repeats,
+    confirm_top,
+    confirm_seeds,
     data_args,
 ) -> None:
     """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
     records each one as a nested run under the search's parent run.
 
-    Writes STORAGE/NAME/results.csv and best_config.yaml (loadable by `mer-tune run --config`)."""
+    A stratified --holdout share of the labelled set is set aside first; trials select on
+    the rest. At the end the --confirm-top best trials and the baseline (trial 0, the
+    paper's values) are scored on the holdout, and a verdict says whether the winner
+    beats the baseline. Writes STORAGE/NAME/results.csv, confirm.csv, verdict.json and
+    best_config.yaml (loadable by `mer-tune run --config`)."""
     from .staged import staged_search
     from .tuning import resume
     from .tuning import search as flat_search
@@ -540,6 +577,11 @@ def search(
         max_failures=max_failures,
         trial_timeout=trial_timeout,
         data_options=opts,
+        repeats=repeats,
+        holdout=holdout,
+        holdout_seed=holdout_seed,
+        confirm_top=confirm_top,
+        confirm_seeds=confirm_seeds,
         on_event=SearchProgress(trials),
     )
     _print_summary(res)
@@ -549,7 +591,10 @@ def _print_summary(res) -> None:
     from rich.table import Table
 
     table = Table(title=f"search {res.path.name}: top trials", pad_edge=False, padding=(0, 1))
-    cols = [c for c in res.results.columns if c not in ("trial_id", "error")]
+    from .confirming import HOLDOUT_COLUMNS
+
+    hidden = ("trial_id", "error", *HOLDOUT_COLUMNS)  # the confirm lines show those
+    cols = [c for c in res.results.columns if c not in hidden]
     for col in cols:
         table.add_column(col.rpartition(".")[2], overflow="fold")
     top = res.results.sort_values("weighted_f1", ascending=False, na_position="last").head(10)
@@ -564,7 +609,41 @@ def _print_summary(res) -> None:
         )
     console.print(f"browse the trials: {res.ui_command}", soft_wrap=True)
     score = f"{res.best_score:.4f}" if res.best_score is not None else "none (every trial failed)"
-    click.echo(f"best weighted F1: {score}")
+    click.echo(f"best weighted F1 (inner, what the search selected on): {score}")
+    if res.confirm is not None:
+        _print_confirm(res.confirm, res.holdout_size)
+    for note in res.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    if res.verdict is not None:
+        click.echo(f"verdict: {res.verdict.text}")
+
+
+def _print_confirm(table, holdout_size: int) -> None:
+    """One line per confirmed trial: inner, outer with its interval, gap, gain."""
+    click.echo(f"confirmed on the outer holdout ({holdout_size} samples no trial saw):")
+    for row in table.to_dict("records"):
+        role = "baseline" if row["role"] == "baseline" else "candidate"
+        line = (
+            f"  trial {int(row['trial']):3d} {role:9s} inner {row['inner_f1']:.4f}  "
+            f"holdout {row['holdout_f1']:.4f} [{row['holdout_low']:.4f}, "
+            f"{row['holdout_high']:.4f}]  gap {row['optimism_gap']:+.4f}"
+        )
+        if _present(row.get("retrained_f1")):
+            line += f"  retrained {row['retrained_f1']:.4f} ± {row['retrained_sd']:.4f}"
+        if _present(row.get("gain_vs_baseline")):
+            line += (
+                f"  vs baseline {row['gain_vs_baseline']:+.4f} "
+                f"[{row['gain_low']:+.4f}, {row['gain_high']:+.4f}]"
+            )
+        if _present(row.get("truth_f1")):
+            line += f"  truth {row['truth_f1']:.4f}"
+        if row.get("adopted"):
+            line += "  <- adopted"
+        click.echo(line)
+
+
+def _present(value) -> bool:
+    return value is not None and value == value  # NaN is absent
 
 
 @cli.command()
@@ -578,11 +657,48 @@ def _print_summary(res) -> None:
     show_default=True,
 )
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
-def report(name, storage, fmt, top) -> None:
-    """The top trials, best config, parameter importances, failures and plots of search NAME."""
+@click.option(
+    "--section",
+    type=click.Choice(["top", "confirm"]),
+    default="top",
+    show_default=True,
+    help="Which table --format csv prints: the top trials or the confirm step.",
+)
+def report(name, storage, fmt, top, section) -> None:
+    """The top trials, best config, parameter importances, failures, plots and the confirm
+    step (holdout scores and verdict) of search NAME."""
     from .report import build_report, format_report
 
-    click.echo(format_report(build_report(name, storage, top), fmt))
+    click.echo(format_report(build_report(name, storage, top), fmt, section))
+
+
+@cli.command(name="confirm")
+@click.argument("name")
+@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option(
+    "--confirm-top",
+    "top",
+    type=click.IntRange(1),
+    help="Best trials to confirm besides the baseline (default: the search's setting).",
+)
+@click.option(
+    "--confirm-seeds",
+    "seeds",
+    type=click.IntRange(0),
+    help="Retrain each confirmed config with this many seeds (default: the search's).",
+)
+@click.option("--address", help="Ray cluster address for retraining (default: a local Ray).")
+def confirm_cmd(name, storage, top, seeds, address) -> None:
+    """Score the best trials of the finished search NAME and its baseline on the outer
+    holdout, and print the verdict (rewrites confirm.csv, verdict.json, best_config.yaml)."""
+    from .confirming import confirm_search
+    from .tuning import _storage_root
+
+    res = confirm_search(_storage_root(storage) / name, top, seeds, address)
+    _print_confirm(res.confirm, res.holdout_size)
+    for note in res.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    click.echo(f"verdict: {res.verdict.text}")
 
 
 @cli.command()

@@ -149,6 +149,15 @@ class EvalConfig(_Strict):
     # Stratified k-fold on the labelled set; 1 = a single stratified 80/20 hold-out.
     folds: int = Field(5, ge=1, le=20)
     seed: int = 0
+    # Repeated k-fold: `repeats` different fold splits (split seeds seed, seed+1, ...),
+    # every fold's score averaged, so that a trial's score is less noisy.
+    repeats: int = Field(1, ge=1, le=20)
+    # Where each fold model picks its best epoch. inner: on a stratified slice of its own
+    # training part, so the scored fold chooses nothing; scored: on the scored fold itself
+    # (MERTools' protocol: comparable with papers that use it, but optimistic).
+    select_on: Literal["inner", "scored"] = "inner"
+    # Share of each training part set aside for epoch selection when select_on=inner.
+    select_fraction: float = Field(0.15, gt=0.0, le=0.5)
 
 
 class Config(_Strict):

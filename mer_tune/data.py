@@ -50,6 +50,8 @@ def model_folder_name(model: str, level: str = "utt") -> str:
 # clip-vit-large-patch14-UTT, chinese-hubert-large-UTT, Baichuan2-13B-Base-UTT
 DEFAULT_FOLDERS = {m: model_folder_name(spec) for m, spec in DEFAULT_MODELS.items()}
 LABELLED, UNLABELLED, TEST = "labelled", "unlabelled", "test"
+# A search's outer holdout: labelled samples whose labels no trial ever sees.
+HOLDOUT = "holdout"
 TRUTH_FILE = "synthetic-truth.csv"  # hidden labels of a synthetic pool: reporting only
 FP16_MAX = 60000.0  # larger magnitudes would overflow float16: keep such a modality in float32
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import synth
 from .data import DataOptions, MERData, load
-from .errors import UsageError
+from .errors import MerTuneError, UsageError
 
 DEFAULT_DATA = "synthetic:small"
 
@@ -30,3 +30,46 @@ def resolve(spec: str | None, opts: DataOptions = DataOptions()) -> MERData:
     if not path.is_dir():
         raise UsageError(f"--data {spec}: no such folder (or use synthetic:tiny|small|full)")
     return load(path, opts)
+
+
+def describe(spec: str | None, opts: DataOptions, data: MERData) -> dict:
+    """What a search records to find its data again from any directory: the spec (a
+    folder made absolute), every data option (paths made absolute) and the fingerprint."""
+    spec = spec or DEFAULT_DATA
+    if not spec.startswith("synthetic"):
+        spec = str(Path(spec).resolve())
+
+    def absolute(p: str | None) -> str | None:
+        return str(Path(p).resolve()) if p and Path(p).exists() else p
+
+    return {
+        "spec": spec,
+        "options": {
+            "folders": dict(opts.folders),
+            "classes": list(opts.classes),
+            "labels": absolute(opts.labels),
+            "test_names": absolute(opts.test_names),
+            "trust_pickle": opts.trust_pickle,
+        },
+        "fingerprint": data.fingerprint,
+    }
+
+
+def reopen(recorded: dict, where: str) -> MERData:
+    """Load the data a search recorded with `describe`; refuse (one line) when it is no
+    longer the same data."""
+    o = recorded["options"]
+    opts = DataOptions(
+        folders=dict(o["folders"]),
+        classes=tuple(o["classes"]),
+        labels=o["labels"],
+        test_names=o["test_names"],
+        trust_pickle=bool(o["trust_pickle"]),
+    )
+    data = resolve(recorded["spec"], opts)
+    if data.fingerprint != recorded["fingerprint"]:
+        raise MerTuneError(
+            f"{where}: the data at {recorded['spec']} has changed since the search started "
+            f"(fingerprint {data.fingerprint}, recorded {recorded['fingerprint']})"
+        )
+    return data

@@ -22,12 +22,13 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from . import train
 from .config import HEADS, Config
-from .data import LABELLED, TEST, UNLABELLED, MERData
+from .data import HOLDOUT, LABELLED, TEST, UNLABELLED, MERData
 
 # Bump a stage's version when its code changes what it computes: cached outputs of the
 # old code then stop matching.
-STAGE_VERSIONS = {"pretrain": 1, "finetune": 1, "pseudo": 2}
+STAGE_VERSIONS = {"pretrain": 1, "finetune": 2, "pseudo": 3}
 Report = Callable[..., None]
+ALL_LABELLED = -1  # the fold number of a model trained on every labelled sample
 
 
 class StageCache(Protocol):
@@ -97,13 +98,40 @@ def evaluate(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, A
     }
 
 
-def fold_splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k-fold positions into y; folds=1 is a stratified 80/20 hold-out."""
-    if folds == 1:
-        tr, va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
-        return [(np.sort(tr), np.sort(va))]
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
+def fold_splits(
+    y: np.ndarray, folds: int, seed: int, repeats: int = 1
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold positions into y; folds=1 is a stratified 80/20 hold-out.
+    With repeats > 1, that many different splits (seeds seed, seed+1, ...), one after
+    the other: fold r * folds + k is fold k of repeat r."""
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for r in range(repeats):
+        if folds == 1:
+            tr, va = train_test_split(
+                np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed + r
+            )
+            out.append((np.sort(tr), np.sort(va)))
+        else:
+            skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + r)
+            out += [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
+    return out
+
+
+def stratified_slice(
+    y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into y into (rest, slice): of each class, round(n * fraction)
+    samples and at least one go to the slice, while the rest keeps at least one (a
+    class with a single sample stays whole in the rest). Both returned sorted."""
+    taken = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        k = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        if k > 0:
+            taken.append(rng.choice(members, size=k, replace=False))
+    chosen = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(y)), chosen)
+    return rest, chosen
 
 
 # ---------------------------------------------------------------- stage keys
@@ -147,16 +175,22 @@ def stage_keys(cfg: Config, fingerprint: str, fold: int) -> dict[str, dict]:
 # ---------------------------------------------------------------- one fold, one run
 
 
+# Roles a labelled or pool sample plays in a fold, as recorded in RunResult.splits.
+FIT, SELECT, SCORED, PSEUDO = "fit", "select", "scored", "pseudo"
+
+
 @dataclass
 class FoldResult:
     fold: int
-    val_idx: np.ndarray
-    logits: dict[str, np.ndarray]  # final heads on the validation fold
+    val_idx: np.ndarray  # data indices of the scored fold
+    logits: dict[str, np.ndarray]  # final heads on the scored fold
     pseudo_added: dict[str, int]
     pseudo_precision: float | None
     seconds: dict[str, float]
     cache_hits: list[str] = field(default_factory=list)
     state: dict[str, torch.Tensor] | None = None  # the final model's weights
+    roles: dict[str, np.ndarray] = field(default_factory=dict)  # role -> data indices
+    extra_logits: dict[str, np.ndarray] | None = None  # final heads on `predict_idx`
 
 
 @dataclass
@@ -170,6 +204,10 @@ class RunResult:
     predictions: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     cache_hits: list[str] = field(default_factory=list)
+    # Which data indices each fold fit on, selected its epochs on, scored, pseudo-labelled.
+    splits: pd.DataFrame | None = None
+    # Vote probabilities on `predict_idx`, averaged over the fold models (None if not asked).
+    extra_probs: np.ndarray | None = None
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -197,10 +235,25 @@ def _seed(cfg: Config, *parts: object) -> int:
 
 
 def pools(data: MERData, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(pretraining pool: all features allowed; pseudo-labelling pool: the unlabelled)."""
-    pool_splits = [UNLABELLED] + ([TEST] if cfg.data.test_in_pool else [])
+    """(pretraining pool: all features allowed; pseudo-labelling pool: the unlabelled).
+    Test names and a search's outer holdout join the pool (features only, never labels)
+    when `data.test_in_pool` is on, as the challenge allows for test names."""
+    pool_splits = [UNLABELLED] + ([TEST, HOLDOUT] if cfg.data.test_in_pool else [])
     unl = np.flatnonzero(np.isin(data.split, pool_splits))
     return np.sort(np.concatenate([data.indices(LABELLED), unl])), unl
+
+
+def selection_split(
+    cfg: Config, fold: int, y: np.ndarray, tr: np.ndarray, va: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions the fold model fits on, positions that pick its best epoch).
+    select_on=inner (or no scored fold at all): a stratified slice of the training part;
+    scored: the scored fold itself (MERTools' protocol)."""
+    if cfg.eval.select_on == "scored" and len(va):
+        return tr, va
+    rng = np.random.default_rng(_seed(cfg, "select", fold))
+    rest, chosen = stratified_slice(y[tr], cfg.eval.select_fraction, rng)
+    return tr[rest], tr[chosen]
 
 
 def run_fold(
@@ -212,13 +265,18 @@ def run_fold(
     feats: train.Features,
     cache: StageCache,
     report: Report,
+    predict_idx: np.ndarray | None = None,
 ) -> FoldResult:
+    """Train one fold model on the labelled positions `tr` (plus pseudo-labels) and give
+    its final heads on the scored positions `va` (which may be empty)."""
     lab = data.indices(LABELLED)
     y = data.labels[lab]
     keys = stage_keys(cfg, data.fingerprint, fold)
     seconds: dict[str, float] = {}
     pretrain_pool, unl = pools(data, cfg)
-    val_idx, val_y = lab[va], y[va]
+    val_idx = lab[va]
+    fit, sel = selection_split(cfg, fold, y, tr, va)
+    sel_idx, sel_y = lab[sel], y[sel]
 
     def epoch_hook(stage: str, epoch: int, values: dict) -> None:
         report("epoch", fold=fold, stage=stage, epoch=epoch, **values)
@@ -242,25 +300,25 @@ def run_fold(
         "pretrain", lambda: cache.get_or_compute("pretrain", keys["pretrain"], do_pretrain)
     )
 
-    def fresh_from_pretrained() -> train.MRCCL:
+    def model_with(state: dict[str, torch.Tensor]) -> train.MRCCL:
         model = train.make_model(data, cfg, _seed(cfg, "init"), device)
-        model.load_state_dict(pre_state)
+        model.load_state_dict(state)
         return model
 
     # Oversampling is part of the finetune stage: its output depends on oversample.target.
     rng = np.random.default_rng(_seed(cfg, "oversample", fold))
-    over = oversample(y[tr], cfg.oversample.target, len(data.classes), rng)
-    tr_idx, tr_y = lab[tr][over], y[tr][over]
+    over = oversample(y[fit], cfg.oversample.target, len(data.classes), rng)
+    tr_idx, tr_y = lab[fit][over], y[fit][over]
 
     def do_finetune() -> dict[str, Any]:
-        model = fresh_from_pretrained()
+        model = model_with(pre_state)
         state, info = train.supervised(
             model,
             feats,
             tr_idx,
             tr_y,
-            val_idx,
-            val_y,
+            sel_idx,
+            sel_y,
             cfg.finetune.epochs,
             cfg,
             _seed(cfg, "finetune", fold),
@@ -282,6 +340,7 @@ def run_fold(
 
     added = {c: 0 for c in data.classes}
     precision = None
+    pseudo_idx = np.zeros(0, dtype=np.int64)
     st = cfg.self_training
     if st.enabled and st.rounds > 0 and len(unl) > 0:
         thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
@@ -297,7 +356,7 @@ def run_fold(
                 if len(keep) == 0:
                     break
                 # Retraining warm-starts from the previous round's (first: the finetuned) weights.
-                model = fresh_from_pretrained()
+                model = model_with(pre_state)
                 model.load_state_dict(state)
                 idx = np.concatenate([tr_idx, unl[keep]])
                 ys = np.concatenate([tr_y, labels])
@@ -306,8 +365,8 @@ def run_fold(
                     feats,
                     idx,
                     ys,
-                    val_idx,
-                    val_y,
+                    sel_idx,
+                    sel_y,
                     st.epochs,
                     cfg,
                     _seed(cfg, "retrain", fold, rnd),
@@ -325,15 +384,20 @@ def run_fold(
             lambda: cache.get_or_compute("pseudo", keys["pseudo"], do_self_training),
         )
         val_logits, final_state = selftrain["val"], selftrain["state"]
+        pseudo_idx = unl[selftrain["keep"]]
         for c in selftrain["labels"]:
             added[data.classes[int(c)]] += 1
         if data.hidden_labels is not None and len(selftrain["keep"]):
-            truth = data.hidden_labels[unl[selftrain["keep"]]]
+            truth = data.hidden_labels[pseudo_idx]
             known = truth >= 0
             if known.any():
                 precision = float((truth[known] == selftrain["labels"][known]).mean())
     elif st.enabled and st.rounds > 0:
         report("note", text="the unlabelled pool is empty: self-training skipped")
+    extra = None
+    if predict_idx is not None:
+        extra = train.predict(model_with(final_state), feats, predict_idx)
+    roles = {FIT: lab[fit], SELECT: sel_idx, SCORED: val_idx, PSEUDO: pseudo_idx}
     return FoldResult(
         fold,
         val_idx,
@@ -343,11 +407,22 @@ def run_fold(
         seconds,
         list(getattr(cache, "hits", [])),
         final_state,
+        roles,
+        extra,
     )
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _split_table(results: list[FoldResult]) -> pd.DataFrame:
+    parts = [
+        pd.DataFrame({"fold": r.fold, "role": role, "index": idx})
+        for r in results
+        for role, idx in r.roles.items()
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def run(
@@ -356,8 +431,11 @@ def run(
     cache: StageCache | None = None,
     report: Report | None = None,
     device: str | None = None,
+    predict_idx: np.ndarray | None = None,
 ) -> RunResult:
-    """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean."""
+    """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean.
+    With `predict_idx`, every fold model also predicts those samples (e.g. the test
+    names), and their vote probabilities are averaged over the folds."""
     report = report or (lambda *a, **k: None)
     cache = cache or MemoryCache()
     feats = train.Features(data, pick_device(device))
@@ -370,9 +448,10 @@ def run(
             notes.append(fields["text"])
         report(kind, **fields)
 
-    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed)
+    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)
     results = [
-        run_fold(data, cfg, k, tr, va, feats, cache, collect) for k, (tr, va) in enumerate(folds)
+        run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx)
+        for k, (tr, va) in enumerate(folds)
     ]
     t0 = time.perf_counter()
     rows, fold_f1, all_y, all_p = [], [], [], []
@@ -389,6 +468,10 @@ def run(
         frame.insert(2, "label", np.asarray(data.classes, dtype=object)[yt])
         frame.insert(3, "pred", np.asarray(data.classes, dtype=object)[pred])
         rows.append(frame)
+    extra = None
+    if predict_idx is not None:
+        extra = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
+        extra = extra / len(results)
     vote_seconds = time.perf_counter() - t0
     seconds: dict[str, float] = {}
     for res in results:
@@ -408,7 +491,37 @@ def run(
         predictions=pd.concat(rows, ignore_index=True),
         notes=notes,
         cache_hits=sorted(set(getattr(cache, "hits", []))),
+        splits=_split_table(results),
+        extra_probs=extra,
     )
+
+
+def fit_all(
+    data: MERData,
+    cfg: Config,
+    predict_idx: np.ndarray,
+    cache: StageCache | None = None,
+    report: Report | None = None,
+    device: str | None = None,
+) -> np.ndarray:
+    """One model trained on every labelled sample (best epochs picked on a stratified
+    inner slice of them), and its vote probabilities on `predict_idx`."""
+    report = report or (lambda *a, **k: None)
+    feats = train.Features(data, pick_device(device))
+    everything = np.arange(len(data.indices(LABELLED)))
+    res = run_fold(
+        data,
+        cfg,
+        ALL_LABELLED,
+        everything,
+        np.zeros(0, dtype=np.int64),
+        feats,
+        cache or MemoryCache(),
+        report,
+        predict_idx,
+    )
+    assert res.extra_logits is not None
+    return vote(res.extra_logits, cfg.voting.weights, cfg.voting.mode)
 
 
 def predict_names(
@@ -421,17 +534,7 @@ def predict_names(
 ) -> np.ndarray:
     """Class probabilities for the samples `idx` (e.g. the test set), averaged over the
     k fold models, as the challenge protocol does: each fold trains on the other folds'
-    labelled samples and picks its best epoch on its own."""
-    report = report or (lambda *a, **k: None)
-    cache = cache or MemoryCache()
-    feats = train.Features(data, pick_device(device))
-    y = data.labels[data.indices(LABELLED)]
-    total = None
-    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed)
-    for k, (tr, va) in enumerate(folds):
-        res = run_fold(data, cfg, k, tr, va, feats, cache, report)
-        model = train.make_model(data, cfg, 0, feats.device)
-        model.load_state_dict(res.state)
-        probs = vote(train.predict(model, feats, idx), cfg.voting.weights, cfg.voting.mode)
-        total = probs if total is None else total + probs
-    return total / len(folds)
+    labelled samples."""
+    res = run(data, cfg, cache=cache, report=report, device=device, predict_idx=idx)
+    assert res.extra_probs is not None
+    return res.extra_probs

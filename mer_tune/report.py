@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 
 from .errors import MerTuneError
+from .tracking import redact
 
 
 def confusion_png(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -38,6 +39,41 @@ def confusion_png(matrix: list[list[int]], classes: list[str], path: Path) -> Pa
                 va="center",
                 color="white" if m[i, j] > m.max() / 2 else "black",
             )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confirm_png(table: pd.DataFrame, path: Path) -> Path:
+    """Inner score against holdout score of the confirmed trials, with the holdout's
+    95% intervals; on the diagonal, the holdout agrees with the search."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for _, row in table.iterrows():
+        color = "tab:gray" if row["role"] == "baseline" else "tab:blue"
+        if row.get("adopted"):
+            color = "tab:green"
+        err = [[row["holdout_f1"] - row["holdout_low"]], [row["holdout_high"] - row["holdout_f1"]]]
+        ax.errorbar(row["inner_f1"], row["holdout_f1"], yerr=err, fmt="o", color=color, capsize=3)
+        label = f"trial {int(row['trial'])}" + (" (baseline)" if row["role"] == "baseline" else "")
+        ax.annotate(
+            label,
+            (row["inner_f1"], row["holdout_f1"]),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    lo = float(min(table["inner_f1"].min(), table["holdout_low"].min())) - 0.01
+    hi = float(max(table["inner_f1"].max(), table["holdout_high"].max())) + 0.01
+    ax.plot([lo, hi], [lo, hi], color="lightgray", lw=1, zorder=0)
+    ax.set_xlabel("inner weighted F1 (what the search selected on)")
+    ax.set_ylabel("outer holdout weighted F1, 95% interval")
+    ax.set_title("confirmed trials (green: adopted)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -106,6 +142,9 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
     failed = table[table["status"] == "FAILED"]
     best = path / "best_config.yaml"
+    from .confirm import read as read_confirm
+
+    confirmed = read_confirm(path)
     return {
         "search": name,
         "path": str(path),
@@ -119,16 +158,24 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
         "failures": failed[["trial", "error"]].to_dict("records") if "error" in failed else [],
         "plots": sorted(str(p) for p in (path / "plots").glob("*.png")),
         "mlflow": {
-            "tracking_uri": state.get("tracking_uri"),
+            "tracking_uri": redact(state.get("tracking_uri")),
             "parent_run_id": state.get("parent_run_id"),
         },
+        "holdout_size": state.get("holdout_size", 0),
+        "confirm": None
+        if confirmed is None
+        else {"trials": confirmed[0].to_dict("records"), "verdict": confirmed[1]},
     }
 
 
-def format_report(report: dict[str, Any], fmt: str) -> str:
+def format_report(report: dict[str, Any], fmt: str, section: str = "top") -> str:
     if fmt == "json":
         return json.dumps(report, indent=2, default=str)
     if fmt == "csv":
+        if section == "confirm":
+            if report["confirm"] is None:
+                raise MerTuneError(f"{report['search']}: no confirm step ran for this search")
+            return pd.DataFrame(report["confirm"]["trials"]).to_csv(index=False)
         return pd.DataFrame(report["top"]).to_csv(index=False)
     lines = [
         f"search {report['search']}: {report['finished']} finished, {report['failed']} failed "
@@ -145,6 +192,14 @@ def format_report(report: dict[str, Any], fmt: str) -> str:
         lines += [f"  {k:40s} {v:.3f}" for k, v in report["importances"].items()]
     for f in report["failures"]:
         lines.append(f"failed trial {f['trial']}: {f['error']}")
+    if report["confirm"] is not None:
+        lines.append(f"confirmed on the outer holdout ({report['holdout_size']} samples):")
+        lines.append(pd.DataFrame(report["confirm"]["trials"]).to_string(index=False))
+        lines.append(f"verdict: {report['confirm']['verdict']['text']}")
+    elif not report["holdout_size"]:
+        lines.append(
+            "no outer holdout: the best weighted F1 is optimistic (chosen on its own data)"
+        )
     if report["plots"]:
         lines.append("plots: " + ", ".join(report["plots"]))
     return "\n".join(lines)

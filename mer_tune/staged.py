@@ -6,6 +6,8 @@ A space's parameters are split by the pipeline stage they first affect:
   2. thresholds - pseudo-labelling and retraining rerun; pretrain and finetune are cached
   3. voting     - only the vote reruns; every trained head comes from the cache
 Each step is an ordinary search (its own parent run in MLflow, tagged with the group).
+All steps share the outer holdout; the last step confirms its best trials on it against
+the first step's baseline.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def staged_search(
     work.mkdir(parents=True, exist_ok=True)
     shared_cache = kwargs.pop("cache_dir", None) or Path(storage).resolve() / name / "cache"
     result: SearchResult | None = None
-    for step in steps:
+    confirm_top = kwargs.pop("confirm_top", 3)
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
         step_file = work / f"{step}.yaml"
         params = {k: raw["params"][k] for k in groups[step]}
         step_file.write_text(
@@ -76,12 +80,16 @@ def staged_search(
             )
         )
         # One cache for every step: later steps reuse the stages earlier ones computed.
+        # Every step selects on inner folds of the same holdout split; only the last one
+        # confirms, against the first step's trial 0 (the paper's values).
         result = search(
             str(step_file),
             budget[step],
             storage=storage,
             name=f"{name}-{step}",
             cache_dir=shared_cache,
+            confirm_top=confirm_top if last else 0,
+            baseline_search=f"{name}-{steps[0]}" if last and i else None,
             **kwargs,
         )
         if result.best_config is None:

@@ -10,6 +10,7 @@ import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,18 @@ from mlflow.tracking import MlflowClient
 from .errors import MerTuneError
 
 MAX_PARAM_LEN = 6000
+
+
+def redact(uri: str | None) -> str | None:
+    """The URI with any password replaced by ***, for printing and for files."""
+    if not uri or "://" not in uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    user = urllib.parse.unquote(parts.username or "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -135,6 +148,12 @@ class SearchRecorder:
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
+
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
+        if batch and self.parent_id:
+            self.client.log_batch(self.parent_id, metrics=batch)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])

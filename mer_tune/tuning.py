@@ -14,32 +14,35 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from sklearn.metrics import confusion_matrix
 
+from . import confirm as confirm_step
+from . import holdout as outer
 from . import pipeline
 from .cache import StageStore
 from .config import Config, build_config, with_overrides
-from .data import DataOptions, MERData
-from .datasets import resolve
+from .data import HOLDOUT, TEST, DataOptions, MERData
+from .datasets import describe, reopen, resolve
 from .errors import MerTuneError, UsageError
 from .gpu import check_packing, trial_bytes
 from .outputs import ensure_writable, write_text
 from .spaces import Space, load_space
 from .tracking import SearchRecorder, check_reachable, resolve_uri, ui_command
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
 # Save Tune's experiment state at every step (it is small), so a killed driver loses
 # as little as possible.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 METRIC = "weighted_f1"
+HOLDOUT_FILE = "holdout.csv"
 
 
 class TrialTimeout(RuntimeError):
@@ -55,6 +58,12 @@ class SearchResult:
     experiment_id: str
     parent_run_id: str
     tracking_uri: str
+    # The confirm step (None when the search has no outer holdout): one row per
+    # confirmed trial (inner and holdout scores, optimism gap, gain over the baseline).
+    confirm: pd.DataFrame | None = None
+    verdict: Any = None  # stats.Verdict
+    holdout_size: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ui_command(self) -> str:
@@ -72,8 +81,11 @@ def run_trial(
     use_gpu: bool,
     cache_dir: str | None,
     timeout: float | None = None,
+    outputs: str | None = None,
 ) -> None:
-    """One Ray Tune trial: the full pipeline on `base` + the suggested values."""
+    """One Ray Tune trial: the full pipeline on `base` + the suggested values. With
+    `outputs`, the fold models' predictions on the holdout and test names go to a file
+    there, out of sight of the search (no metric, no column) until the confirm step."""
     import torch
     from ray import tune
 
@@ -101,13 +113,20 @@ def run_trial(
                 }
             )
 
+    predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST])) if outputs else None
     res = pipeline.run(
         data,
         cfg,
         cache=cache,
         report=report,
         device="cuda" if use_gpu and torch.cuda.is_available() else "cpu",
+        predict_idx=predict_idx,
     )
+    if outputs and res.extra_probs is not None and res.splits is not None:
+        trial_id = tune.get_context().get_trial_id()
+        confirm_step.save_trial_outputs(
+            Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
+        )
     final: dict[str, Any] = {
         METRIC: res.weighted_f1,
         "final": True,
@@ -371,6 +390,7 @@ def search(
     config: str | Path | Config | None = None,
     overrides: dict[str, Any] | None = None,
     folds: int | None = 1,
+    repeats: int | None = None,
     concurrency: int | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float | None = None,
@@ -386,16 +406,26 @@ def search(
     max_failures: int = 0,
     trial_timeout: float | None = None,
     data_options: DataOptions | None = None,
+    holdout: float = 0.2,
+    holdout_seed: int | None = None,
+    confirm_top: int = 3,
+    confirm_seeds: int = 0,
+    baseline_search: str | None = None,
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
     """Run a hyperparameter search and return its results table and best config.
+
+    Before any trial, a stratified `holdout` share of the labelled set is set aside
+    (seed `holdout_seed`, default `seed`); trials select on the rest. At the end the
+    `confirm_top` best trials and the baseline (trial 0) are scored on the holdout
+    (`res.confirm`) and `res.verdict` says whether the winner beats the baseline.
 
     Example (in a notebook)::
 
         import mer_tune
         res = mer_tune.search(space="thresholds", trials=16, data="synthetic:small")
         res.results.sort_values("weighted_f1", ascending=False).head()
-        res.best_config.to_yaml()
+        res.confirm, res.verdict.text, res.best_config.to_yaml()
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -404,15 +434,17 @@ def search(
         raise UsageError(f"--trials {trials}: must be at least 1")
     if scheduler not in ("none", "asha"):
         raise UsageError(f"--scheduler {scheduler}: expected asha or none")
+    if confirm_top < 0 or confirm_seeds < 0:
+        raise UsageError("--confirm-top and --confirm-seeds must be 0 or more")
     on_event = on_event or (lambda *a, **k: None)
     base = (
         config
         if isinstance(config, Config)
         else (build_config() if config is None else _load(config))
     )
-    base = with_overrides(
-        base, {**(overrides or {}), **({"eval.folds": folds} if folds else {}), "seed": seed}
-    )
+    fixed = {"eval.folds": folds} if folds else {}
+    fixed |= {"eval.repeats": repeats} if repeats else {}
+    base = with_overrides(base, {**(overrides or {}), **fixed, "seed": seed})
     sp = load_space(space, base)
     base = sp.base_config(base)
     uri = resolve_uri(tracking_uri)
@@ -424,6 +456,11 @@ def search(
         raise UsageError(
             f"--name {name}: a search of that name exists in {root}; pick another name"
         )
+    opts = data_options or DataOptions(classes=tuple(base.data.classes))
+    dataset = resolve(data, opts)
+    holdout_seed = seed if holdout_seed is None else holdout_seed
+    ho = outer.choose(dataset, holdout, holdout_seed, base.eval.folds, base.eval.select_on)
+    trial_data = outer.withhold(dataset, ho)
 
     _init_ray(address)
     import ray
@@ -438,7 +475,6 @@ def search(
             f"--cpus-per-trial {cpus_per_trial:g}: the cluster has {total_cpus:g} CPUs"
         )
     concurrency = concurrency or max(1, int(total_cpus // max(cpus_per_trial, 1)))
-    dataset = resolve(data, data_options or DataOptions(classes=tuple(base.data.classes)))
     gpu_estimate = None
     if gpus > 0:
         gpu_estimate = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
@@ -449,12 +485,21 @@ def search(
     # Every check has passed: only now does anything get written.
     ensure_writable(path)
     shutil.copyfile(sp.path, path / "space.yaml")  # resume reads this copy
+    if len(ho):
+        outer.write_csv(path / HOLDOUT_FILE, dataset, ho)
     recorder = SearchRecorder(uri, experiment)
     settings = {
         "space": sp.name,
         "trials": trials,
         "seed": seed,
         "folds": base.eval.folds,
+        "repeats": base.eval.repeats,
+        "select_on": base.eval.select_on,
+        "holdout": holdout,
+        "holdout_seed": holdout_seed,
+        "holdout_size": len(ho),
+        "confirm_top": confirm_top,
+        "confirm_seeds": confirm_seeds,
         "scheduler": scheduler,
         "concurrency": concurrency,
         "cpus_per_trial": cpus_per_trial,
@@ -467,11 +512,15 @@ def search(
     }
     tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
     parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
+    if len(ho):
+        recorder.client.log_artifact(parent, str(path / HOLDOUT_FILE))
     state = settings | {
         "parent_run_id": parent,
         "tracking_uri": uri,
         "experiment": experiment,
         "cache_dir": _cache_location(cache_dir, path) if cache else None,
+        "dataset": describe(data, opts, dataset),
+        "baseline_search": baseline_search,
     }
     write_text(path / "search.yaml", yaml.safe_dump(state))
     write_text(path / "base_config.yaml", base.to_yaml())
@@ -480,7 +529,7 @@ def search(
     rows: dict[str, dict] = {}
     callback = _logger_callback(recorder, sp, rows, on_event, path, base)
     tuner = tune.Tuner(
-        _trainable(dataset, base, state),
+        _trainable(trial_data, base, state, path),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             metric=METRIC,
@@ -500,7 +549,7 @@ def search(
             callbacks=[callback],
         ),
     )
-    return _fit(tuner, recorder, path, rows, sp, base)
+    return _fit(tuner, recorder, path, rows, sp, base, state)
 
 
 def resume(
@@ -511,7 +560,8 @@ def resume(
 ) -> SearchResult:
     """Continue an interrupted search (Ctrl-C, a killed driver, a reboot) where it stopped:
     finished trials are kept, unfinished ones rerun, Optuna's study continues, and the
-    MLflow parent and child runs are reused, never duplicated."""
+    MLflow parent and child runs are reused, never duplicated. The data must still give
+    the same fingerprint and the same holdout."""
     from ray import tune
 
     path = _storage_root(storage) / name
@@ -521,8 +571,8 @@ def resume(
     base = _load(path / "base_config.yaml")
     sp = load_space(str(path / "space.yaml"), base)
     check_reachable(state["tracking_uri"])
+    _, _, trial_data = search_data(path, state, base)
     _init_ray(address)
-    dataset = resolve(state["data"], DataOptions(classes=tuple(base.data.classes)))
     recorder = SearchRecorder(state["tracking_uri"], state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
     rows: dict[str, dict] = {}
@@ -531,7 +581,7 @@ def resume(
             rows[row["trial_id"]] = row
     tuner = tune.Tuner.restore(
         str(path / "ray"),
-        trainable=_trainable(dataset, base, state),
+        trainable=_trainable(trial_data, base, state, path),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
@@ -541,10 +591,30 @@ def resume(
     tuner._local_tuner.get_run_config().callbacks = [
         _logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path, base)
     ]
-    return _fit(tuner, recorder, path, rows, sp, base)
+    return _fit(tuner, recorder, path, rows, sp, base, state)
 
 
-def _trainable(dataset: MERData, base: Config, state: dict[str, Any]):
+def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.Holdout, MERData]:
+    """(the data a search started on, its holdout, what its trials see), checked against
+    what the search recorded: the same fingerprint and holdout, or a one-line refusal."""
+    recorded = state.get("dataset")
+    if recorded is None:  # a search from before the data was recorded in full
+        dataset = resolve(state["data"], DataOptions(classes=tuple(base.data.classes)))
+    else:
+        dataset = reopen(recorded, str(path / "search.yaml"))
+    ho = outer.choose(
+        dataset,
+        state.get("holdout", 0.0),
+        state.get("holdout_seed", state.get("seed", 0)),
+        base.eval.folds,
+        base.eval.select_on,
+    )
+    if len(ho):
+        outer.check_same(path / HOLDOUT_FILE, ho)
+    return dataset, ho, outer.withhold(dataset, ho)
+
+
+def _trainable(dataset: MERData, base: Config, state: dict[str, Any], path: Path):
     from ray import tune
 
     trainable = tune.with_parameters(
@@ -555,6 +625,7 @@ def _trainable(dataset: MERData, base: Config, state: dict[str, Any]):
         use_gpu=state["gpus_per_trial"] > 0,
         cache_dir=state["cache_dir"],
         timeout=state.get("trial_timeout"),
+        outputs=str(path / confirm_step.OUTPUTS),
     )
     return tune.with_resources(
         trainable, {"cpu": state["cpus_per_trial"], "gpu": state["gpus_per_trial"]}
@@ -562,7 +633,7 @@ def _trainable(dataset: MERData, base: Config, state: dict[str, Any]):
 
 
 def _fit(
-    tuner, recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config
+    tuner, recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, state: dict
 ) -> SearchResult:
     try:
         tuner.fit()
@@ -577,7 +648,19 @@ def _fit(
     for trial_id in set(rows) - known:
         del rows[trial_id]
     recorder.drop_orphans(set(rows))
-    return _finish(recorder, path, rows, sp, base, "FINISHED")
+    result = _finish(recorder, path, rows, sp, base, "RUNNING")
+    finished = not result.results.empty and (result.results["status"] == "FINISHED").any()
+    if state.get("holdout_size") and state.get("confirm_top") and finished:
+        from .confirming import confirm_search
+
+        result = confirm_search(path, recorder=recorder, result=result)
+    elif not state.get("holdout_size"):
+        result.notes.append(
+            "no outer holdout (--holdout 0): the best weighted F1 is the maximum of "
+            f"{len(result.results)} noisy scores on the data that chose it, so it is optimistic"
+        )
+    recorder.finish_parent("FINISHED")
+    return result
 
 
 def _cache_location(cache_dir: str | Path | None, path: Path) -> str:
@@ -604,6 +687,8 @@ def _write_results(path: Path, rows: dict) -> pd.DataFrame:
 def _finish(
     recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, status: str
 ) -> SearchResult:
+    """results.csv, the best config by inner score, the Optuna study and its plots. The
+    parent run is ended with `status` unless that is RUNNING (the confirm step follows)."""
     table = _write_results(path, rows)
     best_cfg, best_score = None, None
     finished = table[table["status"] == "FINISHED"] if not table.empty else table
@@ -623,7 +708,8 @@ def _finish(
     plots.mkdir(exist_ok=True)
     if study_plots(study, plots):
         recorder.client.log_artifacts(recorder.parent_id, str(plots), "plots")
-    recorder.finish_parent(status)
+    if status != "RUNNING":
+        recorder.finish_parent(status)
     return SearchResult(
         table, best_cfg, best_score, path, recorder.experiment_id, recorder.parent_id, recorder.uri
     )

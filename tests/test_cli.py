@@ -9,13 +9,20 @@ from sklearn.metrics import f1_score
 from mer_tune.cli import main
 
 
-def run_cli(args, capsys):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+def run_cli(args, capsys, cwd=None):
+    """Run the CLI in-process (in `cwd` if given); return (exit code, stdout, stderr)."""
+    import os
+
+    before = os.getcwd()
     try:
+        if cwd:
+            os.chdir(cwd)
         main(args)
         code = 0
     except SystemExit as exc:
         code = exc.code or 0
+    finally:
+        os.chdir(before)
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -39,11 +39,15 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
             "2",
             "--name",
             "s1",
+            "--holdout",
+            "0",
         ],
         capsys,
     )
     assert code == 0, stderr
-    assert "best weighted F1:" in stdout
+    assert "best weighted F1 (inner, what the search selected on):" in stdout
+    assert "no outer holdout (--holdout 0): the best weighted F1 is the maximum" in stderr
+    assert "verdict" not in stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in stderr
     path = search_env / "mer-tune-runs" / "s1"
     results = pd.read_csv(path / "results.csv")

@@ -51,6 +51,14 @@ def test_staged_search_freezes_each_steps_best_for_the_next(search_env, tiny_dir
     voting = pd.read_csv(runs / "st-voting" / "results.csv")
     assert len(upstream) == 2 and len(voting) == 1
     best_lr = upstream.loc[upstream["weighted_f1"].idxmax(), "optim.lr"]
-    assert res.best_config.optim.lr == best_lr  # frozen from the first step
+    from mer_tune.config import load_config
+
+    # frozen from the first step for the later ones
+    assert load_config(runs / "st-voting" / "base_config.yaml").optim.lr == best_lr
+    # Only the last step confirms, against the first step's trial 0 (the baseline).
+    assert not (runs / "st-upstream" / "confirm.csv").exists()
+    base = res.confirm[res.confirm["role"] == "baseline"]
+    assert base["search"].tolist() == ["st-upstream"] and base["trial"].tolist() == [0]
+    assert res.verdict is not None and res.verdict.text
     # The voting step trains nothing: every stage came from the shared cache.
     assert (runs / "st" / "cache").is_dir()

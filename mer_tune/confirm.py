@@ -1,0 +1,244 @@
+"""The confirm step: once selection is over, the top configs of a search and its baseline
+are scored on the outer holdout, and a verdict says whether the winner beats the baseline.
+
+By default this is inference only: every trial already had its fold models predict the
+holdout (and the test names) while it ran, and wrote those probabilities to
+`trial-outputs/<trial_id>.npz`, which nothing reads before this step. With `seeds`, each
+candidate is also retrained on all non-holdout labelled data once per seed, through
+`retrain`, to show the seed-to-seed spread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from .config import Config, with_overrides
+from .data import TEST, MERData
+from .errors import MerTuneError
+from .holdout import Holdout
+from .outputs import write_text
+from .stats import Verdict, decide, paired_difference, score_interval
+
+OUTPUTS = "trial-outputs"
+CONFIRM_FILE = "confirm.csv"
+VERDICT_FILE = "verdict.json"
+BASELINE_TRIAL = 0  # the space's first point: the base config's (the paper's) values
+
+# ((config, seed) pairs, data indices) -> each pair's vote probabilities on those indices.
+Retrain = Callable[[list[tuple[Config, int]], np.ndarray], list[np.ndarray]]
+
+
+# ---------------------------------------------------------------- written by trials
+
+
+def save_trial_outputs(
+    folder: Path, trial_id: str, idx: np.ndarray, probs: np.ndarray, splits: pd.DataFrame
+) -> None:
+    """A trial's predictions on the holdout and test names, and which samples each of
+    its folds fit on, selected epochs on, scored and pseudo-labelled. No pickles."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(
+            tmp,
+            idx=np.asarray(idx, dtype=np.int64),
+            probs=np.asarray(probs, dtype=np.float32),
+            split_fold=splits["fold"].to_numpy(np.int64),
+            split_role=splits["role"].to_numpy(dtype="U8"),
+            split_index=splits["index"].to_numpy(np.int64),
+        )
+        os.replace(tmp, folder / f"{trial_id}.npz")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_trial_outputs(folder: Path, trial_id: str) -> dict[str, np.ndarray]:
+    path = folder / f"{trial_id}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise MerTuneError(f"{path}: cannot read the trial's predictions ({err})") from None
+
+
+# ---------------------------------------------------------------- the step
+
+
+@dataclass
+class Confirmation:
+    table: pd.DataFrame  # one row per confirmed trial
+    verdict: Verdict
+    adopted: Config | None  # what best_config.yaml now holds
+    notes: list[str]
+
+
+@dataclass
+class Candidate:
+    trial: int
+    trial_id: str
+    inner: float
+    config: Config
+    folder: Path  # the search folder holding its trial outputs
+
+
+def pick_candidates(
+    results: pd.DataFrame, top: int, baseline_trial: int | None
+) -> tuple[list[int], list[str]]:
+    """Trial numbers of the top `top` finished trials by inner score, the baseline left
+    out (it is confirmed anyway), and notes for the summary."""
+    finished = results[results["status"] == "FINISHED"]
+    if finished.empty:
+        raise MerTuneError("no finished trial to confirm")
+    others = finished[finished["trial"] != baseline_trial]
+    ranked = others.sort_values(["weighted_f1", "trial"], ascending=[False, True])
+    chosen = [int(t) for t in ranked["trial"].head(top)]
+    notes = []
+    if len(chosen) < top:
+        notes.append(
+            f"--confirm-top {top}: only {len(chosen)} finished trial(s) besides the baseline; "
+            "confirmed those"
+        )
+    return chosen, notes
+
+
+def confirm(
+    data: MERData,
+    holdout: Holdout,
+    candidates: list[Candidate],
+    baseline: Candidate | None,
+    seeds: int,
+    seed: int,
+    retrain: Retrain | None = None,
+    baseline_name: str = "the paper's values",
+) -> Confirmation:
+    """Score the candidates and the baseline on the holdout; decide the verdict."""
+    if not len(holdout):
+        raise MerTuneError("this search has no outer holdout (--holdout 0): nothing to confirm")
+    # Entries by position: a staged search's baseline (another folder's trial 0) may
+    # share its trial number with a candidate.
+    everyone = candidates + ([baseline] if baseline else [])
+    is_base = [False] * len(candidates) + [True] * (baseline is not None)
+    test_idx = data.indices(TEST)
+    truth = _truth(data, test_idx)
+    fold_preds = []
+    for c in everyone:
+        out = load_trial_outputs(c.folder / OUTPUTS, c.trial_id)
+        fold_preds.append((_rows(out, holdout.idx).argmax(1), _rows(out, test_idx).argmax(1)))
+    # With retrained seeds, the verdict compares the retrained models (the ones a user
+    # would deploy); otherwise the search's own fold models.
+    preds = [[p[0]] for p in fold_preds]
+    if seeds > 0:
+        if retrain is None:
+            raise MerTuneError("--confirm-seeds needs a way to retrain (a Ray cluster)")
+        jobs = [(c.config, c.config.seed + s) for c in everyone for s in range(seeds)]
+        probs = retrain(jobs, holdout.idx)
+        preds = [
+            [p.argmax(1) for p in probs[i * seeds : (i + 1) * seeds]] for i in range(len(everyone))
+        ]
+    y = holdout.labels
+    rows, outer, gains = [], {}, {}
+    for i, c in enumerate(everyone):
+        f1, low, high = score_interval(y, [fold_preds[i][0]], seed)
+        row = {
+            "trial": c.trial,
+            "search": c.folder.name,
+            "role": "baseline" if is_base[i] else "candidate",
+            "inner_f1": c.inner,
+            "holdout_f1": f1,
+            "holdout_low": low,
+            "holdout_high": high,
+            "optimism_gap": c.inner - f1,
+        }
+        if seeds > 0:
+            scores = [_f1(y, p) for p in preds[i]]
+            row |= {"retrained_f1": float(np.mean(scores)), "retrained_sd": float(np.std(scores))}
+            row["retrained_low"], row["retrained_high"] = score_interval(y, preds[i], seed)[1:]
+        if not is_base[i]:
+            outer[c.trial] = row.get("retrained_f1", f1)
+            if baseline is not None:
+                gains[c.trial] = paired_difference(y, preds[i], preds[-1], seed)
+                keys = ("gain_vs_baseline", "gain_low", "gain_high")
+                row |= dict(zip(keys, gains[c.trial], strict=True))
+        if truth is not None:
+            known, labels = truth
+            row["truth_f1"] = _f1(labels, fold_preds[i][1][known])
+        rows.append(row)
+    verdict = decide(gains, outer, baseline.trial if baseline else None, baseline_name)
+    table = pd.DataFrame(rows)
+    keeps_baseline = verdict.outcome in ("no gain", "loss")
+    is_candidate = table["role"] == "candidate"
+    table["winner"] = is_candidate & (table["trial"] == verdict.winner)
+    table["adopted"] = (
+        ~is_candidate if keeps_baseline else is_candidate & (table["trial"] == verdict.adopted)
+    )
+    adopted = None
+    if keeps_baseline:
+        adopted = baseline.config if baseline else None
+    elif verdict.adopted is not None:
+        adopted = next(c for c in candidates if c.trial == verdict.adopted).config
+    return Confirmation(table, verdict, adopted, [])
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(f1_score(y, pred, average="weighted"))
+
+
+def _rows(outputs: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """The rows of a trial's saved probabilities for the data indices `idx`, in order."""
+    where = {int(i): k for k, i in enumerate(outputs["idx"])}
+    missing = [int(i) for i in idx if int(i) not in where]
+    if missing:
+        raise MerTuneError(
+            f"a trial's saved predictions lack sample {missing[0]} (was the data changed?)"
+        )
+    return outputs["probs"][[where[int(i)] for i in idx]]
+
+
+def _truth(data: MERData, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(positions into test_idx whose true label the synthetic generator knows, labels)."""
+    if data.hidden_labels is None or not len(test_idx):
+        return None
+    labels = data.hidden_labels[test_idx]
+    known = labels >= 0
+    return (np.flatnonzero(known), labels[known]) if known.any() else None
+
+
+def candidate_from(row: dict, base: Config, params: list[str], folder: Path) -> Candidate:
+    values = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in params}
+    return Candidate(
+        int(row["trial"]),
+        str(row["trial_id"]),
+        float(row["weighted_f1"]),
+        with_overrides(base, values),
+        folder,
+    )
+
+
+def write(path: Path, result: Confirmation, seeds: int, seconds: float) -> None:
+    """confirm.csv, verdict.json and the adopted best_config.yaml in the search folder."""
+    write_text(path / CONFIRM_FILE, result.table.to_csv(index=False))
+    info = result.verdict.to_dict() | {
+        "confirm_seeds": seeds,
+        "notes": result.notes,
+        "seconds": round(seconds, 2),
+    }
+    write_text(path / VERDICT_FILE, json.dumps(info, indent=2, default=float) + "\n")
+    if result.adopted is not None:
+        write_text(path / "best_config.yaml", result.adopted.to_yaml())
+
+
+def read(path: Path) -> tuple[pd.DataFrame, dict] | None:
+    """A finished confirm step of the search at `path`, if it ran."""
+    if not (path / CONFIRM_FILE).exists() or not (path / VERDICT_FILE).exists():
+        return None
+    return pd.read_csv(path / CONFIRM_FILE), json.loads((path / VERDICT_FILE).read_text())

@@ -1,0 +1,225 @@
+"""The confirm step of a search, driver side: read what it needs from the search folder,
+retrain on Ray when `--confirm-seeds` asks for it, and record the outcome in the folder
+(confirm.csv, verdict.json, best_config.yaml, results.csv) and on the MLflow parent run.
+The scoring itself is `confirm.confirm`, a pure function."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import confirm as step
+from .config import Config, build_config, load_config, with_overrides
+from .errors import MerTuneError
+from .outputs import write_text
+from .spaces import load_space
+from .tracking import SearchRecorder
+
+HOLDOUT_COLUMNS = ["holdout_f1", "holdout_low", "holdout_high", "optimism_gap", "confirmed"]
+
+
+def _folder_state(path: Path) -> tuple[dict, Config, Any]:
+    state = yaml.safe_load((path / "search.yaml").read_text())
+    base = load_config(path / "base_config.yaml")
+    return state, base, load_space(str(path / "space.yaml"), base)
+
+
+def _baseline(path: Path, state: dict) -> tuple[step.Candidate | None, str, Path]:
+    """The baseline: trial 0 of this search, or of the first step of a staged search."""
+    folder = path.parent / state["baseline_search"] if state.get("baseline_search") else path
+    _, base, sp = _folder_state(folder)
+    results = pd.read_csv(folder / "results.csv")
+    row = results[(results["trial"] == step.BASELINE_TRIAL) & (results["status"] == "FINISHED")]
+    paper = sp.defaults(base) == sp.defaults(sp.base_config(build_config()))
+    name = "the paper's values" if paper else "the baseline (trial 0)"
+    if row.empty:
+        return None, name, folder
+    return step.candidate_from(row.iloc[0].to_dict(), base, list(sp.params), folder), name, folder
+
+
+def confirm_search(
+    path: Path,
+    top: int | None = None,
+    seeds: int | None = None,
+    address: str | None = None,
+    recorder: SearchRecorder | None = None,
+    result: Any = None,
+) -> Any:
+    """Confirm the search in folder `path` (at the end of a search, or again later with
+    other `top` / `seeds`); returns its SearchResult with `confirm` and `verdict` set."""
+    from .tuning import SearchResult, _init_ray, search_data
+
+    started = time.perf_counter()
+    if not (path / "search.yaml").exists() or not (path / "results.csv").exists():
+        raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
+    state, base, sp = _folder_state(path)
+    top = state.get("confirm_top", 3) if top is None else top
+    seeds = state.get("confirm_seeds", 0) if seeds is None else seeds
+    results = pd.read_csv(path / "results.csv")
+    if not (results["status"] == "FINISHED").any():
+        raise MerTuneError(f"{path.name}: no finished trial to confirm")
+    if not state.get("holdout_size"):
+        raise MerTuneError(
+            f"{path.name}: this search ran without an outer holdout (--holdout 0); "
+            "there is nothing to confirm on"
+        )
+    dataset, holdout, trial_data = search_data(path, state, base)
+    baseline, baseline_name, baseline_folder = _baseline(path, state)
+    own_baseline = baseline is not None and baseline_folder == path
+    chosen, notes = step.pick_candidates(results, top, baseline.trial if own_baseline else None)
+    rows = results.set_index("trial")
+    candidates = [
+        step.candidate_from(rows.loc[t].to_dict() | {"trial": t}, base, list(sp.params), path)
+        for t in chosen
+    ]
+    if baseline is None:
+        notes.append("the baseline trial (trial 0) did not finish: no verdict against it")
+    retrain = None
+    if seeds:
+        _init_ray(address)
+        retrain = ray_retrain(trial_data, state)
+    outcome = step.confirm(
+        dataset,
+        holdout,
+        candidates,
+        baseline,
+        seeds,
+        int(state.get("seed", 0)),
+        retrain,
+        baseline_name,
+    )
+    outcome.notes = notes + _selection_note(len(candidates))
+    step.write(path, outcome, seeds, time.perf_counter() - started)
+    table = _results_with_holdout(results, outcome.table, path)
+    if recorder is None:
+        recorder = SearchRecorder(state["tracking_uri"], state["experiment"])
+        recorder.parent_id = state["parent_run_id"]
+    _log(recorder, path, outcome)
+    if result is None:
+        result = SearchResult(
+            table,
+            outcome.adopted,
+            None,
+            path,
+            recorder.experiment_id,
+            recorder.parent_id,
+            recorder.uri,
+        )
+        finished = table[table["status"] == "FINISHED"]
+        result.best_score = float(finished["weighted_f1"].max())
+    result.results = table
+    result.confirm = outcome.table
+    result.verdict = outcome.verdict
+    result.best_config = outcome.adopted if outcome.adopted is not None else result.best_config
+    result.holdout_size = len(holdout)
+    result.notes = outcome.notes
+    return result
+
+
+def _selection_note(k: int) -> list[str]:
+    if k < 2:
+        return []
+    return [
+        f"the winner is the best of {k} candidates on the holdout: a small selection of its "
+        "own, so its holdout score leans slightly high"
+    ]
+
+
+def _results_with_holdout(results: pd.DataFrame, table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """results.csv with the holdout columns filled for this search's confirmed trials
+    only (a staged search's baseline lives in its first step's folder)."""
+    merged = results.drop(columns=[c for c in HOLDOUT_COLUMNS if c in results])
+    extra = table[["trial", *HOLDOUT_COLUMNS[:-1]]].copy()
+    extra["confirmed"] = np.where(table["adopted"], "adopted", table["role"])
+    merged = merged.merge(extra[table["search"] == path.name], on="trial", how="left")
+    write_text(path / "results.csv", merged.to_csv(index=False))
+    return merged
+
+
+def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> None:
+    """The parent run's holdout metrics, verdict tag, confirm plot and files."""
+    from .report import confirm_png
+
+    v = outcome.verdict
+    winner = outcome.table[outcome.table["winner"]]
+    metrics: dict[str, float] = {}
+    if not winner.empty:
+        metrics |= {
+            "holdout_f1": float(winner["holdout_f1"].iloc[0]),
+            "optimism_gap": float(winner["optimism_gap"].iloc[0]),
+        }
+    if v.gain is not None:
+        metrics |= {
+            "gain_vs_baseline": v.gain,
+            "gain_vs_baseline_low": v.low,
+            "gain_vs_baseline_high": v.high,
+        }
+    base = outcome.table[outcome.table["role"] == "baseline"]
+    if not base.empty:
+        metrics["baseline_holdout_f1"] = float(base["holdout_f1"].iloc[0])
+    if "truth_f1" in outcome.table:
+        adopted = outcome.table[outcome.table["adopted"]]
+        if not adopted.empty:
+            metrics["truth_f1_adopted"] = float(adopted["truth_f1"].iloc[0])
+        if not base.empty:
+            metrics["truth_f1_baseline"] = float(base["truth_f1"].iloc[0])
+    recorder.log_parent_metrics(metrics)
+    recorder.set_tags(
+        recorder.parent_id,
+        {"mer_tune.verdict": v.text, "mer_tune.verdict_outcome": v.outcome},
+    )
+    plots = path / "plots"
+    plots.mkdir(exist_ok=True)
+    confirm_png(outcome.table, plots / "confirm.png")
+    recorder.client.log_artifact(recorder.parent_id, str(plots / "confirm.png"), "plots")
+    for name in (step.CONFIRM_FILE, step.VERDICT_FILE, "results.csv", "best_config.yaml"):
+        if (path / name).exists():
+            recorder.client.log_artifact(recorder.parent_id, str(path / name))
+
+
+# ---------------------------------------------------------------- retraining on Ray
+
+
+def _retrain_one(
+    data: Any, cfg: dict, idx: np.ndarray, threads: int, use_gpu: bool, cache_dir: str | None
+) -> np.ndarray:
+    import torch
+
+    from . import pipeline
+    from .cache import StageStore
+
+    torch.set_num_threads(max(1, threads))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    cache = StageStore(cache_dir) if cache_dir else None
+    return pipeline.fit_all(data, build_config(cfg), idx, cache=cache, device=device)
+
+
+def ray_retrain(trial_data: Any, state: dict) -> step.Retrain:
+    """Retraining as Ray tasks with a trial's resources, on the data the trials saw."""
+
+    def retrain(jobs: list[tuple[Config, int]], idx: np.ndarray) -> list[np.ndarray]:
+        import ray
+
+        ref = ray.put(trial_data.shareable())
+        task = ray.remote(num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"])(
+            _retrain_one
+        )
+        refs = [
+            task.remote(
+                ref,
+                with_overrides(cfg, {"seed": seed}).to_dict(),
+                idx,
+                int(state["cpus_per_trial"]),
+                state["gpus_per_trial"] > 0,
+                state.get("cache_dir"),
+            )
+            for cfg, seed in jobs
+        ]
+        return ray.get(refs)
+
+    return retrain

@@ -1,0 +1,113 @@
+"""The outer holdout of a search: labelled samples set aside before any trial runs.
+
+No trial, epoch choice, threshold, pseudo-label or vote ever sees their labels: the data
+handed to trials carries them as split `holdout` with label -1 (their features may join
+the unlabelled pool, as test names do). Only the confirm step, after selection is over,
+scores the chosen configs on them. This module imports neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import HOLDOUT, LABELLED, MERData
+from .errors import MerTuneError, UsageError
+from .outputs import write_text
+
+MAX_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Holdout:
+    idx: np.ndarray  # data indices, ascending
+    names: np.ndarray  # their sample names
+    labels: np.ndarray  # their class indices (known to the driver only)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def min_per_class(folds: int, select_on: str) -> int:
+    """Fewest labelled samples of a class that still give every fold (and, with
+    select_on=inner, every fold's epoch-selection slice and what it fits on) one."""
+    m = max(2, folds)
+    if select_on == "inner":
+        # The training part of a fold keeps m - ceil(m / k) of the class (k = 5 for the
+        # 80/20 hold-out): one for the selection slice, one to fit on.
+        k = max(folds, 5) if folds == 1 else folds
+        while m - math.ceil(m / k) < 2:
+            m += 1
+    return m
+
+
+def choose(
+    data: MERData, fraction: float, seed: int, folds: int, select_on: str = "inner"
+) -> Holdout:
+    """A stratified holdout: round(n * fraction) and at least one of every class, drawn
+    with `seed`. Refuses (one line, naming the class) when what stays cannot feed the
+    folds; fraction 0 gives an empty holdout."""
+    if not 0.0 <= fraction <= MAX_FRACTION:
+        raise UsageError(f"--holdout {fraction:g}: must be between 0 and {MAX_FRACTION:g}")
+    lab = data.indices(LABELLED)
+    y = data.labels[lab]
+    rng = np.random.default_rng(seed)
+    need = min_per_class(folds, select_on)
+    taken = []
+    for c, cls in enumerate(data.classes):
+        members = lab[y == c]
+        k = max(1, round(len(members) * fraction)) if fraction > 0 else 0
+        if len(members) - k < need:
+            how = "with epoch selection on an inner slice " if select_on == "inner" else ""
+            raise UsageError(
+                f"class '{cls}' has {len(members)} labelled samples: the holdout takes {k}, "
+                f"leaving {len(members) - k}, and {folds} fold(s) {how}need at least {need} "
+                "(lower --holdout or --folds, or add labelled samples)"
+            )
+        if k:
+            taken.append(rng.choice(members, size=k, replace=False))
+    idx = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
+    return Holdout(idx, data.names[idx], data.labels[idx].copy())
+
+
+def withhold(data: MERData, holdout: Holdout) -> MERData:
+    """The data the trials get: holdout samples become split `holdout` with label -1,
+    and the fingerprint changes with them (cached stages never mix the two)."""
+    if not len(holdout):
+        return data
+    split = data.split.copy()
+    labels = data.labels.copy()
+    split[holdout.idx] = HOLDOUT
+    labels[holdout.idx] = -1
+    digest = hashlib.sha256(
+        (data.fingerprint + "\n" + "\n".join(map(str, holdout.names))).encode()
+    ).hexdigest()[:16]
+    return dataclasses.replace(data, split=split, labels=labels, fingerprint=digest)
+
+
+def write_csv(path: Path, data: MERData, holdout: Holdout) -> None:
+    """holdout.csv: the names set aside, with their labels (the user's own)."""
+    classes = np.asarray(data.classes, dtype=object)
+    table = pd.DataFrame({"name": holdout.names, "discrete": classes[holdout.labels]})
+    write_text(path, table.to_csv(index=False))
+
+
+def check_same(path: Path, holdout: Holdout) -> None:
+    """Refuse to go on when the data no longer gives the holdout recorded in `path`."""
+    if not path.exists():
+        raise MerTuneError(f"{path}: missing; this search's holdout cannot be checked")
+    kept = pd.read_csv(path, dtype=str, keep_default_na=False)["name"].tolist()
+    now = [str(n) for n in holdout.names]
+    if kept != now:
+        differ = sorted(set(kept) ^ set(now))
+        example = f" (e.g. '{differ[0]}')" if differ else ""
+        raise MerTuneError(
+            f"{path}: the data now gives a different holdout{example}; "
+            "the search cannot go on with other held-out samples"
+        )

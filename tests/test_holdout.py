@@ -1,0 +1,158 @@
+"""The outer holdout, inner epoch selection and the verdict's statistics (no Ray)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from mer_tune import holdout as outer
+from mer_tune import pipeline, stats
+from mer_tune.config import with_overrides
+from mer_tune.data import HOLDOUT, LABELLED, load
+from mer_tune.errors import UsageError
+
+
+def test_holdout_is_stratified_seeded_and_hidden_from_trials(tiny_dir):
+    data = load(tiny_dir)
+    ho = outer.choose(data, 0.2, seed=5, folds=2)
+    again = outer.choose(data, 0.2, seed=5, folds=2)
+    other = outer.choose(data, 0.2, seed=6, folds=2)
+    assert ho.idx.tolist() == again.idx.tolist() and ho.idx.tolist() != other.idx.tolist()
+    counts = np.bincount(data.labels[ho.idx], minlength=len(data.classes))
+    full = np.bincount(data.labels[data.indices(LABELLED)], minlength=len(data.classes))
+    assert (counts >= 1).all()
+    assert np.abs(counts - np.round(full * 0.2)).max() <= 1  # every class in proportion
+    seen = outer.withhold(data, ho)
+    assert (seen.labels[ho.idx] == -1).all() and (seen.split[ho.idx] == HOLDOUT).all()
+    assert not set(seen.indices(LABELLED)) & set(ho.idx)
+    assert seen.fingerprint != data.fingerprint  # cached stages never mix the two
+    assert (ho.labels == data.labels[ho.idx]).all()  # the driver keeps the labels
+    assert len(outer.choose(data, 0.0, 0, 2)) == 0
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 0.51, 0.7])
+def test_holdout_fraction_outside_0_to_half_is_refused(tiny_dir, fraction):
+    with pytest.raises(UsageError, match=r"--holdout .*: must be between 0 and 0.5"):
+        outer.choose(load(tiny_dir), fraction, 0, 2)
+
+
+def test_a_class_too_small_for_holdout_and_folds_names_the_class(tmp_path):
+    from conftest import write_dataset
+
+    # 6 classes in turn over 30 samples: 5 of each.
+    data = load(write_dataset(tmp_path / "d", n_lab=30))
+    with pytest.raises(UsageError) as err:
+        outer.choose(data, 0.2, 0, folds=5)
+    message = str(err.value)
+    assert "class 'neutral' has 5 labelled samples" in message
+    assert "leaving 4" in message and "need at least 5" in message
+    outer.choose(data, 0.2, 0, folds=2)  # two folds fit
+
+
+def test_inner_selection_never_lets_the_scored_fold_pick_the_epoch(tiny_dir, fast_cfg):
+    data = load(tiny_dir)
+    picked_on: list[set] = []
+    real = pipeline.train.supervised
+
+    def spy(model, feats, tr, ty, sel, sy, *args, **kw):
+        picked_on.append(set(np.asarray(sel).tolist()))
+        return real(model, feats, tr, ty, sel, sy, *args, **kw)
+
+    def roles(res, fold):
+        rows = res.splits[res.splits["fold"] == fold]
+        return {r: set(rows[rows["role"] == r]["index"]) for r in ("fit", "select", "scored")}
+
+    pipeline.train.supervised = spy
+    try:
+        inner = pipeline.run(data, fast_cfg)
+        calls = len(picked_on)
+        scored = pipeline.run(data, with_overrides(fast_cfg, {"eval.select_on": "scored"}))
+    finally:
+        pipeline.train.supervised = real
+    folds = [roles(inner, k) for k in (0, 1)]
+    for role in folds:
+        assert role["select"] and not role["select"] & role["scored"]
+        assert not role["fit"] & role["select"] and not role["fit"] & role["scored"]
+    # Every epoch choice (finetune and retrain of both folds) used a fold's inner slice.
+    assert calls >= 2
+    assert all(sel in [f["select"] for f in folds] for sel in picked_on[:calls])
+    # scored: MERTools' protocol, the scored fold picks the epoch
+    for k in (0, 1):
+        role = roles(scored, k)
+        assert role["select"] == role["scored"]
+    assert all(sel in [roles(scored, k)["scored"] for k in (0, 1)] for sel in picked_on[calls:])
+
+
+def test_repeats_average_different_splits_and_share_pretraining(tiny_dir, fast_cfg):
+    data = load(tiny_dir)
+    cache = pipeline.MemoryCache()
+    calls = []
+    real = cache.get_or_compute
+
+    def counting(stage, key, compute):
+        calls.append(stage)
+        return real(stage, key, compute)
+
+    cache.get_or_compute = counting
+    cfg = with_overrides(fast_cfg, {"eval.repeats": 2})
+    res = pipeline.run(data, cfg, cache=cache)
+    assert len(res.fold_f1) == 4 and res.weighted_f1 == pytest.approx(np.mean(res.fold_f1))
+    scored = res.splits[res.splits.role == "scored"]
+    first = set(scored[scored.fold == 0]["index"])
+    assert first != set(scored[scored.fold == 2]["index"])  # repeat 2 splits differently
+    assert len(cache._store) == 1 + 4 + 4  # one pretraining for all four folds
+
+
+def test_weighted_f1_of_resamples_equals_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 60)
+    pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, 5, 60))  # class 4 never true
+    rows = stats.resample_rows(60, 50, rng)
+    fast = stats.weighted_f1_resampled(y, pred, rows)
+    slow = [f1_score(y[r], pred[r], average="weighted", zero_division=0) for r in rows]
+    assert fast == pytest.approx(slow)
+    assert fast[0] == pytest.approx(f1_score(y, pred, average="weighted"))
+
+
+def _preds(y, accuracy, rng):
+    wrong = (y + 1 + rng.integers(0, 3, len(y))) % 4
+    return np.where(rng.random(len(y)) < accuracy, y, wrong)
+
+
+@pytest.mark.parametrize(
+    "acc_winner, outcome",
+    [(0.95, "gain"), (0.70, "no gain"), (0.45, "loss")],
+)
+def test_verdict_on_constructed_scores(acc_winner, outcome):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 400)
+    base = _preds(y, 0.7, np.random.default_rng(2))
+    cand = _preds(y, acc_winner, np.random.default_rng(3)) if outcome != "no gain" else base.copy()
+    if outcome == "no gain":  # a few changed predictions: within the noise
+        flip = rng.choice(400, 6, replace=False)
+        cand[flip] = y[flip]
+    gain = stats.paired_difference(y, [cand], [base], seed=0)
+    outer_f1 = {3: f1_score(y, cand, average="weighted")}
+    v = stats.decide({3: gain}, outer_f1, baseline=0)
+    assert v.outcome == outcome
+    assert v.low <= v.gain <= v.high
+    if outcome == "gain":
+        assert v.adopted == 3 and v.text.startswith("trial 3 beats the paper's values by +")
+    else:
+        assert v.adopted == 0 and "best_config.yaml keeps the paper's values" in v.text
+    again = stats.paired_difference(y, [cand], [base], seed=0)
+    assert again == gain  # deterministic for a seed
+
+
+def test_paired_interval_narrower_than_unpaired_and_spans_seeds():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 4, 300)
+    base = _preds(y, 0.7, rng)
+    cand = base.copy()
+    cand[:15] = y[:15]  # the candidate fixes a handful of samples
+    gain, low, high = stats.paired_difference(y, [cand], [base], seed=0)
+    _, lo_a, hi_a = stats.score_interval(y, [cand], seed=0)
+    assert gain > 0 and (high - low) < (hi_a - lo_a) / 2
+    # several seeds: the interval also covers the spread between them
+    seeds = [cand, base]
+    mean, lo_s, hi_s = stats.score_interval(y, seeds, seed=0)
+    assert lo_s < f1_score(y, base, average="weighted") < hi_s and lo_s < mean < hi_s
