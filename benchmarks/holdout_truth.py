@@ -37,6 +37,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mer-tune-truth-"))
     os.chdir(work)
+    print(f"searches in {work / 'runs'}, MLflow store {work / 'mlflow.db'}", flush=True)
     rows = []
     for space in args.spaces:
         for seed in args.seeds:

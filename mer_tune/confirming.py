@@ -52,7 +52,7 @@ def confirm_search(
 ) -> Any:
     """Confirm the search in folder `path` (at the end of a search, or again later with
     other `top` / `seeds`); returns its SearchResult with `confirm` and `verdict` set."""
-    from .tuning import SearchResult, _init_ray, search_data
+    from .tuning import SearchResult, _init_ray, search_data, stored_uri
 
     started = time.perf_counter()
     if not (path / "search.yaml").exists() or not (path / "results.csv").exists():
@@ -97,7 +97,7 @@ def confirm_search(
     step.write(path, outcome, seeds, time.perf_counter() - started)
     table = _results_with_holdout(results, outcome.table, path)
     if recorder is None:
-        recorder = SearchRecorder(state["tracking_uri"], state["experiment"])
+        recorder = SearchRecorder(stored_uri(state, path), state["experiment"])
         recorder.parent_id = state["parent_run_id"]
     _log(recorder, path, outcome)
     if result is None:

@@ -6,6 +6,7 @@ driver logs over HTTP to `mlflow server`), so trials never contend for the store
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import time
@@ -36,27 +37,58 @@ def redact(uri: str | None) -> str | None:
 
 
 def resolve_uri(uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir."""
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir.
+    An http(s) URI's user:password moves to MLFLOW_TRACKING_USERNAME / _PASSWORD, where
+    MLflow's client reads them, and the URI is returned without them."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Relative sqlite paths would move with each process's working dir.
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        if parts.username is not None or parts.password is not None:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username or "")
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
+            return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return uri
 
 
+def _basic_auth() -> dict[str, str]:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not user and not password:
+        return {}
+    token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when the store cannot be used."""
+    """Fail fast, before any trial starts, when the store cannot be used: a server that
+    does not answer, or refuses the credentials; a sqlite folder that is not writable."""
+    shown = redact(uri)
     if uri.startswith(("http://", "https://")):
+        # /health answers without credentials; listing experiments proves them.
+        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise MerTuneError(f"--tracking-uri {uri}: the server answered {resp.status}")
-        except (urllib.error.URLError, OSError) as err:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                pass
+            request = urllib.request.Request(probe, headers=_basic_auth())
+            with urllib.request.urlopen(request, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                raise MerTuneError(
+                    f"--tracking-uri {shown}: the MLflow server refused the credentials "
+                    f"({err.code}); give them as http://USER:PASSWORD@host or in "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+                ) from None
+            raise MerTuneError(f"--tracking-uri {shown}: the server answered {err.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise MerTuneError(
-                f"--tracking-uri {uri}: MLflow server unreachable ({reason})"
+                f"--tracking-uri {shown}: MLflow server unreachable ({reason})"
             ) from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
@@ -65,6 +97,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def ui_command(uri: str, experiment_id: str) -> str:
+    uri = redact(uri) or uri
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
     return (

@@ -35,7 +35,7 @@ from .errors import MerTuneError, UsageError
 from .gpu import check_packing, trial_bytes
 from .outputs import ensure_writable, write_text
 from .spaces import Space, load_space
-from .tracking import SearchRecorder, check_reachable, resolve_uri, ui_command
+from .tracking import SearchRecorder, check_reachable, redact, resolve_uri, ui_command
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
 # Save Tune's experiment state at every step (it is small), so a killed driver loses
@@ -456,6 +456,7 @@ def search(
         raise UsageError(
             f"--name {name}: a search of that name exists in {root}; pick another name"
         )
+    cache_location = _cache_location(cache_dir, path) if cache else None
     opts = data_options or DataOptions(classes=tuple(base.data.classes))
     dataset = resolve(data, opts)
     holdout_seed = seed if holdout_seed is None else holdout_seed
@@ -516,9 +517,9 @@ def search(
         recorder.client.log_artifact(parent, str(path / HOLDOUT_FILE))
     state = settings | {
         "parent_run_id": parent,
-        "tracking_uri": uri,
+        "tracking_uri": redact(uri),  # a password is never written down
         "experiment": experiment,
-        "cache_dir": _cache_location(cache_dir, path) if cache else None,
+        "cache_dir": cache_location,
         "dataset": describe(data, opts, dataset),
         "baseline_search": baseline_search,
     }
@@ -570,10 +571,11 @@ def resume(
     state = yaml.safe_load((path / "search.yaml").read_text())
     base = _load(path / "base_config.yaml")
     sp = load_space(str(path / "space.yaml"), base)
-    check_reachable(state["tracking_uri"])
+    uri = stored_uri(state, path)
+    check_reachable(uri)
     _, _, trial_data = search_data(path, state, base)
     _init_ray(address)
-    recorder = SearchRecorder(state["tracking_uri"], state["experiment"])
+    recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
     rows: dict[str, dict] = {}
     if (path / "results.csv").exists():
@@ -592,6 +594,22 @@ def resume(
         _logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path, base)
     ]
     return _fit(tuner, recorder, path, rows, sp, base, state)
+
+
+def stored_uri(state: dict, path: Path) -> str:
+    """The search's tracking URI. Its password, if it had one, was not stored: an http(s)
+    server takes it from MLFLOW_TRACKING_USERNAME / _PASSWORD; a database URI is taken
+    whole from MLFLOW_TRACKING_URI when that is the same URI."""
+    uri = state["tracking_uri"]
+    if ":***@" not in uri:
+        return uri
+    given = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if given and redact(given) == uri:
+        return given
+    raise MerTuneError(
+        f"{path / 'search.yaml'}: the tracking URI {uri} needs its password, which is never "
+        "stored; set MLFLOW_TRACKING_URI to the full URI"
+    )
 
 
 def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.Holdout, MERData]:
@@ -666,6 +684,12 @@ def _fit(
 def _cache_location(cache_dir: str | Path | None, path: Path) -> str:
     """A URI (s3://, gs://, file://) as given; a folder made absolute; default under the search."""
     if cache_dir and "://" in str(cache_dir):
+        if redact(str(cache_dir)) != str(cache_dir) or "@" in str(cache_dir).split("/")[2]:
+            raise UsageError(
+                f"--cache-dir {redact(str(cache_dir))}: credentials in the URI are not "
+                "supported (they would be stored); give them to the filesystem through its "
+                "environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            )
         return str(cache_dir)
     return str(Path(cache_dir or path / "cache").resolve())
 

@@ -24,8 +24,20 @@ def test_it_holds_a_gpu_worker_mlflow_and_the_install():
     assert any(t.startswith(("g5", "p4d", "p5", "g6")) for t in gpu_types)
     assert cfg["docker"]["image"].startswith("rayproject/ray:2.60.0-py311-gpu")
     head = " ".join(cfg["head_start_ray_commands"])
-    assert "mlflow server" in head and "--port 5000" in head
-    assert "0.0.0.0" not in head  # MLflow listens on the private address only
+    assert "cluster/start-mlflow.sh" in head and "MER_TUNE_ARTIFACTS=s3://" in head
+    assert "0.0.0.0" not in head
     assert "--dashboard-host=127.0.0.1" in head
     assert any("pip install" in c and "/home/ray/mer-tune" in c for c in cfg["setup_commands"])
     assert cfg["file_mounts"]["/home/ray/mer-tune"] == "."
+    script = (CLUSTER.parent / "cluster" / "start-mlflow.sh").read_text()
+    assert "--host 127.0.0.1" in script and "--app-name basic-auth" in script
+
+
+def test_every_node_runs_ray_with_token_auth():
+    cfg = _config()
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert any("ray get-auth-token --generate" in c for c in cfg["head_setup_commands"])
+    assert cfg["cluster_synced_files"] == ["~/.ray/auth_token"]
+    assert "auth_token" in " ".join(cfg["worker_start_ray_commands"])

@@ -1,0 +1,151 @@
+"""Auth stays on, credentials stay secret, the cluster's MLflow server is locked down."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_search
+
+from mer_tune.errors import MerTuneError
+from mer_tune.tracking import check_reachable, redact, resolve_uri, ui_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mer_tune_never_turns_ray_auth_off():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    code = "import os, mer_tune.tuning, mer_tune.cli; print(os.environ.get('RAY_AUTH_MODE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "None", out.stderr
+    for f in ("Makefile", ".ci/run"):
+        assert "RAY_AUTH_MODE" not in (ROOT / f).read_text(), f
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("postgresql://mlflow:hunter2@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        ("http://admin:p%40ss@127.0.0.1:5000", "http://admin:***@127.0.0.1:5000"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/m.db", "sqlite:////tmp/m.db"),
+    ],
+)
+def test_passwords_are_redacted(uri, shown):
+    assert redact(uri) == shown
+    assert "hunter2" not in ui_command(uri, "1") and "p%40ss" not in ui_command(uri, "1")
+
+
+def test_credentials_in_an_http_uri_go_where_mlflow_reads_them(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert resolve_uri("http://admin:p%40ss@host:5000") == "http://host:5000"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port` (from /proc/net/tcp{,6})."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        path = Path(f"/proc/net/{name}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                found.add(addr)
+    return found
+
+
+@pytest.fixture
+def auth_server(tmp_path, monkeypatch):
+    """cluster/start-mlflow.sh as the head runs it, with its secret in a file."""
+    password = "correct-horse-battery-staple"
+    secret = tmp_path / "secret.json"
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    secret.write_text(json.dumps({"admin_password": password, "backend_store_uri": store}))
+    port = _free_port()
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path),
+        MER_TUNE_SECRET_FILE=str(secret),
+        MER_TUNE_ARTIFACTS=str(tmp_path / "artifacts"),
+        MER_TUNE_MLFLOW_PORT=str(port),
+        MER_TUNE_MLFLOW_WORKERS="1",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    subprocess.run(
+        ["bash", str(ROOT / "cluster" / "start-mlflow.sh")], env=env, check=True, timeout=60
+    )
+    state = tmp_path / ".mer-tune-mlflow"
+    pid = int((state / "server.pid").read_text())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail((state / "server.log").read_text()[-800:])
+                time.sleep(0.5)
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        yield uri, password, tmp_path
+    finally:
+        subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
+        os.kill(pid, 15)
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_cluster_mlflow_listens_on_loopback_with_basic_auth_and_secrets_stay_out(
+    auth_server, search_env, tiny_dir
+):
+    uri, password, home = auth_server
+    port = int(uri.rpartition(":")[2])
+    assert _listening_addresses(port) <= {"0100007F", "00000000000000000000000001000000"}
+    env_file = home / ".mer-tune.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert password in env_file.read_text()
+    assert password not in (ROOT / "cluster.yaml").read_text()
+    # Without credentials the API refuses; with the wrong ones, so does the check.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(uri + "/api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.value.code == 401
+    wrong = uri.replace("http://", "http://admin:wrong-password-here@")
+    with pytest.raises(MerTuneError, match="refused the credentials") as err:
+        check_reachable(resolve_uri(wrong))
+    assert "wrong-password" not in str(err.value)
+
+    # A real search logs through the credentials in the URI; none of it is printed or stored.
+    with_creds = uri.replace("http://", f"http://admin:{password}@")
+    res = tiny_search(search_env, tiny_dir, trials=1, name="auth", tracking_uri=with_creds)
+    assert res.best_config is not None
+    state = (res.path / "search.yaml").read_text()
+    assert password not in state and yaml.safe_load(state)["tracking_uri"] == uri
+    assert password not in res.ui_command
+    from mer_tune.report import build_report, format_report
+
+    assert password not in format_report(build_report("auth", search_env / "runs"), "json")
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(res.parent_run_id)  # credentials from the environment
+    assert run.info.status == "FINISHED"
