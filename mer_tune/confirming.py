@@ -34,12 +34,25 @@ def _baseline(path: Path, state: dict) -> tuple[step.Candidate | None, str, Path
     folder = path.parent / state["baseline_search"] if state.get("baseline_search") else path
     _, base, sp = _folder_state(folder)
     results = pd.read_csv(folder / "results.csv")
-    row = results[(results["trial"] == step.BASELINE_TRIAL) & (results["status"] == "FINISHED")]
-    paper = sp.defaults(base) == sp.defaults(sp.base_config(build_config()))
+    point = sp.defaults(base)
+    paper = point == sp.defaults(sp.base_config(build_config()))
     name = "the paper's values" if paper else "the baseline (trial 0)"
-    if row.empty:
+    row = results[(results["trial"] == step.BASELINE_TRIAL) & (results["status"] == "FINISHED")]
+    if row.empty or not _same_point(row.iloc[0], point):
         return None, name, folder
     return step.candidate_from(row.iloc[0].to_dict(), base, list(sp.params), folder), name, folder
+
+
+def _same_point(row: pd.Series, point: dict) -> bool:
+    """Whether a results row holds exactly the values of `point` (the baseline's)."""
+    for key, value in point.items():
+        got = row[key]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not np.isclose(float(got), float(value)):
+                return False
+        elif str(got) != str(value):
+            return False
+    return True
 
 
 def confirm_search(

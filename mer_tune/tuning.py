@@ -209,14 +209,22 @@ def _logger_callback(
             # After every finished trial, so an interrupted search loses no result.
             _write_results(path, rows)
 
-        def _row(self, trial) -> dict:
-            number = self.order.setdefault(trial.trial_id, len(self.order))
+        def _row(self, trial, trials: list) -> dict:
+            if trial.trial_id not in self.order:
+                # Numbered in the order Tune created the trials (the order Optuna suggested
+                # them), not the order they started: trial 0 is always the first point,
+                # the base config's values, whatever the concurrency.
+                pos = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), None)
+                taken = set(self.order.values())
+                fresh = pos is not None and pos not in taken
+                self.order[trial.trial_id] = pos if fresh else max(taken, default=-1) + 1
+            number = self.order[trial.trial_id]
             row = rows.setdefault(trial.trial_id, {"trial": number, "trial_id": trial.trial_id})
             row.update({k: trial.config.get(k) for k in space.params})
             return row
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            row = self._row(trial)
+            row = self._row(trial, trials)
             self.started.setdefault(trial.trial_id, time.time())
             recorder.start_child(trial.trial_id, f"trial-{row['trial']:03d}", dict(trial.config))
             row["status"] = "RUNNING"
@@ -233,7 +241,7 @@ def _logger_callback(
                 recorder.log_metrics(trial.trial_id, metrics, step=result.get("training_iteration"))
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            row, result = self._row(trial), trial.last_result or {}
+            row, result = self._row(trial, trials), trial.last_result or {}
             row["seconds"] = round(time.time() - self.started.get(trial.trial_id, time.time()), 2)
             if result.get("final"):
                 final = {
@@ -262,7 +270,7 @@ def _logger_callback(
             on_event("complete", row=row)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            row = self._row(trial)
+            row = self._row(trial, trials)
             message = _error_message(trial)
             row.update(
                 status="FAILED",
