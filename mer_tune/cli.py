@@ -12,7 +12,7 @@ from rich.console import Console
 
 from .config import Config, build_config, load_config, parse_set_options, with_overrides
 from .data import DEFAULT_FOLDERS, DEFAULT_MODELS, DataOptions
-from .errors import MerTuneError
+from .errors import MerTuneError, SearchInterrupted
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
@@ -768,6 +768,9 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
         cli.main(args=args, prog_name="mer-tune", standalone_mode=False)
+    except SearchInterrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         console.print("aborted")
         sys.exit(130)

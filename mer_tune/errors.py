@@ -18,3 +18,10 @@ class UsageError(MerTuneError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+class SearchInterrupted(MerTuneError):
+    """A search stopped by Ctrl-C: its state is saved and it can be resumed (exit 130)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=130)

@@ -31,7 +31,7 @@ from .cache import StageStore
 from .config import Config, build_config, with_overrides
 from .data import HOLDOUT, TEST, DataOptions, MERData
 from .datasets import describe, reopen, resolve
-from .errors import MerTuneError, UsageError
+from .errors import MerTuneError, SearchInterrupted, UsageError
 from .gpu import check_packing, trial_bytes
 from .outputs import ensure_writable, write_text
 from .spaces import Space, load_space
@@ -664,13 +664,23 @@ def _fit(
     try:
         tuner.fit()
     except BaseException:
-        _finish(recorder, path, rows, sp, base, "KILLED")
+        _interrupted(recorder, path, rows, sp, base)
         raise
     # Keep exactly the trials Ray recorded: a driver killed between a trial's end and the
     # next experiment checkpoint leaves rows and runs that a resumed search redid.
     from ray.tune import ExperimentAnalysis
 
-    known = {t.trial_id for t in ExperimentAnalysis(str(path / "ray")).trials}
+    trials = ExperimentAnalysis(str(path / "ray")).trials
+    # Tune ends fit() normally on the first Ctrl-C; what it leaves unfinished tells.
+    done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+    if len(done) < len(trials) or len(trials) < state["trials"]:
+        _interrupted(recorder, path, rows, sp, base)
+        raise SearchInterrupted(
+            f"search {path.name} interrupted with {len(done)} of {state['trials']} trials "
+            f"done; continue it with: mer-tune search --resume {path.name} "
+            f"--storage {path.parent}"
+        )
+    known = {t.trial_id for t in trials}
     for trial_id in set(rows) - known:
         del rows[trial_id]
     recorder.drop_orphans(set(rows))
@@ -687,6 +697,18 @@ def _fit(
         )
     recorder.finish_parent("FINISHED")
     return result
+
+
+def _interrupted(
+    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config
+) -> None:
+    """Record the truth of a stopped search: unfinished trials and their child runs, and
+    the parent run, are KILLED (a resume reopens them)."""
+    for trial_id, row in rows.items():
+        if row.get("status") == "RUNNING":
+            row["status"] = "KILLED"
+            recorder.finish_child(trial_id, "KILLED", {"mer_tune.status": "KILLED"})
+    _finish(recorder, path, rows, sp, base, "KILLED")
 
 
 def _cache_location(cache_dir: str | Path | None, path: Path) -> str:

@@ -183,3 +183,45 @@ def test_max_failures_retries_a_failing_trial_in_the_same_run(search_env, tiny_d
         [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
     )
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_search_killed_tells_how_to_resume_and_exits_130(tmp_path, tiny_dir):
+    slow = FAST | {"finetune": {"epochs": 40}}
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
+    (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "mer_tune", "search", "--space", "space.yaml", "--trials", "6",
+           "--data", str(tiny_dir), "--config", "slow.yaml", "--concurrency", "1", "--name", "c",
+           "--tracking-uri", uri, "--storage", "runs"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    results = tmp_path / "runs" / "c" / "results.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if results.exists() and (pd.read_csv(results)["status"] == "FINISHED").sum() >= 1:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the search did not finish a trial in time")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "mer-tune search --resume c" in stderr.strip().splitlines()[-1]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("mer-tune")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.status for p in parent] == ["KILLED"]
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert "RUNNING" not in set(pd.read_csv(results)["status"])
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mer_tune", "search", "--resume", "c", "--storage", "runs"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
+    assert (pd.read_csv(results)["status"] == "FINISHED").sum() == 6
