@@ -692,9 +692,10 @@ def confirm_cmd(name, storage, top, seeds, address) -> None:
     """Score the best trials of the finished search NAME and its baseline on the outer
     holdout, and print the verdict (rewrites confirm.csv, verdict.json, best_config.yaml)."""
     from .confirming import confirm_search
+    from .outputs import plain_name
     from .tuning import _storage_root
 
-    res = confirm_search(_storage_root(storage) / name, top, seeds, address)
+    res = confirm_search(_storage_root(storage) / plain_name(name, "confirm"), top, seeds, address)
     _print_confirm(res.confirm, res.holdout_size)
     for note in res.notes:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
@@ -720,35 +721,53 @@ def cache() -> None:
     """Inspect or clear a search's stage cache."""
 
 
-def _cache_dir(storage: str, name: str) -> Path:
-    path = Path(storage) / name / "cache"
-    if not path.is_dir():
-        raise MerTuneError(f"{path}: no stage cache there")
-    return path
+def _cache_dir(storage: str, name: str, command: str) -> str:
+    """Where search NAME keeps its stage cache (STORAGE/NAME/cache, or its --cache-dir),
+    refused unless mer-tune made it (it carries mer-tune's marker)."""
+    import yaml
+
+    from .cache import is_cache
+    from .outputs import plain_name
+    from .tuning import _storage_root
+
+    folder = _storage_root(storage) / plain_name(name, command)
+    state_file = folder / "search.yaml"
+    if not state_file.exists():
+        raise MerTuneError(f"{folder}: no search of that name (see --storage)")
+    where = yaml.safe_load(state_file.read_text()).get("cache_dir") or str(folder / "cache")
+    if not is_cache(where):
+        raise MerTuneError(f"{where}: not a mer-tune stage cache (no marker); nothing touched")
+    return where
 
 
 @cache.command()
 @click.argument("name")
 @click.option("--storage", default="mer-tune-runs", show_default=True)
 def info(name, storage) -> None:
-    """Entries and size per stage in search NAME's cache."""
+    """Entries and size per stage in search NAME's cache, and refused (forged, unsigned or
+    damaged) entries that were recomputed."""
     from .cache import StageStore
 
-    entries = StageStore(_cache_dir(storage, name)).info()
-    for stage, e in sorted(entries.items()):
+    found = StageStore(_cache_dir(storage, name, "cache info")).info()
+    for stage, e in sorted(found["stages"].items()):
         click.echo(f"{stage:10s} {e['entries']:5d} entries  {e['bytes'] / 2**20:8.1f} MiB")
-    if not entries:
+    if not found["stages"]:
         click.echo("empty")
+    click.echo(f"refused and recomputed: {found['rejected']}")
 
 
 @cache.command()
 @click.argument("name")
 @click.option("--storage", default="mer-tune-runs", show_default=True)
-def clear(name, storage) -> None:
-    """Delete every entry of search NAME's cache."""
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def clear(name, storage, yes) -> None:
+    """Delete every entry of search NAME's cache (only files mer-tune wrote there)."""
     from .cache import StageStore
 
-    click.echo(f"removed {StageStore(_cache_dir(storage, name)).clear()} entries")
+    where = _cache_dir(storage, name, "cache clear")
+    if not yes:
+        click.confirm(f"delete every stage cache entry in {where}?", abort=True, err=True)
+    click.echo(f"removed {StageStore(where).clear()} entries")
 
 
 def _quiet_libraries() -> None:

@@ -65,7 +65,7 @@ def confirm_search(
 ) -> Any:
     """Confirm the search in folder `path` (at the end of a search, or again later with
     other `top` / `seeds`); returns its SearchResult with `confirm` and `verdict` set."""
-    from .tuning import SearchResult, _init_ray, search_data, stored_uri
+    from .tuning import SearchResult, _init_ray, read_cache_key, search_data, stored_uri
 
     started = time.perf_counter()
     if not (path / "search.yaml").exists() or not (path / "results.csv").exists():
@@ -95,7 +95,7 @@ def confirm_search(
     retrain = None
     if seeds:
         _init_ray(address)
-        retrain = ray_retrain(trial_data, state)
+        retrain = ray_retrain(trial_data, state, read_cache_key(path))
     outcome = step.confirm(
         dataset,
         holdout,
@@ -199,7 +199,13 @@ def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> No
 
 
 def _retrain_one(
-    data: Any, cfg: dict, idx: np.ndarray, threads: int, use_gpu: bool, cache_dir: str | None
+    data: Any,
+    cfg: dict,
+    idx: np.ndarray,
+    threads: int,
+    use_gpu: bool,
+    cache_dir: str | None,
+    cache_key: str | None,
 ) -> np.ndarray:
     import torch
 
@@ -208,11 +214,12 @@ def _retrain_one(
 
     torch.set_num_threads(max(1, threads))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    cache = StageStore(cache_dir) if cache_dir else None
+    key = bytes.fromhex(cache_key) if cache_key else None
+    cache = StageStore(cache_dir, key=key) if cache_dir else None
     return pipeline.fit_all(data, build_config(cfg), idx, cache=cache, device=device)
 
 
-def ray_retrain(trial_data: Any, state: dict) -> step.Retrain:
+def ray_retrain(trial_data: Any, state: dict, cache_key: str | None) -> step.Retrain:
     """Retraining as Ray tasks with a trial's resources, on the data the trials saw."""
 
     def retrain(jobs: list[tuple[Config, int]], idx: np.ndarray) -> list[np.ndarray]:
@@ -230,6 +237,7 @@ def ray_retrain(trial_data: Any, state: dict) -> step.Retrain:
                 int(state["cpus_per_trial"]),
                 state["gpus_per_trial"] > 0,
                 state.get("cache_dir"),
+                cache_key,
             )
             for cfg, seed in jobs
         ]

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MerTuneError
+from .errors import MerTuneError, UsageError
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
+def fsync_replace(tmp: Path, path: Path, mode: int = 0o666) -> None:
+    """Give `tmp` the mode a plain open() would (mkstemp makes 0600), flush it to disk,
+    and rename it over `path`: after a crash the file is either old or whole."""
+    os.chmod(tmp, mode & ~UMASK)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # the rename itself, where the platform allows
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -18,7 +46,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.replace(tmp, path)
+        fsync_replace(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -41,3 +69,34 @@ def ensure_writable(folder: Path) -> Path:
     except OSError as err:
         raise MerTuneError(f"{folder}: cannot write there ({err.strerror})") from None
     return folder
+
+
+def plain_name(name: str, option: str) -> str:
+    """A search name as given to --name, --resume, report, confirm or cache: letters,
+    digits, '.', '_' and '-', never a path (no '/', no '..'), so it cannot point outside
+    the storage folder."""
+    if not _NAME.fullmatch(name or "") or ".." in name:
+        raise UsageError(
+            f"{option} {name!r}: a search name is letters, digits, '.', '_' and '-' "
+            "(no '/', no '..', at most 128 characters)"
+        )
+    return name
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` atomically with mode 0700 (FileExistsError if it exists): a search
+    folder holds pickled Ray and Optuna state that resuming unpickles, so only its owner
+    may write there."""
+    os.mkdir(path, 0o700)
+    os.chmod(path, 0o700)  # whatever the umask
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A file only its owner may read (mode 0600), created atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600 already
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        fsync_replace(Path(tmp), path, mode=0o600)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

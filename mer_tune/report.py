@@ -126,7 +126,9 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     """The top trials, best config, parameter importances, failures and plot locations."""
     import optuna
 
-    path = Path(storage).resolve() / name
+    from .outputs import plain_name
+
+    path = Path(storage).resolve() / plain_name(name, "report")
     if not (path / "results.csv").exists():
         raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
     table = pd.read_csv(path / "results.csv")

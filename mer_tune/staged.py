@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .cache import new_key
 from .config import get_path
 from .spaces import load_space
 from .tuning import SearchResult, search
@@ -69,6 +70,7 @@ def staged_search(
     shared_cache = kwargs.pop("cache_dir", None) or Path(storage).resolve() / name / "cache"
     result: SearchResult | None = None
     confirm_top = kwargs.pop("confirm_top", 3)
+    cache_key = new_key()  # one key for the one cache all steps share
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
         step_file = work / f"{step}.yaml"
@@ -90,6 +92,7 @@ def staged_search(
             cache_dir=shared_cache,
             confirm_top=confirm_top if last else 0,
             baseline_search=f"{name}-{steps[0]}" if last and i else None,
+            cache_key=cache_key,
             **kwargs,
         )
         if result.best_config is None:

@@ -27,13 +27,13 @@ from sklearn.metrics import confusion_matrix
 from . import confirm as confirm_step
 from . import holdout as outer
 from . import pipeline
-from .cache import StageStore
+from .cache import StageStore, new_key
 from .config import Config, build_config, with_overrides
 from .data import HOLDOUT, TEST, DataOptions, MERData
 from .datasets import describe, reopen, resolve
 from .errors import MerTuneError, SearchInterrupted, UsageError
 from .gpu import check_packing, trial_bytes
-from .outputs import ensure_writable, write_text
+from .outputs import ensure_writable, make_private_dir, plain_name, write_secret, write_text
 from .spaces import Space, load_space
 from .tracking import SearchRecorder, check_reachable, redact, resolve_uri, ui_command
 
@@ -43,6 +43,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines repla
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 METRIC = "weighted_f1"
 HOLDOUT_FILE = "holdout.csv"
+CACHE_KEY_FILE = "cache.key"  # mode 0600: whoever reads it could forge cache entries
 
 
 class TrialTimeout(RuntimeError):
@@ -82,6 +83,7 @@ def run_trial(
     cache_dir: str | None,
     timeout: float | None = None,
     outputs: str | None = None,
+    cache_key: str | None = None,
 ) -> None:
     """One Ray Tune trial: the full pipeline on `base` + the suggested values. With
     `outputs`, the fold models' predictions on the holdout and test names go to a file
@@ -91,7 +93,8 @@ def run_trial(
 
     torch.set_num_threads(max(1, threads))
     cfg = with_overrides(build_config(base), config)
-    cache = StageStore(cache_dir) if cache_dir else None
+    key = bytes.fromhex(cache_key) if cache_key else None
+    cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
     started = time.monotonic()
 
     def report(kind: str, **f: Any) -> None:
@@ -419,6 +422,7 @@ def search(
     confirm_top: int = 3,
     confirm_seeds: int = 0,
     baseline_search: str | None = None,
+    cache_key: bytes | None = None,
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
     """Run a hyperparameter search and return its results table and best config.
@@ -458,9 +462,10 @@ def search(
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
     root = ensure_writable(_storage_root(storage))
-    name = name or f"{sp.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    given = name is not None
+    name = plain_name(name, "--name") if given else f"{sp.name}-{datetime.now():%Y%m%d-%H%M%S}"
     path = root / name
-    if path.exists():
+    if given and path.exists():
         raise UsageError(
             f"--name {name}: a search of that name exists in {root}; pick another name"
         )
@@ -492,8 +497,11 @@ def search(
             check_packing(gpu_estimate, gpus, card)
 
     # Every check has passed: only now does anything get written.
-    ensure_writable(path)
+    path = _reserve(root, name, given)
+    name = path.name
     shutil.copyfile(sp.path, path / "space.yaml")  # resume reads this copy
+    # Signs the stage cache's entries; a staged search's steps share one key and cache.
+    write_secret(path / CACHE_KEY_FILE, (cache_key or new_key()).hex())
     if len(ho):
         outer.write_csv(path / HOLDOUT_FILE, dataset, ho)
     recorder = SearchRecorder(uri, experiment)
@@ -573,7 +581,7 @@ def resume(
     the same fingerprint and the same holdout."""
     from ray import tune
 
-    path = _storage_root(storage) / name
+    path = _storage_root(storage) / plain_name(name, "--resume")
     if not (path / "search.yaml").exists() or not (path / "ray").is_dir():
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
     state = yaml.safe_load((path / "search.yaml").read_text())
@@ -652,6 +660,7 @@ def _trainable(dataset: MERData, base: Config, state: dict[str, Any], path: Path
         cache_dir=state["cache_dir"],
         timeout=state.get("trial_timeout"),
         outputs=str(path / confirm_step.OUTPUTS),
+        cache_key=read_cache_key(path),
     )
     return tune.with_resources(
         trainable, {"cpu": state["cpus_per_trial"], "gpu": state["gpus_per_trial"]}
@@ -699,9 +708,33 @@ def _fit(
     return result
 
 
-def _interrupted(
-    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config
-) -> None:
+def read_cache_key(path: Path) -> str | None:
+    """The hex key that signs a search's stage cache entries (None: an older search)."""
+    key_file = path / CACHE_KEY_FILE
+    return key_file.read_text().strip() if key_file.exists() else None
+
+
+def _reserve(root: Path, name: str, given: bool) -> Path:
+    """Create the search folder atomically (mode 0700). A default name taken meanwhile
+    (two searches started in the same second) becomes NAME-2, NAME-3, ..."""
+    for attempt in range(1, 1000):
+        path = root / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            make_private_dir(path)
+            return path
+        except FileExistsError:
+            if given:
+                raise UsageError(
+                    f"--name {name}: a search of that name exists in {root}; pick another name"
+                ) from None
+        except OSError as err:
+            raise MerTuneError(
+                f"{path}: cannot create the search folder ({err.strerror})"
+            ) from None
+    raise MerTuneError(f"{root}: no free name for {name}")
+
+
+def _interrupted(recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config) -> None:
     """Record the truth of a stopped search: unfinished trials and their child runs, and
     the parent run, are KILLED (a resume reopens them)."""
     for trial_id, row in rows.items():

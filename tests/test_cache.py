@@ -1,3 +1,4 @@
+import io
 import threading
 import time
 
@@ -5,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mer_tune import cache as cache_module
 from mer_tune import pipeline
-from mer_tune.cache import StageStore, key_digest
+from mer_tune.cache import ArrowFiles, CacheWaitTimeout, StageStore, key_digest
 from mer_tune.config import with_overrides
 from mer_tune.data import load
 
@@ -116,9 +118,11 @@ def test_cache_info_and_clear(tmp_path):
     store = StageStore(tmp_path)
     store.get_or_compute("pretrain", {"k": 1}, lambda: {"w": torch.ones(10)})
     store.get_or_compute("finetune", {"k": 1}, lambda: {"w": torch.ones(10)})
-    info = store.info()
+    info = store.info()["stages"]
     assert info["pretrain"]["entries"] == 1 and info["finetune"]["bytes"] > 0
-    assert store.clear() == 2 and store.info() == {}
+    (tmp_path / "notes.txt").write_text("mine")
+    assert store.clear() == 2 and store.info()["stages"] == {}
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only mer-tune's files go
 
 
 def test_a_uri_store_shares_entries_and_recomputes_a_corrupt_one(tmp_path):
@@ -128,10 +132,143 @@ def test_a_uri_store_shares_entries_and_recomputes_a_corrupt_one(tmp_path):
     assert len(calls) == 1
     store = StageStore(root)
     assert store.get_or_compute("s", {"k": 1}, lambda: 1 / 0)["a"].tolist() == [0, 1, 2, 3]
-    assert store.info()["s"]["entries"] == 1
+    assert store.info()["stages"]["s"]["entries"] == 1
     (tmp_path / "shared" / next(p.name for p in (tmp_path / "shared").glob("*.pt"))).write_bytes(
         b"junk"
     )
     assert StageStore(root).get_or_compute("s", {"k": 1}, lambda: {"a": np.arange(2)})[
         "a"
     ].tolist() == [0, 1]
+
+
+KEY = b"k" * 32
+
+
+def _entry(tmp_path, key=KEY):
+    store = StageStore(tmp_path, key=key)
+    store.get_or_compute("s", {"k": 1}, lambda: {"w": torch.arange(5.0)})
+    return store, next(tmp_path.glob("*.pt"))
+
+
+def _again(root, key=KEY):
+    calls = []
+    store = StageStore(root, key=key)
+    value = store.get_or_compute("s", {"k": 1}, lambda: calls.append(1) or {"w": torch.zeros(5)})
+    return store, calls, value
+
+
+def test_a_forged_entry_with_a_matching_checksum_is_refused_and_recomputed(tmp_path):
+    import hashlib
+
+    _, blob = _entry(tmp_path)
+    forged = io.BytesIO()
+    torch.save({"w": torch.full((5,), 666.0)}, forged)
+    blob.write_bytes(forged.getvalue())
+    digest = blob.name.removesuffix(".pt")
+    (tmp_path / f"{digest}.sig").unlink()
+    (tmp_path / f"{digest}.sha256").write_text(hashlib.sha256(forged.getvalue()).hexdigest())
+    store, calls, value = _again(tmp_path)
+    assert calls == [1] and torch.equal(value["w"], torch.zeros(5))
+    assert store.info()["rejected"] == 1
+    # an entry signed with another search's key is refused too
+    _, calls, _ = _again(tmp_path, key=b"x" * 32)
+    assert calls == [1]
+
+
+def test_an_entry_that_does_not_load_is_deleted_and_recomputed(tmp_path):
+    import hashlib
+    import hmac
+
+    _, blob = _entry(tmp_path)
+    junk = b"\x80\x04not a torch file at all"
+    blob.write_bytes(junk)  # signed correctly, yet torch.load fails (UnpicklingError)
+    (tmp_path / blob.name.replace(".pt", ".sig")).write_bytes(
+        hmac.new(KEY, junk, hashlib.sha256).hexdigest().encode()
+    )
+    store, calls, _ = _again(tmp_path)
+    assert calls == [1] and store.info()["rejected"] == 1
+    _, calls, _ = _again(tmp_path)
+    assert calls == []  # the recomputed entry is good
+
+
+def test_a_transient_read_error_deletes_nothing(tmp_path, monkeypatch):
+    _, blob = _entry(tmp_path)
+    good = blob.read_bytes()
+    store = StageStore(tmp_path, key=KEY)
+    real = store.files.read
+
+    def flaky(name):
+        if name.endswith(".pt"):
+            raise OSError("connection reset")
+        return real(name)
+
+    monkeypatch.setattr(store.files, "read", flaky)
+    deleted = []
+    monkeypatch.setattr(store.files, "delete", lambda name: deleted.append(name))
+    monkeypatch.setattr(store.files, "write", lambda name, b: None)
+    store.get_or_compute("s", {"k": 1}, lambda: {"w": torch.zeros(5)})
+    assert deleted == [] and store.rejected == 0
+    assert blob.read_bytes() == good
+
+
+class _SlowFiles(ArrowFiles):
+    """A store whose writes take `delay` seconds to land, as a busy S3 bucket's can."""
+
+    delay = 0.6
+
+    def write(self, name, blob):
+        time.sleep(self.delay)
+        super().write(name, blob)
+
+
+def test_leases_on_a_slow_store_admit_one_computer(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "ArrowFiles", _SlowFiles)
+    calls, results = _three_users_at_once(f"file://{tmp_path}/slow")
+    assert len(calls) == 1 and len(results) == 3
+
+
+def test_a_dead_trials_lease_expires_and_only_the_owner_releases(tmp_path, monkeypatch):
+    root = f"file://{tmp_path}/c"
+    store = StageStore(root)
+    digest = key_digest("s", {"k": 1})
+    lease = f"{digest}.lock"
+    # A lease left by a SIGKILLed trial two minutes ago is taken over, not waited on.
+    store.files.write(lease, f"deadbeef {time.time() - 2 * cache_module.LEASE_SECONDS}".encode())
+    t0 = time.monotonic()
+    assert store.get_or_compute("s", {"k": 1}, lambda: 7) == 7
+    assert time.monotonic() - t0 < 10
+    assert store.files.read(lease) is None  # released: it was ours
+
+    # Someone else's live lease: we wait for it, bounded by the trial timeout.
+    store.files.write(lease, f"other {time.time()}".encode())
+    waiting = StageStore(root, timeout=2)
+    with pytest.raises(CacheWaitTimeout, match="waited 2 s"), waiting.files.lock(lease, 2):
+        pass
+    assert store.files.read(lease).startswith(b"other")  # never deleted by a waiter
+
+    # A holder whose lease was taken over (a long stall) does not delete the new owner's.
+    store.files.delete(lease)
+    with store.files.lock(lease, None):
+        store.files.write(lease, f"newowner {time.time()}".encode())
+    assert store.files.read(lease).startswith(b"newowner")
+
+
+def test_a_folder_lock_wait_is_bounded_too(tmp_path):
+    from filelock import FileLock
+
+    store = StageStore(tmp_path, timeout=1)
+    digest = key_digest("s", {"k": 1})
+    with FileLock(str(tmp_path / f"{digest}.lock")), pytest.raises(CacheWaitTimeout):
+        store.get_or_compute("s", {"k": 1}, lambda: 1)
+
+
+def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
+    store = StageStore(tmp_path)
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "fsync_replace", full_disk)
+    with pytest.raises(OSError):
+        store.get_or_compute("s", {"k": 1}, lambda: {"w": torch.ones(3)})
+    assert not list(tmp_path.glob(".tmp-*"))

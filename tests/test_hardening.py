@@ -149,3 +149,69 @@ def test_cluster_mlflow_listens_on_loopback_with_basic_auth_and_secrets_stay_out
 
     run = MlflowClient(uri).get_run(res.parent_run_id)  # credentials from the environment
     assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cache", "clear", "../victim", "--yes"],
+        ["cache", "clear", "/abs/victim", "--yes"],
+        ["cache", "info", "a/b"],
+        ["report", "../victim"],
+        ["confirm", ".."],
+        ["search", "--resume", "../victim"],
+        ["search", "--name", "a/b", "--data", "synthetic:tiny"],
+    ],
+)
+def test_search_names_are_plain_names_everywhere(args, tmp_path, capsys):
+    from test_cli import run_cli
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.pt").write_text("keep me")
+    code, _, err = run_cli([*args, "--storage", str(tmp_path / "runs")], capsys)
+    assert code == 2, err
+    assert "a search name is letters, digits" in err and len(err.strip().splitlines()) == 1
+    assert (victim / "precious.pt").read_text() == "keep me"
+    assert not (tmp_path / "runs" / "a").exists()
+
+
+def test_cache_clear_touches_only_a_marked_cache_and_asks_first(tmp_path, capsys):
+    from test_cli import run_cli
+
+    from mer_tune.cache import StageStore
+
+    runs = tmp_path / "runs"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "model-0123456789abcdef0123456789abcdef.pt").write_text("not ours")
+    (runs / "s").mkdir(parents=True)
+    (runs / "s" / "search.yaml").write_text(yaml.safe_dump({"cache_dir": str(victim)}))
+    code, _, err = run_cli(["cache", "clear", "s", "--yes", "--storage", str(runs)], capsys)
+    assert code == 1 and "not a mer-tune stage cache" in err
+    assert len(list(victim.iterdir())) == 1
+
+    cache = runs / "s" / "cache"
+    store = StageStore(cache)
+    store.get_or_compute("pretrain", {"k": 1}, lambda: {"w": 1})
+    (runs / "s" / "search.yaml").write_text(yaml.safe_dump({"cache_dir": str(cache)}))
+    answer_no = subprocess.run(
+        [sys.executable, "-m", "mer_tune", "cache", "clear", "s", "--storage", str(runs)],
+        input="n\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert answer_no.returncode != 0 and "delete every stage cache entry" in answer_no.stderr
+    assert store.info()["stages"]["pretrain"]["entries"] == 1
+    code, out, _ = run_cli(["cache", "clear", "s", "--yes", "--storage", str(runs)], capsys)
+    assert code == 0 and "removed 1 entries" in out and store.info()["stages"] == {}
+
+
+def test_a_search_folder_is_private_and_two_default_names_never_collide(tmp_path):
+    from mer_tune.tuning import _reserve
+
+    first = _reserve(tmp_path, "thresholds-20261127-120000", given=False)
+    second = _reserve(tmp_path, "thresholds-20261127-120000", given=False)
+    assert first.name == "thresholds-20261127-120000"
+    assert second.name == "thresholds-20261127-120000-2"
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    with pytest.raises(MerTuneError, match="exists"):
+        _reserve(tmp_path, "thresholds-20261127-120000", given=True)
