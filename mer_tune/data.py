@@ -144,6 +144,8 @@ def _read_feature(path: Path) -> np.ndarray:
             arr = np.stack([np.asarray(f).reshape(-1) for f in frames])
         else:
             arr = np.load(path, allow_pickle=False)
+    except EOFError:
+        raise MerTuneError(f"{path}: empty or truncated .npy file") from None
     except (ValueError, OSError) as err:
         raise MerTuneError(f"{path}: cannot read features ({err})") from None
     arr = np.asarray(arr, dtype=np.float32)
@@ -167,6 +169,8 @@ def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
         raise MerTuneError(f"{root}: no label file (label-disdim.csv or label-6way.npz)")
     if not path.exists():
         raise MerTuneError(f"{path}: label file not found")
+    if path.is_dir():
+        raise MerTuneError(f"{path}: is a folder; --labels names a label file (CSV or .npz)")
     if path.suffix == ".npz":
         return _read_npz_labels(path, opts.trust_pickle)
     try:
@@ -176,6 +180,12 @@ def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
     for col in ("name", "discrete"):
         if col not in table.columns:
             raise MerTuneError(f"{path}: missing column '{col}' (has {', '.join(table.columns)})")
+    twice = table["name"][table["name"].duplicated()]
+    if len(twice):
+        raise MerTuneError(
+            f"{path}: sample '{twice.iloc[0]}' is listed more than once "
+            f"({len(twice)} repeated rows); each name needs one label"
+        )
     return dict(zip(table["name"], table["discrete"], strict=True))
 
 
@@ -196,8 +206,15 @@ def _read_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise MerTuneError(f"{path}: test-name file not found")
+    if path.is_dir():
+        raise MerTuneError(f"{path}: is a folder; --test-names names a CSV or text file")
+    if path.stat().st_size == 0:
+        raise MerTuneError(f"{path}: the test-name file is empty")
     if path.suffix == ".csv":
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise MerTuneError(f"{path}: cannot parse the test-name CSV ({err})") from None
         if "name" not in table.columns:
             raise MerTuneError(f"{path}: missing column 'name'")
         return list(table["name"])

@@ -75,6 +75,8 @@ def resolve_path(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise UsageError(f"{path}: search space file not found")
+        if not path.is_file():
+            raise UsageError(f"{path}: is a folder; --space names a shipped space or a YAML file")
         return path
     candidate = SPACES_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
@@ -94,6 +96,8 @@ def load_space(name_or_path: str, base: Config | None = None) -> Space:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UsageError(f"{path}: malformed YAML{where}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: cannot read the search space ({err})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
         raise UsageError(f"{path}: expected a mapping with a non-empty 'params' block")
     unknown = sorted(set(raw) - {"description", "params", "fixed"})
@@ -138,6 +142,10 @@ def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistributio
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UsageError(f"{where}: '{bound}' must be a number, got {value!r}")
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, int | float) or not step > 0
+    ):
+        raise UsageError(f"{where}: 'step' must be a positive number, got {step!r}")
     if low > high:
         raise UsageError(f"{where}: low ({low}) > high ({high})")
     if log and low <= 0:

@@ -43,6 +43,10 @@ def test_frame_level_features_are_mean_pooled(tmp_path):
         ("bad_label", "label 'bored' of sample 'sample_00000002' is not in the class list"),
         ("empty_class", "no labelled sample of class 'surprise'"),
         ("npz_without_opt_in", "pickled objects"),
+        ("duplicate_label", "sample 'sample_00000003' is listed more than once"),
+        ("empty_npy", "sample_00000006.npy: empty or truncated .npy file"),
+        ("empty_test_names", "test-names.csv: the test-name file is empty"),
+        ("labels_folder", "is a folder; --labels names a label file"),
     ],
 )
 def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
@@ -69,8 +73,17 @@ def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
         (root / "label-disdim.csv").unlink()
         corpus = {"sample_00000000": {"emo": "happy"}}
         np.savez(root / "label-6way.npz", train_corpus=np.array(corpus, dtype=object))
+    elif breakage == "duplicate_label":
+        table = pd.read_csv(root / "label-disdim.csv")
+        table = pd.concat([table, table.iloc[[3]].assign(discrete="sad")])
+        table.to_csv(root / "label-disdim.csv", index=False)
+    elif breakage == "empty_npy":
+        (_feat(root, "audio") / "sample_00000006.npy").write_bytes(b"")
+    elif breakage == "empty_test_names":
+        (root / "test-names.csv").write_bytes(b"")
+    opts = DataOptions(labels=str(root / "features")) if breakage == "labels_folder" else None
     with pytest.raises(MerTuneError, match=message) as err:
-        load(root)
+        load(root, opts) if opts else load(root)
     assert "\n" not in str(err.value)
 
 

@@ -57,6 +57,14 @@ def test_paper_values_are_the_first_point():
             "value -1.0 is not allowed.*negative",
         ),
         ("params:\n  optim.lr: [1, 2\n", "malformed YAML"),
+        (
+            "params:\n  optim.lr: {type: float, low: 0.001, high: 0.01, step: -0.001}\n",
+            "'step' must be a positive number, got -0.001",
+        ),
+        (
+            "params:\n  oversample.target: {type: int, low: 0, high: 100, step: x}\n",
+            "'step' must be a positive number, got 'x'",
+        ),
         ("params: {}\n", "non-empty 'params'"),
         (
             "params:\n  optim.lr: {type: float, low: 0.1, high: 0.2}\nfixed:\n  model.hiden: 3\n",
@@ -77,3 +85,8 @@ def test_unknown_space_name_lists_the_available_ones():
         UsageError, match="unknown search space 'nope'; available: full, noise, oversampling"
     ):
         load_space("nope")
+
+
+def test_a_folder_given_as_space_is_one_line(tmp_path):
+    with pytest.raises(UsageError, match="is a folder; --space names a shipped space"):
+        load_space(str(tmp_path))
