@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from .config import MER2024_CLASSES, MODALITIES
 from .errors import MerTuneError
@@ -396,25 +397,56 @@ def default_pack_dir(root: Path, opts: DataOptions) -> Path:
     return Path.home() / ".cache" / "mer-tune" / "packs" / f"{digest}-{opts.key()}"
 
 
+def _check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise MerTuneError(
+            f"{folder}: packing needs {needed / 2**30:.2f} GiB free, "
+            f"{free / 2**30:.2f} GiB are (free some space or pass another pack folder)"
+        )
+
+
+def _reserve(path: Path, needed: int) -> None:
+    """Allocate a memory-mapped file's blocks before writing through the map: on a full
+    disk a write through the map kills the process with SIGBUS; this fails cleanly."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        raise MerTuneError(
+            f"{path.parent}: cannot reserve {needed / 2**30:.2f} GiB for the pack "
+            f"({err.strerror}); free some space"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
-    """Write the packed form atomically: a temporary folder renamed into place."""
+    """Write the packed form atomically: a temporary folder renamed into place, its space
+    checked and reserved before anything is written through a memory map."""
     pack_dir.parent.mkdir(parents=True, exist_ok=True)
+    dtypes = {
+        m: np.float32 if _max_abs(a) > FP16_MAX else np.float16 for m, a in data.features.items()
+    }
+    needed = sum(
+        a.shape[0] * a.shape[1] * np.dtype(dtypes[m]).itemsize for m, a in data.features.items()
+    )
+    _check_space(pack_dir.parent, needed + (64 << 20))  # + the sample table and headroom
     tmp = Path(tempfile.mkdtemp(prefix=".packing-", dir=pack_dir.parent))
     try:
         hasher = hashlib.sha256()
-        dtypes = {}
         for m, arr in data.features.items():
-            dtype = np.float32 if _max_abs(arr) > FP16_MAX else np.float16
+            dtype = dtypes[m]
             # Written a chunk at a time into the final memory-mapped file: no second copy.
             out = np.lib.format.open_memmap(
                 tmp / f"{m}.npy", mode="w+", dtype=dtype, shape=arr.shape
             )
+            _reserve(tmp / f"{m}.npy", needed)
             for start in range(0, len(arr), 8192):
                 out[start : start + 8192] = arr[start : start + 8192]
                 hasher.update(memoryview(np.ascontiguousarray(out[start : start + 8192])))
             out.flush()
             del out
-            dtypes[m] = np.dtype(dtype).name
             np.save(tmp / f"{m}.mean.npy", data.mean[m])
             np.save(tmp / f"{m}.std.npy", data.std[m])
         table = pd.DataFrame({"name": data.names, "split": data.split, "label": data.labels})
@@ -425,7 +457,7 @@ def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
         meta = {
             "signature": signature,
             "classes": data.classes,
-            "dtypes": dtypes,
+            "dtypes": {m: np.dtype(d).name for m, d in dtypes.items()},
             "fingerprint": hasher.hexdigest()[:16],
             "source": data.source,
         }
@@ -474,13 +506,19 @@ def load(
         _feature_dir(root, opts.folders[m], m)
     pack_dir = pack_dir or default_pack_dir(root, opts)
     signature = _source_signature(root, opts)
-    meta_file = pack_dir / "meta.json"
-    if not force and meta_file.exists():
-        try:
-            if json.loads(meta_file.read_text())["signature"] == json.loads(json.dumps(signature)):
-                return load_pack(pack_dir)
-        except (ValueError, KeyError, OSError):
-            pass  # a damaged pack is rebuilt below
-    data = read_folders(root, opts)
-    pack(data, pack_dir, signature)
+    if not force and _current(pack_dir, signature):
+        return load_pack(pack_dir)
+    pack_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes packing one folder at once: the second waits, then finds it packed.
+    with FileLock(str(pack_dir.parent / f".{pack_dir.name}.lock")):
+        if force or not _current(pack_dir, signature):
+            pack(read_folders(root, opts), pack_dir, signature)
     return load_pack(pack_dir)
+
+
+def _current(pack_dir: Path, signature: dict) -> bool:
+    try:
+        meta = json.loads((pack_dir / "meta.json").read_text())
+        return meta["signature"] == json.loads(json.dumps(signature))
+    except (ValueError, KeyError, OSError):
+        return False  # missing or damaged: (re)built by the caller

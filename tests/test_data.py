@@ -160,3 +160,46 @@ def test_trials_read_one_shared_copy_of_the_packed_features(tiny_dir, ray_sessio
         assert not arr.flags.writeable and np.array_equal(arr, packed.features[m])
     # A memory map itself would be pickled in-band: a private, writable copy per trial.
     assert all(a.flags.writeable for a in ray.get(ray.put(packed)).features.values())
+
+
+def test_packing_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import collections
+    import errno
+
+    from mer_tune import data as data_module
+
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(data_module.shutil, "disk_usage", lambda p: usage(10, 10, 1000))
+    with pytest.raises(MerTuneError, match=r"packing needs 0\.06 GiB free, 0\.00 GiB are"):
+        load(root)
+    monkeypatch.undo()
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_module.os, "posix_fallocate", no_space)
+    with pytest.raises(MerTuneError, match="cannot reserve .*No space left on device"):
+        load(root)
+    leftovers = [p.name for p in (root / ".mer-tune-pack").iterdir()]
+    assert not [n for n in leftovers if n.startswith(".packing-")], leftovers
+
+
+def test_two_processes_packing_one_folder_pack_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    root = write_dataset(tmp_path / "d", n_lab=60, n_unl=200)
+    code = (
+        "import sys; from mer_tune import data; "
+        "calls = []; real = data.read_folders; "
+        "data.read_folders = lambda *a, **k: calls.append(1) or real(*a, **k); "
+        "d = data.load(sys.argv[1]); print(len(calls), d.fingerprint)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert sorted(o[0] for o in outs) == ["0", "1"]  # one packed, the other waited and mapped
+    assert outs[0][1] == outs[1][1]
