@@ -293,9 +293,16 @@ def pack_cmd(
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--frames", type=click.IntRange(1), default=8, show_default=True, help="Per clip.")
 @click.option("--device-map", help="For the text model, e.g. auto (needs accelerate).")
+@click.option("--trust-visual-code", is_flag=True, help="Let the visual model run its own code.")
+@click.option("--trust-audio-code", is_flag=True, help="Let the audio model run its own code.")
 @click.option(
-    "--trust-remote-code", is_flag=True, help="Run a model folder's own code (Baichuan2 needs it)."
+    "--trust-text-code",
+    is_flag=True,
+    help="Let the text model run its own code (Baichuan2 needs it).",
 )
+@click.option("--visual-revision", help="Pin the visual model to a hub revision (commit, tag).")
+@click.option("--audio-revision", help="Pin the audio model to a hub revision.")
+@click.option("--text-revision", help="Pin the text model to a hub revision.")
 def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> None:
     """Extract MER2024 visual, audio and text features from raw clips into OUT/features/
     (existing outputs are skipped; a clip that fails is reported, the rest go on)."""
@@ -311,7 +318,11 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
             f"'{modalities}' (choose from visual,audio,text)", param_hint="--modalities"
         )
     models = {m: kw.pop(m) for m in ("visual", "audio", "text")}
+    trusted = tuple(m for m in ("visual", "audio", "text") if kw.pop(f"trust_{m}_code"))
+    revisions = {m: r for m in ("visual", "audio", "text") if (r := kw.pop(f"{m}_revision"))}
     opts = ExtractOptions(
+        trust_remote_code=trusted,
+        revisions=revisions,
         videos=Path(videos),
         out=Path(out),
         transcripts=Path(transcripts) if transcripts else None,
@@ -346,6 +357,12 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
             f"{r.modality:6s} {r.folder}: {r.written} written, {r.skipped} already there, "
             f"{len(r.failed)} failed (dim {r.dim or '-'}{rate})"
         )
+        if r.dropped:
+            click.echo(
+                f"  removed {len(r.dropped)} clips that failed in another modality "
+                f"({', '.join(r.dropped[:5])}{', ...' if len(r.dropped) > 5 else ''}): "
+                "a clip is written in every modality or in none"
+            )
         for note, count in r.notes.items():
             click.echo(f"  note: {note} ({count} clips)")
         for name, why in list(r.failed.items())[:20]:

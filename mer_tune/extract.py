@@ -51,7 +51,10 @@ class ExtractOptions:
     max_tokens: int = 512
     audio_chunk_s: float = 30.0  # long audio goes through the model in chunks this long
     device_map: str | None = None  # for the text model, e.g. "auto" (needs accelerate)
-    trust_remote_code: bool = False  # run a model folder's own code (Baichuan2 needs it)
+    # Modalities whose model may run its own code (Baichuan2 needs it for text); every
+    # other load passes trust_remote_code=False, so transformers refuses instead of asking.
+    trust_remote_code: tuple[str, ...] = ()
+    revisions: dict[str, str] = field(default_factory=dict)  # modality -> hub revision pin
 
 
 @dataclass
@@ -65,6 +68,7 @@ class ModalityResult:
     dim: int | None = None
     load_seconds: float = 0.0
     seconds: float = 0.0  # extraction, after the model loaded
+    dropped: list[str] = field(default_factory=list)  # written, then removed: failed elsewhere
 
 
 def first_line(err: BaseException) -> str:
@@ -84,12 +88,16 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def _load(option: str, spec: str, loader, **kwargs):
-    """transformers' own loaders; a hub id or a local folder."""
+def _load(option: str, spec: str, loader, opts: ExtractOptions, **kwargs):
+    """transformers' own loaders; a hub id or a local folder, with the modality's own
+    trust_remote_code and revision on every load."""
+    kwargs["trust_remote_code"] = option in opts.trust_remote_code
+    if opts.revisions.get(option):
+        kwargs["revision"] = opts.revisions[option]
     try:
         return loader.from_pretrained(spec, **kwargs)
     except (OSError, ValueError, ImportError, KeyError, RuntimeError) as err:
-        hint = " (models with their own code need --trust-remote-code)"
+        hint = f" (models with their own code need --trust-{option}-code)"
         hint = hint if "trust_remote_code" in str(err) else ""
         raise MerTuneError(f"--{option} {spec}: cannot load ({first_line(err)}){hint}") from None
 
@@ -170,8 +178,9 @@ class VisualModel:
     def __init__(self, spec: str, device: torch.device, dtype: torch.dtype, opts: ExtractOptions):
         from transformers import AutoImageProcessor, AutoModel
 
-        self.processor = _load("visual", spec, AutoImageProcessor)
-        self.model = _to(_load("visual", spec, AutoModel, dtype=dtype), device, "visual", spec)
+        self.processor = _load("visual", spec, AutoImageProcessor, opts)
+        model = _load("visual", spec, AutoModel, opts, dtype=dtype)
+        self.model = _to(model, device, "visual", spec)
         self.device, self.dtype = device, dtype
 
     @torch.inference_mode()
@@ -249,11 +258,11 @@ class AudioModel:
     def __init__(self, spec: str, device: torch.device, dtype: torch.dtype, opts: ExtractOptions):
         from transformers import AutoFeatureExtractor, AutoModel
 
-        self.features = _load("audio", spec, AutoFeatureExtractor)
+        self.features = _load("audio", spec, AutoFeatureExtractor, opts)
         rate = getattr(self.features, "sampling_rate", 16_000)
         if rate != 16_000:
             raise MerTuneError(f"--audio {spec}: expects {rate} Hz input; audio is read at 16 kHz")
-        self.model = _to(_load("audio", spec, AutoModel, dtype=dtype), device, "audio", spec)
+        self.model = _to(_load("audio", spec, AutoModel, opts, dtype=dtype), device, "audio", spec)
         self.device, self.dtype = device, dtype
         self.chunk = max(MIN_AUDIO, int(opts.audio_chunk_s * 16_000))
 
@@ -298,18 +307,17 @@ class TextModel:
     def __init__(self, spec: str, device: torch.device, dtype: torch.dtype, opts: ExtractOptions):
         from transformers import AutoModel, AutoTokenizer
 
-        trust = {"trust_remote_code": opts.trust_remote_code}
-        self.tokenizer = _load("text", spec, AutoTokenizer, **trust)
+        self.tokenizer = _load("text", spec, AutoTokenizer, opts)
         if self.tokenizer.pad_token is None:  # decoder-only models often have none
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         if self.tokenizer.pad_token is None:
             raise MerTuneError(f"--text {spec}: the tokenizer has no pad, eos or unk token")
         # Right padding: position ids of the real tokens do not depend on the batch.
         self.tokenizer.padding_side = "right"
-        kwargs = {"dtype": dtype, **trust}
+        kwargs = {"dtype": dtype}
         if opts.device_map:
             kwargs["device_map"] = opts.device_map
-        self.model = _load("text", spec, AutoModel, **kwargs).eval()
+        self.model = _load("text", spec, AutoModel, opts, **kwargs).eval()
         if not opts.device_map:
             self.model = _to(self.model, device, "text", spec)
         self.device = next(self.model.parameters()).device
@@ -421,7 +429,7 @@ def extract(
 
     for modality in opts.modalities:  # a bad model fails now, not after hours of another
         spec = opts.models[modality]
-        _load(modality, spec, AutoConfig, trust_remote_code=opts.trust_remote_code)
+        _load(modality, spec, AutoConfig, opts)
     results = []
     for modality in opts.modalities:
         folder = opts.out / "features" / model_folder_name(opts.models[modality], opts.level)
@@ -448,4 +456,16 @@ def extract(
         del model  # free the card before the next modality's model loads
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    _drop_incomplete(results)
     return results
+
+
+def _drop_incomplete(results: list[ModalityResult]) -> None:
+    """A clip that failed in any modality is written in none: the folder stays a dataset
+    that `data check` and `run` accept (a rerun retries the clip in every modality)."""
+    failed = set().union(*(r.failed for r in results))
+    for r in results:
+        gone = sorted(n for n in failed if n not in r.failed and (r.folder / f"{n}.npy").exists())
+        for name in gone:
+            (r.folder / f"{name}.npy").unlink()
+        r.dropped = gone

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 from .data import HOLDOUT, LABELLED, MERData
 from .errors import MerTuneError, UsageError
 from .outputs import write_text
+from .pipeline import min_per_class
 
 MAX_FRACTION = 0.5
 
@@ -32,19 +32,6 @@ class Holdout:
 
     def __len__(self) -> int:
         return len(self.idx)
-
-
-def min_per_class(folds: int, select_on: str) -> int:
-    """Fewest labelled samples of a class that still give every fold (and, with
-    select_on=inner, every fold's epoch-selection slice and what it fits on) one."""
-    m = max(2, folds)
-    if select_on == "inner":
-        # The training part of a fold keeps m - ceil(m / k) of the class (k = 5 for the
-        # 80/20 hold-out): one for the selection slice, one to fit on.
-        k = max(folds, 5) if folds == 1 else folds
-        while m - math.ceil(m / k) < 2:
-            m += 1
-    return m
 
 
 def choose(

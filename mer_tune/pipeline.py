@@ -8,6 +8,7 @@ stage's output depends on. This module imports neither Ray nor MLflow.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from . import train
 from .config import HEADS, Config
 from .data import HOLDOUT, LABELLED, TEST, UNLABELLED, MERData
+from .errors import MerTuneError
 
 # Bump a stage's version when its code changes what it computes: cached outputs of the
 # old code then stop matching.
@@ -115,6 +117,31 @@ def fold_splits(
             skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + r)
             out += [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
     return out
+
+
+def min_per_class(folds: int, select_on: str) -> int:
+    """Fewest labelled samples of a class that still give every fold (and, with
+    select_on=inner, every fold's epoch-selection slice and what it fits on) one."""
+    m = max(2, folds)
+    if select_on == "inner":
+        # The training part of a fold keeps m - ceil(m / k) of the class (k = 5 for the
+        # 80/20 split): one for the selection slice, one to fit on.
+        k = 5 if folds == 1 else folds
+        while m - math.ceil(m / k) < 2:
+            m += 1
+    return m
+
+
+def check_counts(data: MERData, cfg: Config) -> None:
+    """One line naming the class when a class is too small for the folds asked for."""
+    need = min_per_class(cfg.eval.folds, cfg.eval.select_on)
+    for cls, count in data.class_counts().items():
+        if count < need:
+            how = " with epoch selection on an inner slice" if cfg.eval.select_on == "inner" else ""
+            raise MerTuneError(
+                f"class '{cls}' has {count} labelled samples; {cfg.eval.folds} fold(s){how} "
+                f"need at least {need} (fewer folds, or eval.select_on=scored, or more labels)"
+            )
 
 
 def stratified_slice(
@@ -436,6 +463,7 @@ def run(
     """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean.
     With `predict_idx`, every fold model also predicts those samples (e.g. the test
     names), and their vote probabilities are averaged over the folds."""
+    check_counts(data, cfg)
     report = report or (lambda *a, **k: None)
     cache = cache or MemoryCache()
     feats = train.Features(data, pick_device(device))

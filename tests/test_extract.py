@@ -75,7 +75,9 @@ def test_extract_writes_the_layout_that_data_check_and_run_accept(
     cfg.write_text(yaml.safe_dump(FAST))
     run_out = tmp_path / "run"
     run_args = ["run", "--data", str(out), "--config", str(cfg), "--out", str(run_out), *hint]
-    code, stdout, _ = run_cli(run_args, capsys)
+    code, _, err = run_cli(run_args, capsys)  # 2 per class: too few for inner selection
+    assert code == 1 and "class 'neutral' has 2 labelled samples" in err
+    code, stdout, _ = run_cli([*run_args, "--set", "eval.select_on=scored"], capsys)
     assert code == 0, stdout
     assert (run_out / "metrics.json").exists()
 
@@ -147,7 +149,9 @@ def test_a_failing_clip_is_reported_the_rest_go_on_and_a_rerun_skips_done_work(
     assert "failed broken: cannot open" in stdout
     assert "no face crops: whole frames used (2 clips)" in stdout  # ok_1 and silent
     visual = out / "features" / "tiny-clip-UTT"
-    assert sorted(p.stem for p in visual.glob("*.npy")) == ["ok_0", "ok_1", "silent"]
+    # silent has no audio: it is written in no modality, so the folder stays a dataset.
+    assert sorted(p.stem for p in visual.glob("*.npy")) == ["ok_0", "ok_1"]
+    assert "removed 1 clips that failed in another modality (silent)" in stdout
     whole = tmp_path / "whole"
     extract(
         ExtractOptions(
@@ -159,6 +163,7 @@ def test_a_failing_clip_is_reported_the_rest_go_on_and_a_rerun_skips_done_work(
     )
     # ok_0 was read from its face crops, ok_1 from whole frames as in a run without faces.
     crops, frames = (np.load(visual / f"{n}.npy") for n in ("ok_0", "ok_1"))
+    assert (whole / "features/tiny-clip-UTT/silent.npy").exists()  # visual alone: kept
     assert not np.allclose(crops, np.load(whole / "features/tiny-clip-UTT/ok_0.npy"))
     assert np.allclose(frames, np.load(whole / "features/tiny-clip-UTT/ok_1.npy"))
     assert sorted(p.stem for p in (out / "features" / "tiny-hubert-UTT").glob("*.npy")) == [
@@ -175,7 +180,8 @@ def test_a_failing_clip_is_reported_the_rest_go_on_and_a_rerun_skips_done_work(
 
     code, stdout, _ = run_cli(args, capsys)
     assert code == 1
-    assert "0 written, 3 already there, 1 failed" in stdout  # visual: only broken retried
+    # visual: the incomplete clips are retried (silent written, then removed again)
+    assert "1 written, 2 already there, 1 failed" in stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == before
 
 
@@ -213,3 +219,40 @@ def test_bad_input_is_one_line_and_writes_nothing(extra, message, tiny_models, t
 def test_uniform_indices_spread_over_the_clip():
     assert uniform_indices(100, 4) == [12, 37, 62, 87]
     assert uniform_indices(3, 8) == [0, 1, 2]
+
+
+def test_each_modality_has_its_own_trust_flag_and_revision_on_every_load(
+    tiny_models, clips, tmp_path, capsys, monkeypatch
+):
+    from mer_tune import extract as extract_module
+
+    calls = []
+    real = extract_module._load
+
+    def spy(option, spec, loader, opts, **kwargs):
+        model = real(option, spec, loader, opts, **kwargs)
+        calls.append((option, loader.__name__, opts.trust_remote_code, dict(opts.revisions)))
+        return model
+
+    monkeypatch.setattr(extract_module, "_load", spy)
+    seen = []
+    real_fp = extract_module.transformers.AutoConfig.from_pretrained
+
+    def record(spec, **kwargs):
+        seen.append(kwargs)
+        return real_fp(spec, **kwargs)
+
+    monkeypatch.setattr(extract_module.transformers.AutoConfig, "from_pretrained", record)
+    root, _ = clips
+    args = ["extract", "--videos", str(root / "videos"), "--out", str(tmp_path / "o")]
+    args += [*model_args(tiny_models), "--transcripts", str(root / "transcription-merge.csv")]
+    code, _, err = run_cli([*args, "--trust-text-code"], capsys)
+    assert code == 0, err
+    loaders = {(o, name) for o, name, _, _ in calls}
+    assert {("visual", "AutoModel"), ("audio", "AutoModel"), ("text", "AutoModel")} <= loaders
+    assert {("visual", "AutoImageProcessor"), ("audio", "AutoFeatureExtractor")} <= loaders
+    assert {("text", "AutoTokenizer")} <= loaders
+    assert all(trusted == ("text",) for _, _, trusted, _ in calls)
+    # every load says trust_remote_code explicitly (no hidden y/N question), per modality
+    assert [k["trust_remote_code"] for k in seen[:3]] == [False, False, True]  # up-front checks
+    assert all("trust_remote_code" in k for k in seen)
