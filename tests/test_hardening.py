@@ -215,3 +215,17 @@ def test_a_search_folder_is_private_and_two_default_names_never_collide(tmp_path
     assert stat.S_IMODE(first.stat().st_mode) == 0o700
     with pytest.raises(MerTuneError, match="exists"):
         _reserve(tmp_path, "thresholds-20261127-120000", given=True)
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    from mer_tune.cache import StageStore
+    from mer_tune.outputs import UMASK, write_text
+
+    write_text(tmp_path / "results.csv", "a,b\n")
+    store = StageStore(tmp_path / "cache")
+    store.get_or_compute("pretrain", {"k": 1}, lambda: {"w": 1})
+    expected = 0o666 & ~UMASK
+    assert stat.S_IMODE((tmp_path / "results.csv").stat().st_mode) == expected
+    for entry in (tmp_path / "cache").glob("pretrain-*"):
+        if entry.suffix in (".pt", ".sha256"):
+            assert stat.S_IMODE(entry.stat().st_mode) == expected, entry
