@@ -21,7 +21,13 @@ import yaml
 from .config import Config, build_config, get_path, valid_paths, with_overrides
 from .errors import MerTuneError, UsageError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+def _shipped_spaces() -> Path:
+    """search_spaces/ beside the package in a checkout; inside it in an installed wheel."""
+    tree = Path(__file__).resolve().parent.parent / "search_spaces"
+    return tree if tree.is_dir() else Path(__file__).resolve().parent / "search_spaces"
+
+
+SPACES_DIR = _shipped_spaces()
 _KEYS = {
     "float": {"type", "low", "high", "log", "step"},
     "int": {"type", "low", "high", "log", "step"},

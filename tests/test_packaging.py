@@ -1,0 +1,40 @@
+"""A wheel built from the checkout works outside it: the shipped spaces travel with it."""
+
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_finds_its_spaces_outside_the_checkout(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(wheels)],
+        check=True, capture_output=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # The fresh environment borrows the dependencies (not mer-tune) from this one.
+    (next(venv.glob("lib/python*/site-packages")) / "deps.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n"
+    )
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q"]
+    subprocess.run([*pip, str(next(wheels.glob("*.whl")))], check=True, timeout=300)
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import mer_tune; print(mer_tune.__file__)"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert str(venv) in where.stdout  # the wheel's copy, not the checkout
+    out = subprocess.run(
+        [str(venv / "bin" / "mer-tune"), "spaces"], capture_output=True, text=True,
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("thresholds", "noise", "voting", "oversampling", "full"):
+        assert f"{name}:" in out.stdout
