@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: env run test lint clean chromium
+.PHONY: env run test check lint clean chromium
 
 $(BIN)/mer-tune: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ chromium:
 # The suite runs in a network namespace whose only interface is loopback (see .ci/isolated).
 test: env lint chromium
 	.ci/isolated $(BIN)/pytest -q
+
+# The fast tier for the edit-test loop (under a minute): lint + every test that starts no
+# Ray, no server and no browser.
+check: env lint
+	$(BIN)/pytest -q -m "not slow and not browser and not services"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -21,6 +21,7 @@ import yaml
 from .config import Config, build_config, get_path, valid_paths, with_overrides
 from .errors import MerTuneError, UsageError
 
+
 def _shipped_spaces() -> Path:
     """search_spaces/ beside the package in a checkout; inside it in an installed wheel."""
     tree = Path(__file__).resolve().parent.parent / "search_spaces"

@@ -43,6 +43,16 @@ FAST = {
 }
 
 
+# Fixtures that start Ray or a server: tests using them are left out of `make check`.
+SERVICE_FIXTURES = {"ray_session", "search_env", "mlflow_server", "auth_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory):
     """The built-in dataset cache goes to a temp folder, not the user's home."""
