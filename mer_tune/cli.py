@@ -604,19 +604,45 @@ def search(
     _print_summary(res)
 
 
-def _print_summary(res) -> None:
+def top_trials_table(results, width: int, top: int = 10):
+    """The best trials in a table that fits `width` columns without wrapping a cell:
+    trial, score, status, seconds and the parameters that vary (the last part of their
+    path, cut to 10 characters); what does not fit is named below it. The full table is
+    results.csv and `mer-tune report`."""
     from rich.table import Table
 
-    table = Table(title=f"search {res.path.name}: top trials", pad_edge=False, padding=(0, 1))
-    from .confirming import HOLDOUT_COLUMNS
+    table = Table(
+        title="top trials", pad_edge=False, padding=(0, 1), box=None, title_justify="left"
+    )
+    fixed = [("trial", "trial"), ("weighted_f1", "F1"), ("status", "status"), ("seconds", "s")]
+    fixed = [(c, h) for c, h in fixed if c in results]
+    params = [c for c in results.columns if "." in c and results[c].nunique(dropna=True) > 1]
+    room = max(0, (width - 32) // 9)  # the fixed columns take ~32, a parameter ~9
+    shown, left_out = params[:room], params[room:]
+    for _, head in fixed:
+        table.add_column(head, no_wrap=True)
+    for col in shown:
+        table.add_column(col.rpartition(".")[2][:10], no_wrap=True, max_width=10)
+    rows = results.sort_values("weighted_f1", ascending=False, na_position="last").head(top)
+    for row in rows.to_dict("records"):
+        cells = [_cell(row.get(c), 4 if c == "weighted_f1" else None) for c, _ in fixed]
+        table.add_row(*cells, *[_cell(row.get(c)) for c in shown])
+    if left_out:
+        table.caption = f"+{len(left_out)} more parameters in results.csv"
+    return table
 
-    hidden = ("trial_id", "error", *HOLDOUT_COLUMNS)  # the confirm lines show those
-    cols = [c for c in res.results.columns if c not in hidden]
-    for col in cols:
-        table.add_column(col.rpartition(".")[2], overflow="fold")
-    top = res.results.sort_values("weighted_f1", ascending=False, na_position="last").head(10)
-    for _, row in top.iterrows():
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row[cols]])
+
+def _cell(value, digits: int | None = None) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:.{digits}f}" if digits else f"{value:.3g}"
+    return str(value)[:10] if value is not None else "-"
+
+
+def _print_summary(res) -> None:
+    console.print(f"search {res.path.name}")
+    table = top_trials_table(res.results, console.width)
     console.print(table)
     console.print(f"results: {res.path / 'results.csv'}", soft_wrap=True)
     if res.best_config is not None:
@@ -636,27 +662,29 @@ def _print_summary(res) -> None:
 
 
 def _print_confirm(table, holdout_size: int) -> None:
-    """One line per confirmed trial: inner, outer with its interval, gap, gain."""
+    """Two short lines per confirmed trial: inner and holdout score (95% interval) and the
+    optimism gap; then the gain over the baseline, the retrained spread, the truth."""
     click.echo(f"confirmed on the outer holdout ({holdout_size} samples no trial saw):")
     for row in table.to_dict("records"):
-        role = "baseline" if row["role"] == "baseline" else "candidate"
-        line = (
-            f"  trial {int(row['trial']):3d} {role:9s} inner {row['inner_f1']:.4f}  "
-            f"holdout {row['holdout_f1']:.4f} [{row['holdout_low']:.4f}, "
-            f"{row['holdout_high']:.4f}]  gap {row['optimism_gap']:+.4f}"
+        role = " (baseline)" if row["role"] == "baseline" else ""
+        role += " <- adopted" if row.get("adopted") else ""
+        click.echo(
+            f"  trial {int(row['trial'])}{role}: inner {row['inner_f1']:.3f}  holdout "
+            f"{row['holdout_f1']:.3f} ({row['holdout_low']:.3f}-{row['holdout_high']:.3f})  "
+            f"gap {row['optimism_gap']:+.3f}"
         )
-        if _present(row.get("retrained_f1")):
-            line += f"  retrained {row['retrained_f1']:.4f} ± {row['retrained_sd']:.4f}"
+        extra = []
         if _present(row.get("gain_vs_baseline")):
-            line += (
-                f"  vs baseline {row['gain_vs_baseline']:+.4f} "
-                f"[{row['gain_low']:+.4f}, {row['gain_high']:+.4f}]"
+            extra.append(
+                f"vs baseline {row['gain_vs_baseline']:+.3f} "
+                f"({row['gain_low']:+.3f} to {row['gain_high']:+.3f})"
             )
+        if _present(row.get("retrained_f1")):
+            extra.append(f"retrained {row['retrained_f1']:.3f} ± {row['retrained_sd']:.3f}")
         if _present(row.get("truth_f1")):
-            line += f"  truth {row['truth_f1']:.4f}"
-        if row.get("adopted"):
-            line += "  <- adopted"
-        click.echo(line)
+            extra.append(f"truth {row['truth_f1']:.3f}")
+        if extra:
+            click.echo("      " + "  ".join(extra))
 
 
 def _present(value) -> bool:

@@ -161,3 +161,31 @@ def test_predict_without_test_names_is_a_clear_error(tmp_path, capsys, monkeypat
         ["predict", "--data", str(root), "--out", str(tmp_path / "s.csv")], capsys
     )
     assert code == 1 and "no test names" in stderr and not (tmp_path / "s.csv").exists()
+
+
+def test_the_search_summary_fits_80_columns():
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from mer_tune.cli import top_trials_table
+
+    rng = np.random.default_rng(0)
+    params = [f"self_training.thresholds.{c}" for c in ("neutral", "angry", "happy", "sad",
+                                                        "worried", "surprise")]  # fmt: skip
+    results = pd.DataFrame({"trial": range(12), "trial_id": [f"{i:08x}" for i in range(12)]})
+    for p in params:
+        results[p] = rng.uniform(0.5, 1.0, 12)
+    results["optim.batch_size"] = 256  # the same in every trial: not shown
+    results["status"] = ["FINISHED"] * 11 + ["FAILED"]
+    results["seconds"] = rng.uniform(10, 200, 12)
+    results["weighted_f1"] = rng.uniform(0.6, 0.9, 12)
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(top_trials_table(results, 80))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if line.strip()[:2].strip().isdigit()]
+    assert len(rows) == 10  # one line per trial: no cell wrapped
+    assert "batch_size" not in out.getvalue() and "FINISHED" in out.getvalue()
+    assert "more parameters in results.csv" in out.getvalue()
