@@ -22,10 +22,11 @@ import time
 import numpy as np
 import record
 
-from mer_tune import pipeline, synth
-from mer_tune.config import build_config, parse_set_options, with_overrides
-from mer_tune.data import DataOptions
-from mer_tune.datasets import resolve
+from mer_tune.data import synthetic as synth
+from mer_tune.data.layout import DataOptions
+from mer_tune.data.resolve import resolve
+from mer_tune.method import pipeline
+from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
 VARIANTS = {
     "full method": {},

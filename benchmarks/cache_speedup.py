@@ -45,10 +45,10 @@ def optuna_loop(trials: int, data: str, seed: int, **_) -> pd.DataFrame:
     as `mer-tune search`."""
     import optuna
 
-    from mer_tune import pipeline
-    from mer_tune.config import build_config, with_overrides
-    from mer_tune.datasets import resolve
-    from mer_tune.spaces import load_space
+    from mer_tune.data.resolve import resolve
+    from mer_tune.hpo.spaces import load_space
+    from mer_tune.method import pipeline
+    from mer_tune.method.config import build_config, with_overrides
 
     base = with_overrides(build_config(), {"eval.folds": 1, "seed": seed})
     space = load_space("thresholds", base)
@@ -78,8 +78,8 @@ def main() -> None:
 
     import ray
 
-    from mer_tune.staged import staged_search
-    from mer_tune.tuning import search
+    from mer_tune.hpo.staged import staged_search
+    from mer_tune.hpo.tuner import search
 
     work = Path(tempfile.mkdtemp(prefix="mer-tune-cache-bench-"))
     cpus = os.cpu_count() or 1

@@ -65,8 +65,8 @@ def _tree_pss(root: psutil.Process) -> tuple[int, dict[str, dict[str, int]]]:
 def _child(root: str, n: int, sets: list[str]) -> None:
     import ray
 
-    from mer_tune.config import parse_set_options
-    from mer_tune.tuning import search
+    from mer_tune.hpo.tuner import search
+    from mer_tune.method.config import parse_set_options
 
     me = psutil.Process()
     peak, split, stop = [0], [{}], threading.Event()
@@ -112,7 +112,7 @@ def main() -> None:
     if args.child:
         _child(args.dir, args.child, args.sets)
         return
-    from mer_tune.data import load
+    from mer_tune.data.pack import load
 
     load(args.dir)  # pack once, outside the measurements
     first = None

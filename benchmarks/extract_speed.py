@@ -20,8 +20,8 @@ from pathlib import Path
 import record
 import torch
 
-from mer_tune.extract import ExtractOptions, extract
-from mer_tune.synth_media import write_clip, write_models, write_transcripts
+from mer_tune.data.extract import ExtractOptions, extract
+from mer_tune.data.synthetic_media import write_clip, write_models, write_transcripts
 
 
 def machine() -> str:

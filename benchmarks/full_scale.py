@@ -30,9 +30,10 @@ def peak_rss() -> int:
 
 
 def _child(step: str, root: str, device: str, sets: list[str]) -> None:
-    from mer_tune import pipeline
-    from mer_tune.config import build_config, parse_set_options, with_overrides
-    from mer_tune.data import DataOptions, default_pack_dir, load_pack, read_folders
+    from mer_tune.data.layout import DataOptions, read_folders
+    from mer_tune.data.pack import default_pack_dir, load_pack
+    from mer_tune.method import pipeline
+    from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
     t0 = time.perf_counter()
     out: dict = {}
@@ -72,8 +73,8 @@ def main() -> None:
         _child(args.child, args.dir, args.device, args.sets)
         return
 
-    from mer_tune import synth
-    from mer_tune.data import load
+    from mer_tune.data import synthetic as synth
+    from mer_tune.data.pack import load
 
     root = Path(args.dir)
     if not (root / "label-disdim.csv").exists():

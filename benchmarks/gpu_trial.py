@@ -32,9 +32,10 @@ from full_scale import peak_rss
 def _child(pack_dir: str, sets: list[str], device: str) -> None:
     import torch
 
-    from mer_tune import gpu, pipeline
-    from mer_tune.config import build_config, parse_set_options, with_overrides
-    from mer_tune.data import load_pack
+    from mer_tune.data.pack import load_pack
+    from mer_tune.hpo import gpu
+    from mer_tune.method import pipeline
+    from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
     t0 = time.perf_counter()
     data = load_pack(Path(pack_dir))
@@ -110,8 +111,8 @@ def _trials(pack: str, n: int, sets: list[str], device: str, env: dict, timeout:
 
 
 def _pack(pack_dir: Path, scale: str) -> None:
-    from mer_tune import synth
-    from mer_tune.data import pack
+    from mer_tune.data import synthetic as synth
+    from mer_tune.data.pack import pack
 
     t0 = time.perf_counter()
     data = synth.in_memory(scale, 0)

@@ -16,9 +16,10 @@ import numpy as np
 import record
 import torch
 
-from mer_tune import train
-from mer_tune.config import build_config
-from mer_tune.data import DataOptions, default_pack_dir, load_pack
+from mer_tune.data.layout import DataOptions
+from mer_tune.data.pack import default_pack_dir, load_pack
+from mer_tune.method import train
+from mer_tune.method.config import build_config
 
 
 def memory() -> str:

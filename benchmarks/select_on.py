@@ -28,10 +28,10 @@ def main() -> None:
 
     import torch
 
-    from mer_tune import pipeline
-    from mer_tune.config import build_config, parse_set_options, with_overrides
-    from mer_tune.data import TEST
-    from mer_tune.datasets import resolve
+    from mer_tune.data.layout import TEST
+    from mer_tune.data.resolve import resolve
+    from mer_tune.method import pipeline
+    from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
     torch.set_num_threads(2)
     data = resolve(args.data)

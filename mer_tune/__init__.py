@@ -1,4 +1,10 @@
-"""mer-tune: hyperparameter search for semi-supervised multimodal emotion recognition."""
+"""mer-tune: hyperparameter search for semi-supervised multimodal emotion recognition.
+
+data/    the MERTools layout, packing, synthetic data, feature extraction from clips
+method/  config, model, training loops, the pipeline of one trial (no Ray, no MLflow)
+hpo/     spaces, Ray Tune + Optuna, MLflow records, stage cache, holdout and confirm
+cli.py   the `mer-tune` commands; runner.py: `mer-tune run` and `predict`
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ __version__ = "0.1.0"
 
 
 def search(*args: Any, **kwargs: Any):
-    """Run a search; see `mer_tune.search.search` (imported lazily: Ray is heavy)."""
-    from .tuning import search as _search
+    """Run a search; see `mer_tune.hpo.search` (imported lazily: Ray is heavy)."""
+    from mer_tune.hpo.tuner import search as _search
 
     return _search(*args, **kwargs)
 

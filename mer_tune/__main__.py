@@ -1,3 +1,3 @@
-from .cli import main
+from mer_tune.cli import main
 
 main()

@@ -10,9 +10,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .config import Config, build_config, load_config, parse_set_options, with_overrides
-from .data import DEFAULT_FOLDERS, DEFAULT_MODELS, DataOptions
-from .errors import MerTuneError, SearchInterrupted
+from mer_tune.data.layout import DEFAULT_FOLDERS, DEFAULT_MODELS, DataOptions
+from mer_tune.errors import MerTuneError, SearchInterrupted
+from mer_tune.method.config import (
+    Config,
+    build_config,
+    load_config,
+    parse_set_options,
+    with_overrides,
+)
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
@@ -152,7 +158,7 @@ def run(
     """Train and evaluate one configuration with stratified k-fold; print the weighted F1.
 
     Writes OUT/metrics.json, OUT/val_predictions.csv and OUT/config.yaml."""
-    from .runner import run_config
+    from mer_tune.runner import run_config
 
     cfg = _config(config_file, sets, folds)
     opts = _data_options(cfg, data_args)
@@ -193,7 +199,7 @@ def run(
 def predict(config_file, data_spec, out, folds, sets, tracking_uri, device, data_args) -> None:
     """Train a configuration on all labelled data (k fold models, averaged) and write a
     MER2024 submission (columns name, discrete) for the test names."""
-    from .runner import predict_submission
+    from mer_tune.runner import predict_submission
 
     cfg = _config(config_file, sets, folds)
     with Progress() as progress:
@@ -222,7 +228,7 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(out, scale, seed) -> None:
     """Write a synthetic MER-shaped dataset in the MERTools layout."""
-    from . import synth as synth_module
+    from mer_tune.data import synthetic as synth_module
 
     path = synth_module.write(out, scale, seed)
     click.echo(f"wrote {scale} synthetic dataset to {path}")
@@ -236,7 +242,7 @@ def check(
     data_args,
 ) -> None:
     """Counts per class and split, dims per modality, and every problem found."""
-    from .checks import check_report
+    from mer_tune.data.checks import check_report
 
     opts = _data_options(build_config(), data_args)
     text, ok = check_report(folder, opts)
@@ -255,7 +261,7 @@ def pack_cmd(
     data_args,
 ) -> None:
     """Pack a feature folder into memory-mappable arrays (done on first use anyway)."""
-    from .data import load
+    from mer_tune.data.pack import load
 
     opts = _data_options(build_config(), data_args)
     t0 = time.perf_counter()
@@ -308,8 +314,8 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     (existing outputs are skipped; a clip that fails is reported, the rest go on)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from .extract import ExtractOptions
-    from .extract import extract as run_extract
+    from mer_tune.data.extract import ExtractOptions
+    from mer_tune.data.extract import extract as run_extract
 
     chosen = tuple(m.strip() for m in modalities.split(",") if m.strip())
     unknown = [m for m in chosen if m not in DEFAULT_MODELS]
@@ -559,9 +565,9 @@ def search(
     paper's values) are scored on the holdout, and a verdict says whether the winner
     beats the baseline. Writes STORAGE/NAME/results.csv, confirm.csv, verdict.json and
     best_config.yaml (loadable by `mer-tune run --config`)."""
-    from .staged import staged_search
-    from .tuning import resume
-    from .tuning import search as flat_search
+    from mer_tune.hpo.staged import staged_search
+    from mer_tune.hpo.tuner import resume
+    from mer_tune.hpo.tuner import search as flat_search
 
     if resume_name:
         _print_summary(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
@@ -712,7 +718,7 @@ def _present(value) -> bool:
 def report(name, storage, fmt, top, section) -> None:
     """The top trials, best config, parameter importances, failures, plots and the confirm
     step (holdout scores and verdict) of search NAME."""
-    from .report import build_report, format_report
+    from mer_tune.hpo.report import build_report, format_report
 
     click.echo(format_report(build_report(name, storage, top), fmt, section))
 
@@ -736,21 +742,40 @@ def report(name, storage, fmt, top, section) -> None:
 def confirm_cmd(name, storage, top, seeds, address) -> None:
     """Score the best trials of the finished search NAME and its baseline on the outer
     holdout, and print the verdict (rewrites confirm.csv, verdict.json, best_config.yaml)."""
-    from .confirming import confirm_search
-    from .outputs import plain_name
-    from .tuning import _storage_root
+    from mer_tune.hpo.confirm_step import confirm_search
+    from mer_tune.hpo.folder import SearchFolder
 
-    res = confirm_search(_storage_root(storage) / plain_name(name, "confirm"), top, seeds, address)
+    res = confirm_search(SearchFolder.of(storage, name, "confirm").path, top, seeds, address)
     _print_confirm(res.confirm, res.holdout_size)
     for note in res.notes:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     click.echo(f"verdict: {res.verdict.text}")
 
 
+@cli.command(name="config")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "yaml"]),
+    default="table",
+    show_default=True,
+    help="yaml: a commented config file to start from (mer-tune config --format yaml > my.yaml).",
+)
+def config_cmd(fmt) -> None:
+    """Every config key (as --set and search spaces name it), its default and what it does."""
+    from mer_tune.method.config import commented_yaml, describe
+
+    if fmt == "yaml":
+        click.echo(commented_yaml(), nl=False)
+        return
+    for key, value, text in describe():
+        click.echo(f"{key:34s} {str(value):22s} {text}")
+
+
 @cli.command()
 def spaces() -> None:
     """List the shipped search spaces with their parameters and ranges."""
-    from .spaces import available, load_space
+    from mer_tune.hpo.spaces import available, load_space
 
     for name in available():
         sp = load_space(name)
@@ -769,17 +794,10 @@ def cache() -> None:
 def _cache_dir(storage: str, name: str, command: str) -> str:
     """Where search NAME keeps its stage cache (STORAGE/NAME/cache, or its --cache-dir),
     refused unless mer-tune made it (it carries mer-tune's marker)."""
-    import yaml
+    from mer_tune.hpo.cache import is_cache
+    from mer_tune.hpo.folder import SearchFolder
 
-    from .cache import is_cache
-    from .outputs import plain_name
-    from .tuning import _storage_root
-
-    folder = _storage_root(storage) / plain_name(name, command)
-    state_file = folder / "search.yaml"
-    if not state_file.exists():
-        raise MerTuneError(f"{folder}: no search of that name (see --storage)")
-    where = yaml.safe_load(state_file.read_text()).get("cache_dir") or str(folder / "cache")
+    where = SearchFolder.of(storage, name, command).cache_dir()
     if not is_cache(where):
         raise MerTuneError(f"{where}: not a mer-tune stage cache (no marker); nothing touched")
     return where
@@ -791,7 +809,7 @@ def _cache_dir(storage: str, name: str, command: str) -> str:
 def info(name, storage) -> None:
     """Entries and size per stage in search NAME's cache, and refused (forged, unsigned or
     damaged) entries that were recomputed."""
-    from .cache import StageStore
+    from mer_tune.hpo.cache import StageStore
 
     found = StageStore(_cache_dir(storage, name, "cache info")).info()
     for stage, e in sorted(found["stages"].items()):
@@ -807,7 +825,7 @@ def info(name, storage) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def clear(name, storage, yes) -> None:
     """Delete every entry of search NAME's cache (only files mer-tune wrote there)."""
-    from .cache import StageStore
+    from mer_tune.hpo.cache import StageStore
 
     where = _cache_dir(storage, name, "cache clear")
     if not yes:
@@ -829,6 +847,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    from mer_tune.method.train import fix_mmap_threshold
+
+    fix_mmap_threshold()
     _quiet_libraries()
     try:
         cli.main(args=args, prog_name="mer-tune", standalone_mode=False)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MerTuneError, UsageError
+from mer_tune.errors import MerTuneError, UsageError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -39,17 +39,23 @@ def fsync_replace(tmp: Path, path: Path, mode: int = 0o666) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, then rename the temporary file over `path`."""
+def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o666) -> None:
+    """Call `write(tmp_path)`, then flush and rename the temporary file over `path`: the
+    one way mer-tune writes a file. A failure leaves no temporary file (named
+    `.NAME.*.tmp`); a killed process's leftovers are swept by whoever owns the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        fsync_replace(Path(tmp), path)
+        fsync_replace(Path(tmp), path, mode)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, blob: bytes) -> None:
+    atomic_write(path, lambda p: p.write_bytes(blob))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -92,11 +98,5 @@ def make_private_dir(path: Path) -> None:
 
 
 def write_secret(path: Path, text: str) -> None:
-    """A file only its owner may read (mode 0600), created atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600 already
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        fsync_replace(Path(tmp), path, mode=0o600)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """A file only its owner may read (mode 0600; mkstemp makes it so from the start)."""
+    atomic_write(path, lambda p: p.write_text(text), mode=0o600)

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import pipeline
-from .config import Config
-from .data import TEST, DataOptions
-from .datasets import resolve
-from .errors import MerTuneError
-from .outputs import ensure_writable, write_json, write_text
+from mer_tune.data.layout import TEST, DataOptions
+from mer_tune.data.resolve import resolve
+from mer_tune.errors import MerTuneError
+from mer_tune.method import pipeline
+from mer_tune.method.config import Config
+from mer_tune.outputs import ensure_writable, write_json, write_text
 
 
 def run_config(
@@ -51,7 +51,7 @@ def predict_submission(
 ) -> pd.DataFrame:
     """Train `cfg` on all labelled data (k fold models, probabilities averaged) and write a
     MER2024 submission (columns name, discrete) for the test names; log it to MLflow."""
-    from .tracking import SearchRecorder, check_reachable, resolve_uri
+    from mer_tune.hpo.tracking import SearchRecorder, check_reachable, resolve_uri
 
     opts = opts or DataOptions(classes=tuple(cfg.data.classes))
     data = resolve(data_spec, opts)
@@ -71,16 +71,10 @@ def predict_submission(
         }
     )
     write_text(out, submission.to_csv(index=False))
-    recorder = SearchRecorder(uri, experiment)
-    run = recorder.client.create_run(
-        recorder.experiment_id,
-        run_name="predict",
-        tags={"mer_tune.kind": "predict", "mer_tune.data_fingerprint": data.fingerprint},
+    SearchRecorder(uri, experiment).log_prediction(
+        cfg.to_yaml(),
+        out,
+        {"folds": cfg.eval.folds, "test_samples": len(test_idx)},
+        {"mer_tune.kind": "predict", "mer_tune.data_fingerprint": data.fingerprint},
     )
-    run_id = run.info.run_id
-    recorder.client.log_param(run_id, "folds", cfg.eval.folds)
-    recorder.client.log_param(run_id, "test_samples", len(test_idx))
-    recorder.client.log_text(run_id, cfg.to_yaml(), "config.yaml")
-    recorder.client.log_artifact(run_id, str(out))
-    recorder.client.set_terminated(run_id)
     return submission

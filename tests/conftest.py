@@ -17,9 +17,9 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
 
-from mer_tune import synth  # noqa: E402
-from mer_tune.config import build_config  # noqa: E402
-from mer_tune.data import DEFAULT_FOLDERS  # noqa: E402
+from mer_tune.data import synthetic as synth  # noqa: E402
+from mer_tune.data.layout import DEFAULT_FOLDERS  # noqa: E402
+from mer_tune.method.config import build_config  # noqa: E402
 
 # Small and quick: a few epochs of a narrow model on the tiny synthetic data.
 FAST = {
@@ -130,7 +130,7 @@ def search_env(tmp_path, monkeypatch, ray_session):
 def tiny_search(env: Path, tiny_dir: Path, **kw):
     """A real search of the tiny data with the fast config and space of `search_env`,
     logged to a sqlite store in `env`; keyword arguments override the defaults."""
-    from mer_tune.tuning import search
+    from mer_tune.hpo.tuner import search
 
     args = dict(
         space=str(env / "space.yaml"),

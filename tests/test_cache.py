@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mer_tune import cache as cache_module
-from mer_tune import pipeline
-from mer_tune.cache import ArrowFiles, CacheWaitTimeout, StageStore, key_digest
-from mer_tune.config import with_overrides
-from mer_tune.data import load
+from mer_tune.data.pack import load
+from mer_tune.hpo import cache as cache_module
+from mer_tune.hpo.cache import ArrowFiles, CacheWaitTimeout, StageStore, key_digest
+from mer_tune.method import pipeline
+from mer_tune.method.config import with_overrides
 
 
 def test_same_config_scores_identically_with_and_without_the_cache(tmp_path, tiny_dir, fast_cfg):
@@ -36,31 +36,7 @@ def test_downstream_change_reuses_upstream_stages(tmp_path, tiny_dir, fast_cfg):
     store = StageStore(tmp_path / "c")
     voted = pipeline.run(data, with_overrides(fast_cfg, {"voting.weights.text": 0.0}), cache=store)
     assert {"pretrain", "finetune", "pseudo"} <= set(store.hits)
-    assert voted.seconds["finetune"] < 0.5
-
-
-def test_key_changes_with_any_upstream_value_and_only_then(fast_cfg):
-    base = pipeline.stage_keys(fast_cfg, "fp", 0)
-    for path, value in [
-        ("model.hidden", 32),
-        ("noise.kind", "mask"),
-        ("optim.lr", 0.01),
-        ("seed", 5),
-    ]:
-        changed = pipeline.stage_keys(with_overrides(fast_cfg, {path: value}), "fp", 0)
-        for stage in ("pretrain", "finetune", "pseudo"):
-            assert key_digest(stage, changed[stage]) != key_digest(stage, base[stage]), (
-                path,
-                stage,
-            )
-    other_data = pipeline.stage_keys(fast_cfg, "other", 0)
-    assert key_digest("pretrain", other_data["pretrain"]) != key_digest(
-        "pretrain", base["pretrain"]
-    )
-    other_fold = pipeline.stage_keys(fast_cfg, "fp", 1)
-    assert other_fold["pretrain"] == base["pretrain"] and other_fold["finetune"] != base["finetune"]
-    over = pipeline.stage_keys(with_overrides(fast_cfg, {"oversample.target": 10}), "fp", 0)
-    assert over["pretrain"] == base["pretrain"] and over["finetune"] != base["finetune"]
+    assert set(voted.cache_hits) == {"pretrain", "finetune", "pseudo"}  # nothing retrained
 
 
 def _three_users_at_once(root) -> tuple[list, list]:
@@ -234,9 +210,11 @@ def test_a_dead_trials_lease_expires_and_only_the_owner_releases(tmp_path, monke
     lease = f"{digest}.lock"
     # A lease left by a SIGKILLed trial two minutes ago is taken over, not waited on.
     store.files.write(lease, f"deadbeef {time.time() - 2 * cache_module.LEASE_SECONDS}".encode())
-    t0 = time.monotonic()
+    waits = []
+    monkeypatch.setattr(cache_module.time, "sleep", lambda s: waits.append(s))
     assert store.get_or_compute("s", {"k": 1}, lambda: 7) == 7
-    assert time.monotonic() - t0 < 10
+    assert cache_module.POLL_SECONDS not in waits  # it never waited for the dead owner
+    monkeypatch.undo()
     assert store.files.read(lease) is None  # released: it was ours
 
     # Someone else's live lease: we wait for it, bounded by the trial timeout.
@@ -268,7 +246,9 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "fsync_replace", full_disk)
+    from mer_tune import outputs
+
+    monkeypatch.setattr(outputs, "fsync_replace", full_disk)
     with pytest.raises(OSError):
         store.get_or_compute("s", {"k": 1}, lambda: {"w": torch.ones(3)})
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp"))

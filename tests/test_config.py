@@ -1,6 +1,7 @@
 import pytest
 
-from mer_tune.config import (
+from mer_tune.errors import UsageError
+from mer_tune.method.config import (
     build_config,
     get_path,
     load_config,
@@ -8,7 +9,6 @@ from mer_tune.config import (
     valid_paths,
     with_overrides,
 )
-from mer_tune.errors import UsageError
 
 
 def test_defaults_are_the_papers_values():
@@ -87,3 +87,21 @@ def test_set_options_parse_yaml_scalars():
     ) == {"optim.lr": "1e-4", "pretrain.enabled": False, "model.head_dims": [8, 4]}
     with pytest.raises(UsageError, match="expected key=value"):
         parse_set_options(["optim.lr"])
+
+
+def test_every_key_is_described_and_the_commented_yaml_is_the_default_config(tmp_path, capsys):
+    import yaml
+    from test_cli import run_cli
+
+    from mer_tune.method.config import Config, describe, load_config, valid_paths
+
+    rows = describe()
+    assert {key for key, _, _ in rows} == set(valid_paths())
+    assert all(text for _, _, text in rows), [k for k, _, t in rows if not t]
+    code, out, _ = run_cli(["config", "--format", "yaml"], capsys)
+    assert code == 0 and "# NT-Xent temperature" in out
+    (tmp_path / "c.yaml").write_text(out)
+    assert load_config(tmp_path / "c.yaml") == Config()
+    code, table, _ = run_cli(["config"], capsys)
+    assert "eval.select_on" in table and "MERTools' protocol" in table
+    assert yaml.safe_load(out)["eval"]["select_on"] == "inner"

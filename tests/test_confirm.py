@@ -11,10 +11,10 @@ from conftest import tiny_search
 from mlflow.tracking import MlflowClient
 from test_cli import run_cli
 
-from mer_tune.config import load_config
-from mer_tune.confirming import confirm_search
-from mer_tune.data import load
+from mer_tune.data.pack import load
 from mer_tune.errors import MerTuneError
+from mer_tune.hpo.confirm_step import confirm_search
+from mer_tune.method.config import load_config
 
 KEYS = ["self_training.thresholds.neutral", "self_training.thresholds.angry"]
 

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from conftest import write_dataset
 
-from mer_tune.data import DEFAULT_FOLDERS, DataOptions, load, read_folders
+from mer_tune.data.layout import DEFAULT_FOLDERS, DataOptions, read_folders
+from mer_tune.data.pack import load
 from mer_tune.errors import MerTuneError
 
 
@@ -132,7 +133,7 @@ def test_synthetic_dataset_has_mer_shape(tiny_dir):
 
 
 def test_in_memory_synthetic_data_matches_the_written_folder(tmp_path):
-    from mer_tune import synth
+    from mer_tune.data import synthetic as synth
 
     written = read_folders(synth.write(tmp_path / "d", "tiny", 5))
     built = synth.in_memory("tiny", 5)
@@ -166,7 +167,7 @@ def test_packing_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeyp
     import collections
     import errno
 
-    from mer_tune import data as data_module
+    from mer_tune.data import pack as data_module
 
     root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
     usage = collections.namedtuple("usage", "total used free")
@@ -191,10 +192,10 @@ def test_two_processes_packing_one_folder_pack_it_once(tmp_path):
 
     root = write_dataset(tmp_path / "d", n_lab=60, n_unl=200)
     code = (
-        "import sys; from mer_tune import data; "
-        "calls = []; real = data.read_folders; "
-        "data.read_folders = lambda *a, **k: calls.append(1) or real(*a, **k); "
-        "d = data.load(sys.argv[1]); print(len(calls), d.fingerprint)"
+        "import sys; from mer_tune.data import pack; "
+        "calls = []; real = pack.read_folders; "
+        "pack.read_folders = lambda *a, **k: calls.append(1) or real(*a, **k); "
+        "d = pack.load(sys.argv[1]); print(len(calls), d.fingerprint)"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)

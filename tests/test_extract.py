@@ -12,9 +12,9 @@ from conftest import FAST
 from PIL import Image
 from test_cli import run_cli
 
-from mer_tune.extract import ExtractOptions, extract
-from mer_tune.media import uniform_indices
-from mer_tune.synth_media import TINY_DIMS, write_clip, write_models, write_transcripts
+from mer_tune.data.extract import ExtractOptions, extract
+from mer_tune.data.media import uniform_indices
+from mer_tune.data.synthetic_media import TINY_DIMS, write_clip, write_models, write_transcripts
 
 CLASSES = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 DIMS = TINY_DIMS
@@ -224,7 +224,7 @@ def test_uniform_indices_spread_over_the_clip():
 def test_each_modality_has_its_own_trust_flag_and_revision_on_every_load(
     tiny_models, clips, tmp_path, capsys, monkeypatch
 ):
-    from mer_tune import extract as extract_module
+    from mer_tune.data import extract as extract_module
 
     calls = []
     real = extract_module._load

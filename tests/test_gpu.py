@@ -2,9 +2,9 @@
 
 import pytest
 
-from mer_tune.config import build_config
 from mer_tune.errors import UsageError
-from mer_tune.gpu import CUDA_CONTEXT, check_packing, trial_bytes
+from mer_tune.hpo.gpu import CUDA_CONTEXT, check_packing, trial_bytes
+from mer_tune.method.config import build_config
 
 FULL_DIMS = {"audio": 1024, "visual": 768, "text": 5120}
 FULL_FEATURES = 1_667_000_000  # the packed MER2024-SEMI-scale features, float16

@@ -16,14 +16,14 @@ import yaml
 from conftest import tiny_search
 
 from mer_tune.errors import MerTuneError
-from mer_tune.tracking import check_reachable, redact, resolve_uri, ui_command
+from mer_tune.hpo.tracking import check_reachable, redact, resolve_uri, ui_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_mer_tune_never_turns_ray_auth_off():
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    code = "import os, mer_tune.tuning, mer_tune.cli; print(os.environ.get('RAY_AUTH_MODE'))"
+    code = "import os, mer_tune.hpo.tuner, mer_tune.cli; print(os.environ.get('RAY_AUTH_MODE'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "None", out.stderr
     for f in ("Makefile", ".ci/run"):
@@ -142,7 +142,7 @@ def test_cluster_mlflow_listens_on_loopback_with_basic_auth_and_secrets_stay_out
     state = (res.path / "search.yaml").read_text()
     assert password not in state and yaml.safe_load(state)["tracking_uri"] == uri
     assert password not in res.ui_command
-    from mer_tune.report import build_report, format_report
+    from mer_tune.hpo.report import build_report, format_report
 
     assert password not in format_report(build_report("auth", search_env / "runs"), "json")
     from mlflow.tracking import MlflowClient
@@ -179,7 +179,7 @@ def test_search_names_are_plain_names_everywhere(args, tmp_path, capsys):
 def test_cache_clear_touches_only_a_marked_cache_and_asks_first(tmp_path, capsys):
     from test_cli import run_cli
 
-    from mer_tune.cache import StageStore
+    from mer_tune.hpo.cache import StageStore
 
     runs = tmp_path / "runs"
     victim = tmp_path / "victim"
@@ -206,7 +206,7 @@ def test_cache_clear_touches_only_a_marked_cache_and_asks_first(tmp_path, capsys
 
 
 def test_a_search_folder_is_private_and_two_default_names_never_collide(tmp_path):
-    from mer_tune.tuning import _reserve
+    from mer_tune.hpo.tuner import _reserve
 
     first = _reserve(tmp_path, "thresholds-20261127-120000", given=False)
     second = _reserve(tmp_path, "thresholds-20261127-120000", given=False)
@@ -218,7 +218,7 @@ def test_a_search_folder_is_private_and_two_default_names_never_collide(tmp_path
 
 
 def test_written_files_honour_the_umask(tmp_path):
-    from mer_tune.cache import StageStore
+    from mer_tune.hpo.cache import StageStore
     from mer_tune.outputs import UMASK, write_text
 
     write_text(tmp_path / "results.csv", "a,b\n")

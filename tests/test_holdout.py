@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from mer_tune import holdout as outer
-from mer_tune import pipeline, stats
-from mer_tune.config import with_overrides
-from mer_tune.data import HOLDOUT, LABELLED, load
+from mer_tune.data.layout import HOLDOUT, LABELLED
+from mer_tune.data.pack import load
 from mer_tune.errors import UsageError
+from mer_tune.hpo import holdout as outer
+from mer_tune.hpo import stats
+from mer_tune.method import pipeline
+from mer_tune.method.config import with_overrides
 
 
 def test_holdout_is_stratified_seeded_and_hidden_from_trials(tiny_dir):

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import torch
 
-from mer_tune.config import ModelConfig, NoiseConfig
-from mer_tune.model import MRCCL, add_noise, ddpm_noise_std, nt_xent
+from mer_tune.method.config import ModelConfig, NoiseConfig
+from mer_tune.method.model import MRCCL, add_noise, ddpm_noise_std, nt_xent
 
 
 def reference_nt_xent(z1, z2, tau):

@@ -3,49 +3,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from mer_tune import pipeline
-from mer_tune.config import with_overrides
-from mer_tune.data import load
-
-
-def test_pseudo_labels_use_the_threshold_of_the_predicted_class():
-    probs = np.array(
-        [
-            [0.95, 0.05],  # class 0 at 0.95: below its 0.99 threshold
-            [0.995, 0.005],  # class 0 at 0.995: kept
-            [0.2, 0.8],  # class 1 at 0.8: reaches its 0.8 threshold
-            [0.3, 0.7],  # class 1 at 0.7: below
-        ]
-    )
-    keep, labels = pipeline.select_pseudo_labels(probs, np.array([0.99, 0.8]))
-    assert keep.tolist() == [1, 2]
-    assert labels.tolist() == [0, 1]
-
-
-def test_oversampling_repeats_each_class_up_to_the_target():
-    labels = np.array([0] * 10 + [1] * 3 + [2] * 50)
-    pos = pipeline.oversample(labels, 20, 3, np.random.default_rng(0))
-    counts = np.bincount(labels[pos], minlength=3)
-    assert counts.tolist() == [20, 20, 50]  # the class above the target is left alone
-    assert set(range(len(labels))) <= set(pos.tolist())  # every original sample kept
-    assert len(pipeline.oversample(labels, 0, 3, np.random.default_rng(0))) == len(labels)
-
-
-def test_weighted_soft_voting():
-    logits = {
-        "fusion": np.log([[0.9, 0.1]]),
-        "audio": np.log([[0.2, 0.8]]),
-        "visual": np.log([[0.5, 0.5]]),
-        "text": np.log([[0.5, 0.5]]),
-    }
-    probs = pipeline.vote(logits, {"fusion": 0.7, "audio": 0.7, "visual": 0.0, "text": 0.0})
-    assert np.allclose(probs, [[0.55, 0.45]])
-    audio_only = pipeline.vote(logits, {"fusion": 0.0, "audio": 1.0, "visual": 0.0, "text": 0.0})
-    assert np.allclose(audio_only, [[0.2, 0.8]])
-    by_logits = pipeline.vote(
-        logits, {"fusion": 1.0, "audio": 1.0, "visual": 0.0, "text": 0.0}, "logits"
-    )
-    assert np.allclose(by_logits.sum(1), 1.0) and by_logits[0, 0] > 0.5
+from mer_tune.data.pack import load
+from mer_tune.method import pipeline
+from mer_tune.method.config import with_overrides
 
 
 def test_folds_are_stratified_and_disjoint():
@@ -93,15 +53,3 @@ def test_empty_unlabelled_pool_skips_self_training_with_a_note(tmp_path, fast_cf
     res = pipeline.run(load(root), fast_cfg)
     assert any("unlabelled pool is empty" in n for n in res.notes)
     assert sum(res.pseudo_added.values()) == 0
-
-
-def test_stage_keys_follow_the_data_flow(fast_cfg):
-    base = pipeline.stage_keys(fast_cfg, "fp", 0)
-    thr = pipeline.stage_keys(
-        with_overrides(fast_cfg, {"self_training.thresholds.sad": 0.7}), "fp", 0
-    )
-    vote_only = pipeline.stage_keys(with_overrides(fast_cfg, {"voting.weights.text": 0.9}), "fp", 0)
-    lr = pipeline.stage_keys(with_overrides(fast_cfg, {"optim.lr": 0.01}), "fp", 0)
-    assert thr["finetune"] == base["finetune"] and thr["pseudo"] != base["pseudo"]
-    assert vote_only == base
-    assert lr["pretrain"] != base["pretrain"]

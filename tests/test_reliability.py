@@ -14,7 +14,7 @@ from conftest import FAST, LOW_THRESHOLDS_SPACE, tiny_search, write_dataset
 from mlflow.tracking import MlflowClient
 
 from mer_tune.errors import MerTuneError
-from mer_tune.tuning import search
+from mer_tune.hpo.tuner import search
 
 
 def _env():

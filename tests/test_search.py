@@ -9,10 +9,10 @@ import pytest
 from conftest import tiny_search
 from mlflow.tracking import MlflowClient
 
-from mer_tune.config import load_config
-from mer_tune.data import load
+from mer_tune.data.pack import load
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.spaces import load_space
+from mer_tune.hpo.spaces import load_space
+from mer_tune.method.config import load_config
 
 SPACE_KEYS = [
     "self_training.thresholds.neutral",
@@ -105,7 +105,7 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
         assert best.self_training.thresholds[cls] == pytest.approx(top[key])
     import torch
 
-    from mer_tune import pipeline
+    from mer_tune.method import pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the trial

@@ -1,7 +1,7 @@
 import pandas as pd
 import yaml
 
-from mer_tune.staged import split_budget, staged_search, step_of
+from mer_tune.hpo.staged import split_budget, staged_search, step_of
 
 
 def test_parameters_split_by_the_stage_they_first_affect():
@@ -51,7 +51,7 @@ def test_staged_search_freezes_each_steps_best_for_the_next(search_env, tiny_dir
     voting = pd.read_csv(runs / "st-voting" / "results.csv")
     assert len(upstream) == 2 and len(voting) == 1
     best_lr = upstream.loc[upstream["weighted_f1"].idxmax(), "optim.lr"]
-    from mer_tune.config import load_config
+    from mer_tune.method.config import load_config
 
     # frozen from the first step for the later ones
     assert load_config(runs / "st-voting" / "base_config.yaml").optim.lr == best_lr
@@ -61,4 +61,13 @@ def test_staged_search_freezes_each_steps_best_for_the_next(search_env, tiny_dir
     assert base["search"].tolist() == ["st-upstream"] and base["trial"].tolist() == [0]
     assert res.verdict is not None and res.verdict.text
     # The voting step trains nothing: every stage came from the shared cache.
-    assert (runs / "st" / "cache").is_dir()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(res.tracking_uri)
+    voting_parent = res.parent_run_id
+    children = client.search_runs(
+        [res.experiment_id], f"tags.mlflow.parentRunId = '{voting_parent}'"
+    )
+    assert children
+    for child in children:
+        assert child.data.tags["mer_tune.cached_stages"] == "finetune,pretrain,pseudo"

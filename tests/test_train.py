@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from mer_tune.config import NoiseConfig, OptimConfig
-from mer_tune.model import add_noise
-from mer_tune.steps import Stepper
+from mer_tune.method.config import NoiseConfig, OptimConfig
+from mer_tune.method.model import add_noise
+from mer_tune.method.steps import Stepper
 
 
 def test_an_epoch_returns_the_size_weighted_sum_of_its_batch_losses():

@@ -27,9 +27,18 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from .config import MER2024_CLASSES, MODALITIES
-from .data import DEFAULT_FOLDERS, LABELLED, TEST, TRUTH_FILE, UNLABELLED, MERData, assemble
-from .errors import MerTuneError
+from mer_tune.data.layout import (
+    DEFAULT_FOLDERS,
+    LABELLED,
+    MER2024_CLASSES,
+    MODALITIES,
+    TEST,
+    TRUTH_FILE,
+    UNLABELLED,
+    MERData,
+    assemble,
+)
+from mer_tune.errors import MerTuneError
 
 LABELLED_COUNTS = [1248, 1208, 1038, 730, 616, 190]  # MER2024-SEMI, classes in order
 

@@ -11,22 +11,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from . import confirm as step
-from .config import Config, build_config, load_config, with_overrides
-from .errors import MerTuneError
-from .outputs import write_text
-from .spaces import load_space
-from .tracking import SearchRecorder
+from mer_tune.errors import MerTuneError
+from mer_tune.hpo import confirm as step
+from mer_tune.hpo.folder import SearchFolder
+from mer_tune.hpo.tracking import SearchRecorder
+from mer_tune.method.config import Config, build_config, with_overrides
+from mer_tune.outputs import write_text
 
 HOLDOUT_COLUMNS = ["holdout_f1", "holdout_low", "holdout_high", "optimism_gap", "confirmed"]
 
 
 def _folder_state(path: Path) -> tuple[dict, Config, Any]:
-    state = yaml.safe_load((path / "search.yaml").read_text())
-    base = load_config(path / "base_config.yaml")
-    return state, base, load_space(str(path / "space.yaml"), base)
+    folder = SearchFolder(path)
+    base = folder.base()
+    return folder.state(), base, folder.space(base)
 
 
 def _baseline(path: Path, state: dict) -> tuple[step.Candidate | None, str, Path]:
@@ -65,7 +64,8 @@ def confirm_search(
 ) -> Any:
     """Confirm the search in folder `path` (at the end of a search, or again later with
     other `top` / `seeds`); returns its SearchResult with `confirm` and `verdict` set."""
-    from .tuning import SearchResult, _init_ray, read_cache_key, search_data, stored_uri
+    from mer_tune.hpo.ray_setup import init_ray
+    from mer_tune.hpo.tuner import SearchResult, search_data, stored_uri
 
     started = time.perf_counter()
     if not (path / "search.yaml").exists() or not (path / "results.csv").exists():
@@ -94,8 +94,8 @@ def confirm_search(
         notes.append("the baseline trial (trial 0) did not finish: no verdict against it")
     retrain = None
     if seeds:
-        _init_ray(address)
-        retrain = ray_retrain(trial_data, state, read_cache_key(path))
+        init_ray(address)
+        retrain = ray_retrain(trial_data, state, SearchFolder(path).cache_key())
     outcome = step.confirm(
         dataset,
         holdout,
@@ -156,7 +156,7 @@ def _results_with_holdout(results: pd.DataFrame, table: pd.DataFrame, path: Path
 
 def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> None:
     """The parent run's holdout metrics, verdict tag, confirm plot and files."""
-    from .report import confirm_png
+    from mer_tune.hpo.report import confirm_png
 
     v = outcome.verdict
     winner = outcome.table[outcome.table["winner"]]
@@ -189,10 +189,10 @@ def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> No
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
     confirm_png(outcome.table, plots / "confirm.png")
-    recorder.client.log_artifact(recorder.parent_id, str(plots / "confirm.png"), "plots")
+    recorder.log_artifact(recorder.parent_id, plots / "confirm.png", "plots")
     for name in (step.CONFIRM_FILE, step.VERDICT_FILE, "results.csv", "best_config.yaml"):
         if (path / name).exists():
-            recorder.client.log_artifact(recorder.parent_id, str(path / name))
+            recorder.log_artifact(recorder.parent_id, path / name)
 
 
 # ---------------------------------------------------------------- retraining on Ray
@@ -209,10 +209,11 @@ def _retrain_one(
 ) -> np.ndarray:
     import torch
 
-    from . import pipeline
-    from .cache import StageStore
+    from mer_tune.hpo.cache import StageStore
+    from mer_tune.method import pipeline, train
 
     torch.set_num_threads(max(1, threads))
+    train.fix_mmap_threshold()
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key) if cache_dir else None

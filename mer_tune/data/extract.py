@@ -12,7 +12,6 @@ atomically, and a clip that fails is reported while the others go on.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,9 +25,10 @@ import pandas as pd
 import torch
 import transformers
 
-from .data import DEFAULT_MODELS, model_folder_name
-from .errors import MerTuneError
-from .media import MediaError, face_images, list_clips, read_audio, sample_frames
+from mer_tune.data.layout import DEFAULT_MODELS, model_folder_name
+from mer_tune.data.media import MediaError, face_images, list_clips, read_audio, sample_frames
+from mer_tune.errors import MerTuneError
+from mer_tune.outputs import atomic_write
 
 MODALITIES = ("visual", "audio", "text")
 MIN_AUDIO = 1_600  # 0.1 s: shorter input is zero-padded (the conv front end needs 400 samples)
@@ -113,15 +113,12 @@ def _to(model, device: torch.device, option: str, spec: str):
 
 def _save(folder: Path, name: str, arr: np.ndarray) -> None:
     """Written beside its final name, then renamed: a killed run leaves no partial file."""
-    tmp = folder / f".{name}.npy.{os.getpid()}.tmp"
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(arr, dtype=np.float32))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / f"{name}.npy")
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(folder / f"{name}.npy", write)
 
 
 def _done(folder: Path, level: str) -> set[str]:

@@ -15,22 +15,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .cache import new_key
-from .config import get_path
-from .spaces import load_space
-from .tuning import SearchResult, search
+from mer_tune.hpo.cache import new_key
+from mer_tune.hpo.spaces import load_space
+from mer_tune.hpo.tuner import SearchResult, search
+from mer_tune.method.config import get_path
+from mer_tune.method.stages import STAGES, VOTE_READS
 
 STEP_SHARES = {"upstream": 0.5, "thresholds": 0.25, "voting": 0.25}
 
 
+# Which step searches the parameters of each stage: every stage up to finetuning reruns
+# everything downstream, so they are searched together, first.
+STEP_OF_STAGE = {"pretrain": "upstream", "finetune": "upstream", "pseudo": "thresholds"}
+
+
 def step_of(key: str) -> str:
-    if key.startswith("voting."):
+    """The step that searches config key `key`: that of the stage reading its section."""
+    section = key.split(".")[0]
+    if section in VOTE_READS:
         return "voting"
-    if key.startswith("self_training."):
-        return "thresholds"
-    return "upstream"
+    stage = next(s.name for s in STAGES.values() if section in s.reads)
+    return STEP_OF_STAGE[stage]
 
 
 def split_budget(trials: int, steps: list[str]) -> dict[str, int]:
@@ -56,36 +61,25 @@ def staged_search(
         groups.setdefault(step_of(key), {})[key] = key
     steps = [s for s in STEP_SHARES if s in groups]
     if trials < len(steps):
-        from .errors import UsageError
+        from mer_tune.errors import UsageError
 
         raise UsageError(
             f"--trials {trials}: the staged strategy needs at least {len(steps)} (one per step)"
         )
     budget = split_budget(trials, steps)
-    raw = yaml.safe_load(sp.path.read_text())
-    fixed = dict(raw.get("fixed") or {})
+    fixed = dict(sp.fixed)
     name = name or f"{sp.name}-staged"
-    work = Path(storage).resolve() / f"{name}-spaces"
-    work.mkdir(parents=True, exist_ok=True)
     shared_cache = kwargs.pop("cache_dir", None) or Path(storage).resolve() / name / "cache"
     result: SearchResult | None = None
     confirm_top = kwargs.pop("confirm_top", 3)
     cache_key = new_key()  # one key for the one cache all steps share
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
-        step_file = work / f"{step}.yaml"
-        params = {k: raw["params"][k] for k in groups[step]}
-        step_file.write_text(
-            yaml.safe_dump(
-                {"description": f"{sp.name}, step {step}", "params": params, "fixed": fixed},
-                sort_keys=False,
-            )
-        )
         # One cache for every step: later steps reuse the stages earlier ones computed.
         # Every step selects on inner folds of the same holdout split; only the last one
         # confirms, against the first step's trial 0 (the paper's values).
         result = search(
-            str(step_file),
+            sp.subspace(list(groups[step]), step, fixed),
             budget[step],
             storage=storage,
             name=f"{name}-{step}",

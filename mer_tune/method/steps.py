@@ -20,8 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .config import OptimConfig
-from .errors import MerTuneError
+from mer_tune.errors import MerTuneError
+from mer_tune.method.config import OptimConfig
 
 # loss_fn(standardised batch per modality, labels of the batch or None) -> scalar loss
 LossFn = Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]

@@ -7,47 +7,37 @@ store (`tune.with_parameters`).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import confusion_matrix
 
-from . import confirm as confirm_step
-from . import holdout as outer
-from . import pipeline
-from .cache import StageStore, new_key
-from .config import Config, build_config, with_overrides
-from .data import HOLDOUT, TEST, DataOptions, MERData
-from .datasets import describe, reopen, resolve
-from .errors import MerTuneError, SearchInterrupted, UsageError
-from .gpu import check_packing, trial_bytes
-from .outputs import ensure_writable, make_private_dir, plain_name, write_secret, write_text
-from .spaces import Space, load_space
-from .tracking import SearchRecorder, check_reachable, redact, resolve_uri, ui_command
-
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
-# Save Tune's experiment state at every step (it is small), so a killed driver loses
-# as little as possible.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-METRIC = "weighted_f1"
-HOLDOUT_FILE = "holdout.csv"
-CACHE_KEY_FILE = "cache.key"  # mode 0600: whoever reads it could forge cache entries
-
-
-class TrialTimeout(RuntimeError):
-    """A trial ran past --trial-timeout (checked at every stage and epoch)."""
+from mer_tune.data.layout import DataOptions, MERData
+from mer_tune.data.resolve import describe, reopen, resolve
+from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
+from mer_tune.hpo import holdout as outer
+from mer_tune.hpo.cache import new_key
+from mer_tune.hpo.callback import logger_callback, write_results
+from mer_tune.hpo.folder import SearchFolder, storage_root
+from mer_tune.hpo.gpu import check_packing, trial_bytes
+from mer_tune.hpo.optuna_adapter import optuna_searcher
+from mer_tune.hpo.ray_setup import card_bytes, init_ray
+from mer_tune.hpo.spaces import Space, load_space, trial_config
+from mer_tune.hpo.tracking import (
+    SearchRecorder,
+    check_reachable,
+    redact,
+    resolve_uri,
+    ui_command,
+)
+from mer_tune.hpo.trial import METRIC, run_trial
+from mer_tune.method.config import Config, build_config, load_config, with_overrides
+from mer_tune.outputs import ensure_writable, make_private_dir, plain_name, write_secret, write_text
 
 
 @dataclass
@@ -71,330 +61,8 @@ class SearchResult:
         return ui_command(self.tracking_uri, self.experiment_id)
 
 
-# ---------------------------------------------------------------- the trial
-
-
-def run_trial(
-    config: dict[str, Any],
-    data: MERData,
-    base: dict[str, Any],
-    threads: int,
-    use_gpu: bool,
-    cache_dir: str | None,
-    timeout: float | None = None,
-    outputs: str | None = None,
-    cache_key: str | None = None,
-) -> None:
-    """One Ray Tune trial: the full pipeline on `base` + the suggested values. With
-    `outputs`, the fold models' predictions on the holdout and test names go to a file
-    there, out of sight of the search (no metric, no column) until the confirm step."""
-    import torch
-    from ray import tune
-
-    torch.set_num_threads(max(1, threads))
-    cfg = with_overrides(build_config(base), config)
-    key = bytes.fromhex(cache_key) if cache_key else None
-    cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
-    started = time.monotonic()
-
-    def report(kind: str, **f: Any) -> None:
-        if timeout and time.monotonic() - started > timeout:
-            raise TrialTimeout(
-                f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
-            )
-        # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
-        # the stage so far, comparable across trial lengths.
-        if kind == "epoch" and "val_f1" in f:
-            tune.report(
-                {
-                    METRIC: f["best_val_f1"],
-                    "val_f1": f["val_f1"],
-                    "train_loss": f["train_loss"],
-                    "stage": f["stage"],
-                    "fold": f["fold"],
-                    "final": False,
-                }
-            )
-
-    predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST])) if outputs else None
-    res = pipeline.run(
-        data,
-        cfg,
-        cache=cache,
-        report=report,
-        device="cuda" if use_gpu and torch.cuda.is_available() else "cpu",
-        predict_idx=predict_idx,
-    )
-    if outputs and res.extra_probs is not None and res.splits is not None:
-        trial_id = tune.get_context().get_trial_id()
-        confirm_step.save_trial_outputs(
-            Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
-        )
-    final: dict[str, Any] = {
-        METRIC: res.weighted_f1,
-        "final": True,
-        "cache_hits": ",".join(res.cache_hits),
-    }
-    final |= {f"f1_{c}": v for c, v in res.per_class_f1.items()}
-    final |= {f"pseudo_added_{c}": v for c, v in res.pseudo_added.items()}
-    final |= {f"seconds_{k}": v for k, v in res.seconds.items()}
-    final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
-    if res.pseudo_precision is not None:
-        final["pseudo_precision"] = res.pseudo_precision
-    import ray
-
-    final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
-    matrix = confusion_matrix(
-        res.predictions["label"], res.predictions["pred"], labels=cfg.data.classes
-    )
-    final["confusion"] = json.dumps(matrix.tolist())
-    tune.report(final)
-
-
-# ---------------------------------------------------------------- Ray-side adapters
-
-
-def _optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    class TruthfulOptunaSearch(OptunaSearch):
-        """Trials a scheduler stopped early are told to Optuna as PRUNED, not COMPLETE
-        with a partial score (which would bias TPE toward short runs)."""
-
-        def on_trial_complete(
-            self, trial_id: str, result: dict | None = None, error: bool = False
-        ) -> None:
-            if (
-                result
-                and not error
-                and not result.get("final")
-                and trial_id not in self._completed_trials
-            ):
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result, error)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return TruthfulOptunaSearch(
-        space=space.params,
-        metric=METRIC,
-        mode="max",
-        points_to_evaluate=[first_point],
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        study_name=study,
-        # In memory: Ray checkpoints the searcher with the experiment state, so a resumed
-        # search continues the very study Ray knows. `_finish` exports it to optuna.db.
-        storage=None,
-    )
-
-
-def _logger_callback(
-    recorder: SearchRecorder,
-    space: Space,
-    rows: dict,
-    on_event: Callable[..., None],
-    path: Path,
-    base: Config,
-):
-    from ray.tune import Callback
-
-    class MlflowTrialLogger(Callback):
-        """Child runs, per-epoch metrics and the results table, written by the driver."""
-
-        def __init__(self) -> None:
-            # Rows read back on resume keep their trial numbers.
-            self.order: dict[str, int] = {tid: int(r["trial"]) for tid, r in rows.items()}
-            self.started: dict[str, float] = {}
-
-        def _save(self) -> None:
-            # After every finished trial, so an interrupted search loses no result.
-            _write_results(path, rows)
-
-        def _row(self, trial, trials: list) -> dict:
-            if trial.trial_id not in self.order:
-                # Numbered in the order Tune created the trials (the order Optuna suggested
-                # them), not the order they started: trial 0 is always the first point,
-                # the base config's values, whatever the concurrency.
-                pos = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), None)
-                taken = set(self.order.values())
-                fresh = pos is not None and pos not in taken
-                self.order[trial.trial_id] = pos if fresh else max(taken, default=-1) + 1
-            number = self.order[trial.trial_id]
-            row = rows.setdefault(trial.trial_id, {"trial": number, "trial_id": trial.trial_id})
-            row.update({k: trial.config.get(k) for k in space.params})
-            return row
-
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            row = self._row(trial, trials)
-            self.started.setdefault(trial.trial_id, time.time())
-            recorder.start_child(trial.trial_id, f"trial-{row['trial']:03d}", dict(trial.config))
-            row["status"] = "RUNNING"
-            on_event("start", row=row)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            if not result.get("final"):
-                # The per-epoch score is logged as best_val_f1: weighted_f1 is the final score alone.
-                metrics = {
-                    "val_f1": result.get("val_f1"),
-                    "train_loss": result.get("train_loss"),
-                    "best_val_f1": result.get(METRIC),
-                }
-                recorder.log_metrics(trial.trial_id, metrics, step=result.get("training_iteration"))
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            row, result = self._row(trial, trials), trial.last_result or {}
-            row["seconds"] = round(time.time() - self.started.get(trial.trial_id, time.time()), 2)
-            if result.get("final"):
-                final = {
-                    k: v
-                    for k, v in result.items()
-                    if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
-                }
-                recorder.log_metrics(trial.trial_id, final | {METRIC: result[METRIC]})
-                seconds = [v for k, v in final.items() if k.startswith("seconds_")]
-                row["pipeline_seconds"] = round(sum(seconds), 3)
-                row.update(status="FINISHED", weighted_f1=result[METRIC])
-                status = "FINISHED"
-            else:  # stopped early by the scheduler
-                row.update(status="PRUNED", weighted_f1=result.get(METRIC))
-                status = "KILLED"
-            tags = {
-                "ray.node_ip": result.get("node_ip", ""),
-                "ray.hostname": result.get("hostname", ""),
-                "ray.node_id": result.get("node_id", ""),
-                "mer_tune.cached_stages": result.get("cache_hits", ""),
-                "mer_tune.status": row["status"],
-            }
-            _trial_artifacts(recorder, trial, result, base)
-            recorder.finish_child(trial.trial_id, status, tags)
-            self._save()
-            on_event("complete", row=row)
-
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            row = self._row(trial, trials)
-            message = _error_message(trial)
-            row.update(
-                status="FAILED",
-                error=message,
-                seconds=round(time.time() - self.started.get(trial.trial_id, time.time()), 2),
-            )
-            result = trial.last_result or {}
-            recorder.finish_child(
-                trial.trial_id,
-                "FAILED",
-                {"error": message, "ray.node_ip": result.get("node_ip", "")},
-            )
-            self._save()
-            on_event("error", row=row)
-
-    return MlflowTrialLogger()
-
-
-def _trial_artifacts(recorder: SearchRecorder, trial, result: dict, base: Config) -> None:
-    """The resolved config as YAML and, for a finished trial, its confusion matrix."""
-    from .report import confusion_png
-
-    run_id = recorder.children.get(trial.trial_id)
-    if run_id is None:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = with_overrides(base, dict(trial.config))
-        (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
-        if result.get("confusion"):
-            confusion_png(
-                json.loads(result["confusion"]),
-                cfg.data.classes,
-                Path(tmp) / "confusion_matrix.png",
-            )
-        recorder.client.log_artifacts(run_id, tmp)
-
-
-def _error_message(trial) -> str:
-    """The exception line of the trial's error (its local error file is written before
-    Tune's callbacks run; the copy in storage only after a sync)."""
-    text = ""
-    try:
-        if trial.error_file and Path(trial.error_file).exists():
-            text = Path(trial.error_file).read_text()
-        else:
-            text = trial.get_error() or ""
-    except OSError:
-        text = ""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]]
-    return (errors or lines or ["trial failed"])[-1][:2000]
-
-
-# ---------------------------------------------------------------- the search
-
-
-def _check_address(address: str | None) -> None:
-    if not address or address == "auto" or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
-            pass
-    except (OSError, ValueError):
-        raise MerTuneError(f"--address {address}: no Ray cluster answers there") from None
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    _check_address(address)
-    # A Ray started here for this search serves this machine only: its ports listen on
-    # 127.0.0.1, not on the machine's network address.
-    local = {} if address or os.environ.get("RAY_ADDRESS") else {"_node_ip_address": "127.0.0.1"}
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=False,
-            **local,
-        )
-    except (ConnectionError, RuntimeError) as err:
-        raise MerTuneError(f"--address {address}: cannot connect to Ray ({err})") from None
-
-
-def _storage_root(storage: str | Path) -> Path:
-    """The search folder's parent: a path, on shared storage (NFS) for a cluster."""
-    if "://" in str(storage):
-        raise UsageError(
-            f"--storage {storage}: URIs are not supported; give a folder every node can "
-            "reach (an NFS mount); the stage cache alone can live at a URI (--cache-dir)"
-        )
-    return Path(storage).resolve()
-
-
-def _card_bytes(gpus: float) -> int | None:
-    """Memory of the card a trial would get, asked on a GPU node (None without CUDA, as
-    with a fake GPU resource, or when no GPU node comes up within a minute)."""
-    import ray
-
-    @ray.remote(num_gpus=gpus, num_cpus=0)
-    def probe() -> int | None:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        return torch.cuda.get_device_properties(0).total_memory
-
-    ref = probe.remote()
-    done, _ = ray.wait([ref], timeout=60)
-    if not done:
-        ray.cancel(ref, force=True)
-        return None
-    return ray.get(ref)
-
-
 def search(
-    space: str = "thresholds",
+    space: str | Space = "thresholds",
     trials: int = 8,
     data: str | None = None,
     *,
@@ -442,6 +110,7 @@ def search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    _tune_environment()
     if trials < 1:
         raise UsageError(f"--trials {trials}: must be at least 1")
     if scheduler not in ("none", "asha"):
@@ -452,7 +121,7 @@ def search(
     base = (
         config
         if isinstance(config, Config)
-        else (build_config() if config is None else _load(config))
+        else (build_config() if config is None else load_config(config))
     )
     fixed = {"eval.folds": folds} if folds else {}
     fixed |= {"eval.repeats": repeats} if repeats else {}
@@ -461,7 +130,7 @@ def search(
     base = sp.base_config(base)
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
-    root = ensure_writable(_storage_root(storage))
+    root = ensure_writable(storage_root(storage))
     given = name is not None
     name = plain_name(name, "--name") if given else f"{sp.name}-{datetime.now():%Y%m%d-%H%M%S}"
     path = root / name
@@ -476,7 +145,7 @@ def search(
     ho = outer.choose(dataset, holdout, holdout_seed, base.eval.folds, base.eval.select_on)
     trial_data = outer.withhold(dataset, ho)
 
-    _init_ray(address)
+    init_ray(address)
     import ray
 
     total_gpus = ray.cluster_resources().get("GPU", 0)
@@ -492,18 +161,18 @@ def search(
     gpu_estimate = None
     if gpus > 0:
         gpu_estimate = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
-        card = _card_bytes(gpus)
+        card = card_bytes(gpus)
         if card:
             check_packing(gpu_estimate, gpus, card)
 
     # Every check has passed: only now does anything get written.
     path = _reserve(root, name, given)
     name = path.name
-    shutil.copyfile(sp.path, path / "space.yaml")  # resume reads this copy
+    write_text(path / "space.yaml", yaml.safe_dump(sp.to_dict(), sort_keys=False))  # for resume
     # Signs the stage cache's entries; a staged search's steps share one key and cache.
-    write_secret(path / CACHE_KEY_FILE, (cache_key or new_key()).hex())
+    write_secret(SearchFolder(path).key_file, (cache_key or new_key()).hex())
     if len(ho):
-        outer.write_csv(path / HOLDOUT_FILE, dataset, ho)
+        outer.write_csv(SearchFolder(path).holdout_file, dataset, ho)
     recorder = SearchRecorder(uri, experiment)
     settings = {
         "space": sp.name,
@@ -530,7 +199,7 @@ def search(
     tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
     parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
     if len(ho):
-        recorder.client.log_artifact(parent, str(path / HOLDOUT_FILE))
+        recorder.log_artifact(parent, SearchFolder(path).holdout_file)
     state = settings | {
         "parent_run_id": parent,
         "tracking_uri": redact(uri),  # a password is never written down
@@ -542,9 +211,9 @@ def search(
     write_text(path / "search.yaml", yaml.safe_dump(state))
     write_text(path / "base_config.yaml", base.to_yaml())
 
-    searcher = _optuna_searcher(sp, sp.defaults(base), seed, name)
+    searcher = optuna_searcher(sp, sp.defaults(base), seed, name)
     rows: dict[str, dict] = {}
-    callback = _logger_callback(recorder, sp, rows, on_event, path, base)
+    callback = logger_callback(recorder, sp, rows, on_event, path, base)
     tuner = tune.Tuner(
         _trainable(trial_data, base, state, path),
         tune_config=tune.TuneConfig(
@@ -581,16 +250,18 @@ def resume(
     the same fingerprint and the same holdout."""
     from ray import tune
 
-    path = _storage_root(storage) / plain_name(name, "--resume")
-    if not (path / "search.yaml").exists() or not (path / "ray").is_dir():
+    _tune_environment()
+    folder = SearchFolder(storage_root(storage) / plain_name(name, "--resume"))
+    path = folder.path
+    if not folder.state_file.exists() or not folder.ray_dir.is_dir():
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
-    state = yaml.safe_load((path / "search.yaml").read_text())
-    base = _load(path / "base_config.yaml")
-    sp = load_space(str(path / "space.yaml"), base)
+    state = folder.state()
+    base = folder.base()
+    sp = folder.space(base)
     uri = stored_uri(state, path)
     check_reachable(uri)
     _, _, trial_data = search_data(path, state, base)
-    _init_ray(address)
+    init_ray(address)
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
     rows: dict[str, dict] = {}
@@ -607,9 +278,17 @@ def resume(
     # The restored run config carries a pickled copy of the old callback; this process's
     # callback (with its live MLflow client and the rows read above) replaces it.
     tuner._local_tuner.get_run_config().callbacks = [
-        _logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path, base)
+        logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path, base)
     ]
     return _fit(tuner, recorder, path, rows, sp, base, state)
+
+
+def _tune_environment() -> None:
+    """Settings Ray Tune reads when a Tuner starts."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
+    # Save Tune's experiment state at every step (it is small), so a killed driver loses
+    # as little as possible.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
 def stored_uri(state: dict, path: Path) -> str:
@@ -644,7 +323,7 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
         base.eval.select_on,
     )
     if len(ho):
-        outer.check_same(path / HOLDOUT_FILE, ho)
+        outer.check_same(SearchFolder(path).holdout_file, ho)
     return dataset, ho, outer.withhold(dataset, ho)
 
 
@@ -659,8 +338,8 @@ def _trainable(dataset: MERData, base: Config, state: dict[str, Any], path: Path
         use_gpu=state["gpus_per_trial"] > 0,
         cache_dir=state["cache_dir"],
         timeout=state.get("trial_timeout"),
-        outputs=str(path / confirm_step.OUTPUTS),
-        cache_key=read_cache_key(path),
+        outputs=str(SearchFolder(path).outputs),
+        cache_key=SearchFolder(path).cache_key(),
     )
     return tune.with_resources(
         trainable, {"cpu": state["cpus_per_trial"], "gpu": state["gpus_per_trial"]}
@@ -696,7 +375,7 @@ def _fit(
     result = _finish(recorder, path, rows, sp, base, "RUNNING")
     finished = not result.results.empty and (result.results["status"] == "FINISHED").any()
     if state.get("holdout_size") and state.get("confirm_top") and finished:
-        from .confirming import confirm_search
+        from mer_tune.hpo.confirm_step import confirm_search
 
         result = confirm_search(path, recorder=recorder, result=result)
     elif not state.get("holdout_size"):
@@ -706,12 +385,6 @@ def _fit(
         )
     recorder.finish_parent("FINISHED")
     return result
-
-
-def read_cache_key(path: Path) -> str | None:
-    """The hex key that signs a search's stage cache entries (None: an older search)."""
-    key_file = path / CACHE_KEY_FILE
-    return key_file.read_text().strip() if key_file.exists() else None
 
 
 def _reserve(root: Path, name: str, given: bool) -> Path:
@@ -757,44 +430,30 @@ def _cache_location(cache_dir: str | Path | None, path: Path) -> str:
     return str(Path(cache_dir or path / "cache").resolve())
 
 
-def _load(config: str | Path) -> Config:
-    from .config import load_config
-
-    return load_config(config)
-
-
-def _write_results(path: Path, rows: dict) -> pd.DataFrame:
-    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["trial"]))
-    if not table.empty and "weighted_f1" not in table:
-        table["weighted_f1"] = float("nan")
-    write_text(path / "results.csv", table.to_csv(index=False))
-    return table
-
-
 def _finish(
     recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, status: str
 ) -> SearchResult:
     """results.csv, the best config by inner score, the Optuna study and its plots. The
     parent run is ended with `status` unless that is RUNNING (the confirm step follows)."""
-    table = _write_results(path, rows)
+    table = write_results(path, rows)
     best_cfg, best_score = None, None
     finished = table[table["status"] == "FINISHED"] if not table.empty else table
     if not finished.empty:
         best = finished.loc[finished["weighted_f1"].idxmax()]
         best_score = float(best["weighted_f1"])
-        best_cfg = with_overrides(base, {k: _plain(best[k]) for k in sp.params})
+        best_cfg = trial_config(base, {k: best[k] for k in sp.params})
         write_text(path / "best_config.yaml", best_cfg.to_yaml())
-        recorder.client.log_metric(recorder.parent_id, "best_weighted_f1", best_score)
+        recorder.log_parent_metrics({"best_weighted_f1": best_score})
         recorder.set_tags(recorder.parent_id, {"mer_tune.best_trial": int(best["trial"])})
-        recorder.client.log_artifact(recorder.parent_id, str(path / "best_config.yaml"))
-    recorder.client.log_artifact(recorder.parent_id, str(path / "results.csv"))
+        recorder.log_artifact(recorder.parent_id, path / "best_config.yaml")
+    recorder.log_artifact(recorder.parent_id, path / "results.csv")
     study = _export_study(path, sp, table)
-    from .report import study_plots
+    from mer_tune.hpo.report import study_plots
 
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
     if study_plots(study, plots):
-        recorder.client.log_artifacts(recorder.parent_id, str(plots), "plots")
+        recorder.log_artifacts(recorder.parent_id, plots, "plots")
     if status != "RUNNING":
         recorder.finish_parent(status)
     return SearchResult(

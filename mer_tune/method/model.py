@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import HEADS, MODALITIES, LossConfig, ModelConfig, NoiseConfig
+from mer_tune.data.layout import MODALITIES
+from mer_tune.method.config import HEADS, LossConfig, ModelConfig, NoiseConfig
 
 # ---------------------------------------------------------------- contrastive loss
 

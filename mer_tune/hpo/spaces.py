@@ -18,14 +18,15 @@ from typing import Any
 import optuna
 import yaml
 
-from .config import Config, build_config, get_path, valid_paths, with_overrides
-from .errors import MerTuneError, UsageError
+from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.method.config import Config, build_config, get_path, valid_paths, with_overrides
 
 
 def _shipped_spaces() -> Path:
     """search_spaces/ beside the package in a checkout; inside it in an installed wheel."""
-    tree = Path(__file__).resolve().parent.parent / "search_spaces"
-    return tree if tree.is_dir() else Path(__file__).resolve().parent / "search_spaces"
+    package = Path(__file__).resolve().parent.parent  # mer_tune/
+    tree = package.parent / "search_spaces"
+    return tree if tree.is_dir() else package / "search_spaces"
 
 
 SPACES_DIR = _shipped_spaces()
@@ -36,16 +37,33 @@ _KEYS = {
 }
 
 
+def trial_config(base: Config, values: dict[str, Any]) -> Config:
+    """The config a trial runs: the base config with the values suggested for it (numpy
+    scalars from a results table made plain first). The one place this is built."""
+    plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
+    return with_overrides(base, plain)
+
+
 @dataclass
 class Space:
     name: str
-    path: Path
+    source: str  # the file it came from, or what built it: named in every error
     description: str
     params: dict[str, optuna.distributions.BaseDistribution]
     fixed: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)  # params in the YAML's short form
 
     def base_config(self, base: Config | None = None) -> Config:
-        return with_overrides(base or build_config(), self.fixed, source=f"{self.path}: fixed")
+        return with_overrides(base or build_config(), self.fixed, source=f"{self.source}: fixed")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space in the file format: load_space reads back what this writes."""
+        return {"description": self.description, "params": self.spec, "fixed": self.fixed}
+
+    def subspace(self, keys: list[str], name: str, fixed: dict[str, Any]) -> Space:
+        """The space of `keys` alone, with other values pinned by `fixed`."""
+        raw = {"description": f"{self.name}, {name}", "params": {k: self.spec[k] for k in keys}}
+        return space_from_dict(raw | {"fixed": fixed}, None, f"{self.name}-{name}", self.source)
 
     def defaults(self, base: Config) -> dict[str, Any]:
         """The base config's value of every searched parameter (the first point to try),
@@ -94,8 +112,12 @@ def resolve_path(name_or_path: str) -> Path:
     return candidate
 
 
-def load_space(name_or_path: str, base: Config | None = None) -> Space:
-    """Read and validate a space file; every error names the file and the key."""
+def load_space(name_or_path: str | Space, base: Config | None = None) -> Space:
+    """Read and validate a space file (or revalidate a Space against `base`); every
+    error names the file and the key."""
+    if isinstance(name_or_path, Space):
+        sp = name_or_path
+        return space_from_dict(sp.to_dict(), base, sp.name, sp.source)
     path = resolve_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -105,6 +127,11 @@ def load_space(name_or_path: str, base: Config | None = None) -> Space:
         raise UsageError(f"{path}: malformed YAML{where}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{path}: cannot read the search space ({err})") from None
+    return space_from_dict(raw, base, path.stem, str(path))
+
+
+def space_from_dict(raw: Any, base: Config | None, name: str, path: str) -> Space:
+    """A validated Space from the file format's mapping; errors name `path`."""
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
         raise UsageError(f"{path}: expected a mapping with a non-empty 'params' block")
     unknown = sorted(set(raw) - {"description", "params", "fixed"})
@@ -127,7 +154,8 @@ def load_space(name_or_path: str, base: Config | None = None) -> Space:
             raise UsageError(f"{where}: unknown config key; valid keys: {', '.join(paths)}")
         params[key] = _distribution(spec, where)
         _check_bounds(base_cfg, key, params[key], where)
-    return Space(path.stem, path, str(raw.get("description", "")), params, fixed)
+    spec = dict(raw["params"])
+    return Space(name, path, str(raw.get("description") or ""), params, fixed, spec)
 
 
 def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistribution:

@@ -1,6 +1,6 @@
 """A content-addressed store of pipeline stage outputs, shared by the trials of a search.
 
-An entry's key hashes everything its stage depends on (see `pipeline.stage_keys`).
+An entry's key hashes everything its stage depends on (see `stages.stage_keys`).
 Writes are atomic (temporary name, then rename; the signature file, written last, marks
 the entry complete). Entries are signed: with a search's secret key (HMAC-SHA256, the key
 kept in the search folder, mode 0600) an entry that anyone else wrote or altered on a
@@ -28,7 +28,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -41,8 +40,8 @@ import torch
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
-from .errors import MerTuneError
-from .outputs import fsync_replace
+from mer_tune.errors import MerTuneError
+from mer_tune.outputs import write_bytes
 
 MARKER = ".mer-tune-cache"  # `cache clear` deletes only in a folder that carries it
 LEASE_SECONDS = 60.0  # a lease not renewed for this long belonged to a trial that died
@@ -99,13 +98,7 @@ class LocalFiles:
             return None
 
     def write(self, name: str, blob: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            fsync_replace(Path(tmp), self.root / name)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_bytes(self.root / name, blob)
 
     def delete(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
@@ -342,7 +335,8 @@ class StageStore:
         names mer-tune writes are touched. Returns the number of entries removed."""
         removed = 0
         for name in self.files.names():
-            if ENTRY.fullmatch(name) or name.startswith((".tmp-", ".rejected-")):
+            temporary = name.startswith(".tmp-") or (name.startswith(".") and name.endswith(".tmp"))
+            if ENTRY.fullmatch(name) or temporary or name.startswith(".rejected-"):
                 removed += name.endswith(".pt")
                 self.files.delete(name)
         return removed

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import MODALITIES
-from .data import LABELLED, TEST, UNLABELLED, DataOptions, read_folders
-from .errors import MerTuneError
+from mer_tune.data.layout import LABELLED, MODALITIES, TEST, UNLABELLED, DataOptions, read_folders
+from mer_tune.errors import MerTuneError
 
 
 def check_report(folder: str | Path, opts: DataOptions) -> tuple[str, bool]:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config
-from .errors import UsageError
-from .model import MRCCL
+from mer_tune.errors import UsageError
+from mer_tune.method.config import Config
+from mer_tune.method.model import MRCCL
 
 CUDA_CONTEXT = 640 * 2**20  # CUDA context and cuBLAS workspaces, per process (0.53 GiB seen)
 RUNTIME = 1280 * 2**20  # graph pools, allocator cache, gathers (1.18 GiB seen beyond batches)

@@ -9,7 +9,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from .errors import MerTuneError
+from mer_tune.errors import MerTuneError
 
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".wmv", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}

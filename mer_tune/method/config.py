@@ -14,10 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import UsageError
+from mer_tune.data.layout import MER2024_CLASSES
+from mer_tune.errors import UsageError
 
-MER2024_CLASSES = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
-MODALITIES = ["audio", "visual", "text"]
 HEADS = ["fusion", "audio", "visual", "text"]
 
 # Paper: 0.99 for the four large classes, 0.85 for the two rare ones.
@@ -29,30 +28,42 @@ class _Strict(BaseModel):
 
 
 class PerModality(_Strict):
-    audio: int = Field(100, ge=1, le=1000)
-    visual: int = Field(100, ge=1, le=1000)
-    text: int = Field(100, ge=1, le=1000)
+    audio: int = Field(100, ge=1, le=1000, description="NEE diffusion steps T for audio")
+    visual: int = Field(100, ge=1, le=1000, description="NEE diffusion steps T for visual")
+    text: int = Field(100, ge=1, le=1000, description="NEE diffusion steps T for text")
 
 
 class DataConfig(_Strict):
-    classes: list[str] = Field(default_factory=lambda: list(MER2024_CLASSES), min_length=2)
-    # Test names join the unlabelled pool (pretraining, pseudo-labelling), as the
-    # challenge allows; their labels never exist for us.
-    test_in_pool: bool = True
+    classes: list[str] = Field(
+        default_factory=lambda: list(MER2024_CLASSES),
+        min_length=2,
+        description="class names, in label order",
+    )
+    test_in_pool: bool = Field(
+        True,
+        description="test names (and a search's holdout) join the unlabelled pool, "
+        "features only, as the challenge allows",
+    )
 
 
 class OversampleConfig(_Strict):
-    # Repeat samples of each class up to this count; classes above it are left alone; 0 = off.
-    target: int = Field(1000, ge=0)
+    target: int = Field(
+        1000,
+        ge=0,
+        description="repeat each class's samples up to this count (larger classes "
+        "untouched; 0 = off)",
+    )
 
 
 class ModelConfig(_Strict):
-    hidden: int = Field(128, ge=4, le=4096)
-    layers: int = Field(1, ge=0, le=12)
-    heads: int = Field(4, ge=1, le=64)
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    head_dims: list[int] = Field(default_factory=lambda: [256, 128])
-    head_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    hidden: int = Field(128, ge=4, le=4096, description="embedding width of every encoder")
+    layers: int = Field(1, ge=0, le=12, description="Transformer layers per specificity encoder")
+    heads: int = Field(4, ge=1, le=64, description="attention heads (must divide hidden)")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout in the encoders")
+    head_dims: list[int] = Field(
+        default_factory=lambda: [256, 128], description="hidden widths of each classifier head"
+    )
+    head_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout in the heads")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -64,13 +75,15 @@ class ModelConfig(_Strict):
 
 
 class NoiseConfig(_Strict):
-    # ddpm: the paper's noise embedding enhancement; gaussian and mask are alternatives.
-    kind: Literal["ddpm", "gaussian", "mask", "none"] = "ddpm"
+    kind: Literal["ddpm", "gaussian", "mask", "none"] = Field(
+        "ddpm",
+        description="embedding augmentation: ddpm (the paper's NEE), gaussian, mask, none",
+    )
     timesteps: PerModality = Field(default_factory=PerModality)
-    beta_start: float = Field(0.001, gt=0.0, lt=1.0)
-    beta_end: float = Field(0.1, gt=0.0, lt=1.0)
-    gaussian_std: float = Field(0.5, ge=0.0)
-    mask_prob: float = Field(0.2, ge=0.0, lt=1.0)
+    beta_start: float = Field(0.001, gt=0.0, lt=1.0, description="first DDPM beta")
+    beta_end: float = Field(0.1, gt=0.0, lt=1.0, description="last DDPM beta (scaled-linear)")
+    gaussian_std: float = Field(0.5, ge=0.0, description="noise std for kind=gaussian")
+    mask_prob: float = Field(0.2, ge=0.0, lt=1.0, description="feature drop rate for kind=mask")
 
     @model_validator(mode="after")
     def _beta_order(self) -> NoiseConfig:
@@ -82,38 +95,46 @@ class NoiseConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    pair_weight: float = Field(1.0, ge=0.0)  # (A,V) (A,T) (V,T)
-    combo_weight: float = Field(1.0, ge=0.0)  # each modality vs the other two
-    nee_weight: float = Field(1.0, ge=0.0)  # clean vs noised embedding
-    finetune_contrastive: float = Field(0.1, ge=0.0)  # contrastive terms during finetuning
+    temperature: float = Field(0.1, gt=0.0, description="NT-Xent temperature")
+    pair_weight: float = Field(1.0, ge=0.0, description="weight of the (A,V) (A,T) (V,T) terms")
+    combo_weight: float = Field(1.0, ge=0.0, description="weight of each modality vs the other two")
+    nee_weight: float = Field(1.0, ge=0.0, description="weight of clean vs noised embedding")
+    finetune_contrastive: float = Field(
+        0.1, ge=0.0, description="weight of the contrastive terms while finetuning"
+    )
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(1e-5, ge=0.0)
-    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate")
+    weight_decay: float = Field(1e-5, ge=0.0, description="Adam weight decay")
+    batch_size: int = Field(256, ge=2, description="samples per step")
 
 
 class PretrainConfig(_Strict):
-    enabled: bool = True
-    epochs: int = Field(15, ge=0)
-    # Cap on samples per pretraining epoch (0 = all); the pool is reshuffled every epoch.
-    max_samples: int = Field(0, ge=0)
+    enabled: bool = Field(True, description="contrastive pretraining on all features")
+    epochs: int = Field(15, ge=0, description="pretraining epochs")
+    max_samples: int = Field(
+        0, ge=0, description="cap on samples per pretraining epoch, reshuffled (0 = all)"
+    )
 
 
 class FinetuneConfig(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="supervised epochs; the best one is kept")
 
 
 class SelfTrainingConfig(_Strict):
-    enabled: bool = True
-    rounds: int = Field(1, ge=0, le=10)
-    thresholds: dict[str, float] = Field(default_factory=lambda: dict(PAPER_THRESHOLDS))
-    # Threshold for a class that `thresholds` does not name (custom class lists).
-    default_threshold: float = Field(0.95, gt=0.0, le=1.0)
-    # Retraining starts from the finetuned weights, so a few epochs suffice.
-    epochs: int = Field(5, ge=1)
+    enabled: bool = Field(True, description="pseudo-label the pool and retrain")
+    rounds: int = Field(1, ge=0, le=10, description="pseudo-label + retrain rounds")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(PAPER_THRESHOLDS),
+        description="per-class confidence a pool sample needs to be kept",
+    )
+    default_threshold: float = Field(
+        0.95, gt=0.0, le=1.0, description="threshold of a class `thresholds` does not name"
+    )
+    epochs: int = Field(
+        5, ge=1, description="retraining epochs, warm-started from the finetuned weights"
+    )
 
     @model_validator(mode="after")
     def _threshold_range(self) -> SelfTrainingConfig:
@@ -124,10 +145,14 @@ class SelfTrainingConfig(_Strict):
 
 
 class VotingConfig(_Strict):
-    # probs: weighted soft voting over probabilities (the paper); logits: the released code.
-    mode: Literal["probs", "logits"] = "probs"
+    mode: Literal["probs", "logits"] = Field(
+        "probs",
+        description="probs: weighted soft vote of probabilities (the paper); logits: "
+        "softmax of the weighted logits (the released code)",
+    )
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}
+        default_factory=lambda: {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7},
+        description="vote weight of each head",
     )
 
     @model_validator(mode="after")
@@ -146,18 +171,24 @@ class VotingConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    # Stratified k-fold on the labelled set; 1 = a single stratified 80/20 hold-out.
-    folds: int = Field(5, ge=1, le=20)
-    seed: int = 0
-    # Repeated k-fold: `repeats` different fold splits (split seeds seed, seed+1, ...),
-    # every fold's score averaged, so that a trial's score is less noisy.
-    repeats: int = Field(1, ge=1, le=20)
-    # Where each fold model picks its best epoch. inner: on a stratified slice of its own
-    # training part, so the scored fold chooses nothing; scored: on the scored fold itself
-    # (MERTools' protocol: comparable with papers that use it, but optimistic).
-    select_on: Literal["inner", "scored"] = "inner"
-    # Share of each training part set aside for epoch selection when select_on=inner.
-    select_fraction: float = Field(0.15, gt=0.0, le=0.5)
+    folds: int = Field(
+        5, ge=1, le=20, description="stratified folds (1 = a single stratified 80/20 split)"
+    )
+    seed: int = Field(0, description="seed of the fold split")
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="different fold splits (seeds seed, seed+1, ...), every fold averaged",
+    )
+    select_on: Literal["inner", "scored"] = Field(
+        "inner",
+        description="where a fold model picks its best epoch: inner (a slice of its own "
+        "training part) or scored (the scored fold: MERTools' protocol, optimistic)",
+    )
+    select_fraction: float = Field(
+        0.15, gt=0.0, le=0.5, description="share of a training part that picks the epoch"
+    )
 
 
 class Config(_Strict):
@@ -172,7 +203,7 @@ class Config(_Strict):
     self_training: SelfTrainingConfig = Field(default_factory=SelfTrainingConfig)
     voting: VotingConfig = Field(default_factory=VotingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    seed: int = 0
+    seed: int = Field(0, description="seed of model init, batches, noise and oversampling")
 
     @model_validator(mode="after")
     def _per_class_keys(self) -> Config:
@@ -324,3 +355,46 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise UsageError(f"--set {item!r}: cannot parse the value {raw!r}") from None
     return out
+
+
+def describe(cfg: Config | None = None) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, description) of every leaf of the config; a per-class or
+    per-head mapping gives one row per key."""
+    cfg = cfg or Config()
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            path = f"{prefix}{name}"
+            if isinstance(value, BaseModel):
+                walk(value, path + ".")
+            elif isinstance(value, dict):
+                rows.extend((f"{path}.{k}", v, info.description or "") for k, v in value.items())
+            else:
+                rows.append((path, value, info.description or ""))
+
+    walk(cfg, "")
+    return rows
+
+
+def commented_yaml(cfg: Config | None = None) -> str:
+    """The config as YAML with each key's description as a comment: a config file to edit."""
+    cfg = cfg or Config()
+    text = {key: desc for key, _, desc in describe(cfg)}
+    lines: list[str] = []
+
+    def emit(node: dict, prefix: str, indent: int) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            pad = "  " * indent
+            if isinstance(value, dict):
+                lines.append(f"{pad}{key}:")
+                emit(value, path + ".", indent + 1)
+                continue
+            dumped = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+            comment = f"  # {text[path]}" if text.get(path) else ""
+            lines.append(f"{pad}{key}: {dumped.strip()}{comment}")
+
+    emit(cfg.to_dict(), "", 0)
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""MLflow records of a search: one parent run, one nested child run per trial.
+"""MLflow records of a search: one parent run, one nested child run per trial. This is the
+only module that writes to MLflow.
 
 Every write happens on the driver (a sqlite store has one writer; with a cluster, the
 driver logs over HTTP to `mlflow server`), so trials never contend for the store.
@@ -19,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from .errors import MerTuneError
+from mer_tune.errors import MerTuneError
 
 MAX_PARAM_LEN = 6000
 
@@ -181,6 +182,22 @@ class SearchRecorder:
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_artifacts(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(path), folder)
+
+    def log_prediction(self, config_yaml: str, submission: Path, params: dict, tags: dict) -> str:
+        """One run for `mer-tune predict`: its config, parameters and the submission file."""
+        run = self.client.create_run(self.experiment_id, run_name="predict", tags=tags)
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in params.items()])
+        self.client.log_text(run_id, config_yaml, "config.yaml")
+        self.client.log_artifact(run_id, str(submission))
+        self.client.set_terminated(run_id)
+        return run_id
 
     def log_parent_metrics(self, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)

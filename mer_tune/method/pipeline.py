@@ -1,8 +1,9 @@
 """One trial of the method: oversample, pretrain, finetune, pseudo-label, retrain, vote.
 
-Each stage is a plain function of its inputs and its own slice of the config. `run`
-strings them together over stratified folds. A stage cache (any object with
-`get_or_compute(stage, key, compute)`) may be passed in; the keys say exactly what each
+`run` strings the stages (stages.py) together over stratified folds, each fold model
+picking its epochs on a slice of its own training part (or, with eval.select_on=scored,
+on the fold it is scored on), and scores the vote. A stage cache (any object with
+`get_or_compute(stage, key, compute)`) may be passed in; stages.STAGES says what each
 stage's output depends on. This module imports neither Ray nor MLflow.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,14 +21,21 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from . import train
-from .config import HEADS, Config
-from .data import HOLDOUT, LABELLED, TEST, UNLABELLED, MERData
-from .errors import MerTuneError
+from mer_tune.data.layout import LABELLED, MERData
+from mer_tune.errors import MerTuneError
+from mer_tune.method import train
+from mer_tune.method.config import Config
+from mer_tune.method.stages import (
+    FoldSamples,
+    derive_seed,
+    finetune_stage,
+    pools,
+    pretrain_stage,
+    self_training_stage,
+    stage_keys,
+    vote,
+)
 
-# Bump a stage's version when its code changes what it computes: cached outputs of the
-# old code then stop matching.
-STAGE_VERSIONS = {"pretrain": 1, "finetune": 2, "pseudo": 3}
 Report = Callable[..., None]
 ALL_LABELLED = -1  # the fold number of a model trained on every labelled sample
 
@@ -42,7 +49,6 @@ class MemoryCache:
     is computed once, not once per fold. Nothing outlives the run."""
 
     def __init__(self) -> None:
-        self.hits: list[str] = []
         self._store: dict[str, Any] = {}
 
     def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any:
@@ -50,45 +56,6 @@ class MemoryCache:
         if digest not in self._store:
             self._store[digest] = compute()
         return self._store[digest]
-
-
-# ---------------------------------------------------------------- pure stage functions
-
-
-def oversample(
-    labels: np.ndarray, target: int, n_classes: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Positions into `labels`: every sample once, plus random repeats of each class up to
-    `target` samples (classes already above it are left alone; 0 = off)."""
-    keep = [np.arange(len(labels))]
-    if target > 0:
-        for c in range(n_classes):
-            members = np.flatnonzero(labels == c)
-            if 0 < len(members) < target:
-                keep.append(rng.choice(members, size=target - len(members), replace=True))
-    return np.concatenate(keep)
-
-
-def select_pseudo_labels(
-    probs: np.ndarray, thresholds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep a sample when its top probability reaches the threshold of its predicted class.
-    Returns (positions kept, their labels)."""
-    pred = probs.argmax(axis=1)
-    keep = probs.max(axis=1) >= thresholds[pred]
-    return np.flatnonzero(keep), pred[keep]
-
-
-def vote(
-    logits: dict[str, np.ndarray], weights: dict[str, float], mode: str = "probs"
-) -> np.ndarray:
-    """Weighted soft voting of the heads; returns class probabilities (N, C).
-    probs: sum of weighted per-head probabilities (the paper); logits: softmax of the
-    weighted sum of logits (the released code)."""
-    total = sum(weights.get(h, 0.0) for h in HEADS)
-    if mode == "logits":
-        return train._softmax(sum(weights.get(h, 0.0) * logits[h] for h in HEADS) / total)
-    return sum(weights.get(h, 0.0) * train._softmax(logits[h]) for h in HEADS) / total
 
 
 def evaluate(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -161,47 +128,6 @@ def stratified_slice(
     return rest, chosen
 
 
-# ---------------------------------------------------------------- stage keys
-
-
-def stage_keys(cfg: Config, fingerprint: str, fold: int) -> dict[str, dict]:
-    """What each stage's output depends on: its own config slice and all upstream."""
-    c = cfg.to_dict()
-    pre = {
-        "v": STAGE_VERSIONS["pretrain"],
-        "data": fingerprint,
-        "classes": c["data"]["classes"],
-        "test_in_pool": c["data"]["test_in_pool"],
-        "model": c["model"],
-        "pretrain": c["pretrain"],
-        "noise": c["noise"],
-        "loss": c["loss"],
-        "optim": c["optim"],
-        "seed": c["seed"],
-    }
-    fine = {
-        "v": STAGE_VERSIONS["finetune"],
-        "up": pre,
-        "fold": fold,
-        "eval": c["eval"],
-        "oversample": c["oversample"],
-        "finetune": c["finetune"],
-    }
-    st = c["self_training"]
-    pseudo = {
-        "v": STAGE_VERSIONS["pseudo"],
-        "up": fine,
-        "thresholds": [cfg.threshold_of(k) for k in cfg.data.classes],
-        "rounds": st["rounds"],
-        "enabled": st["enabled"],
-        "epochs": st["epochs"],
-    }
-    return {"pretrain": pre, "finetune": fine, "pseudo": pseudo}
-
-
-# ---------------------------------------------------------------- one fold, one run
-
-
 # Roles a labelled or pool sample plays in a fold, as recorded in RunResult.splits.
 FIT, SELECT, SCORED, PSEUDO = "fit", "select", "scored", "pseudo"
 
@@ -254,22 +180,6 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _seed(cfg: Config, *parts: object) -> int:
-    """A stable per-stage seed: the same stage of the same config always draws the same
-    (crc32, not hash(), which Python salts per process)."""
-    words = [cfg.seed] + [zlib.crc32(str(p).encode()) for p in parts]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
-
-
-def pools(data: MERData, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(pretraining pool: all features allowed; pseudo-labelling pool: the unlabelled).
-    Test names and a search's outer holdout join the pool (features only, never labels)
-    when `data.test_in_pool` is on, as the challenge allows for test names."""
-    pool_splits = [UNLABELLED] + ([TEST, HOLDOUT] if cfg.data.test_in_pool else [])
-    unl = np.flatnonzero(np.isin(data.split, pool_splits))
-    return np.sort(np.concatenate([data.indices(LABELLED), unl])), unl
-
-
 def selection_split(
     cfg: Config, fold: int, y: np.ndarray, tr: np.ndarray, va: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +188,7 @@ def selection_split(
     scored: the scored fold itself (MERTools' protocol)."""
     if cfg.eval.select_on == "scored" and len(va):
         return tr, va
-    rng = np.random.default_rng(_seed(cfg, "select", fold))
+    rng = np.random.default_rng(derive_seed(cfg.seed, "select", fold))
     rest, chosen = stratified_slice(y[tr], cfg.eval.select_fraction, rng)
     return tr[rest], tr[chosen]
 
@@ -295,120 +205,72 @@ def run_fold(
     predict_idx: np.ndarray | None = None,
 ) -> FoldResult:
     """Train one fold model on the labelled positions `tr` (plus pseudo-labels) and give
-    its final heads on the scored positions `va` (which may be empty)."""
+    its final heads on the scored positions `va` (which may be empty). Each stage runs
+    through the cache, computed from its own config sections inside its compute call."""
     lab = data.indices(LABELLED)
     y = data.labels[lab]
     keys = stage_keys(cfg, data.fingerprint, fold)
-    seconds: dict[str, float] = {}
-    pretrain_pool, unl = pools(data, cfg)
-    val_idx = lab[va]
     fit, sel = selection_split(cfg, fold, y, tr, va)
-    sel_idx, sel_y = lab[sel], y[sel]
+    samples = FoldSamples(fold, lab[fit], y[fit], lab[sel], y[sel], lab[va])
+    seconds: dict[str, float] = {}
 
-    def epoch_hook(stage: str, epoch: int, values: dict) -> None:
+    def hook(stage: str, epoch: int, values: dict) -> None:
         report("epoch", fold=fold, stage=stage, epoch=epoch, **values)
 
-    def timed(stage: str, fn: Callable[[], Any]) -> Any:
-        report("stage", fold=fold, stage=stage)
+    def cached(stage: str, compute: Callable[[], Any]) -> Any:
+        label = "self_training" if stage == "pseudo" else stage
+        report("stage", fold=fold, stage=label)
         t0 = time.perf_counter()
-        out = fn()
-        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+        out = cache.get_or_compute(stage, keys[stage], compute)
+        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
         return out
 
-    device = feats.device
-
-    def do_pretrain() -> dict[str, torch.Tensor]:
-        model = train.make_model(data, cfg, _seed(cfg, "init"), device)
-        if cfg.pretrain.enabled and cfg.pretrain.epochs:
-            train.pretrain(model, feats, pretrain_pool, cfg, _seed(cfg, "pretrain"), epoch_hook)
-        return _cpu(model.state_dict())
-
-    pre_state = timed(
-        "pretrain", lambda: cache.get_or_compute("pretrain", keys["pretrain"], do_pretrain)
+    pre_state = cached(
+        "pretrain",
+        lambda: pretrain_stage(
+            data, feats, cfg.data, cfg.model, cfg.pretrain, train.Steps.of(cfg), cfg.seed, hook
+        ),
     )
-
-    def model_with(state: dict[str, torch.Tensor]) -> train.MRCCL:
-        model = train.make_model(data, cfg, _seed(cfg, "init"), device)
-        model.load_state_dict(state)
-        return model
-
-    # Oversampling is part of the finetune stage: its output depends on oversample.target.
-    rng = np.random.default_rng(_seed(cfg, "oversample", fold))
-    over = oversample(y[fit], cfg.oversample.target, len(data.classes), rng)
-    tr_idx, tr_y = lab[fit][over], y[fit][over]
-
-    def do_finetune() -> dict[str, Any]:
-        model = model_with(pre_state)
-        state, info = train.supervised(
-            model,
+    fine = cached(
+        "finetune",
+        lambda: finetune_stage(
+            data,
             feats,
-            tr_idx,
-            tr_y,
-            sel_idx,
-            sel_y,
-            cfg.finetune.epochs,
-            cfg,
-            _seed(cfg, "finetune", fold),
-            "finetune",
-            epoch_hook,
-        )
-        return {
-            "val": train.predict(model, feats, val_idx),
-            "pool": train.predict(model, feats, unl),
-            "state": _cpu(state),
-            "best_epoch": info["best_epoch"],
-        }
-
-    fine = timed(
-        "finetune", lambda: cache.get_or_compute("finetune", keys["finetune"], do_finetune)
+            pre_state,
+            samples,
+            cfg.data,
+            cfg.model,
+            cfg.oversample,
+            cfg.finetune,
+            train.Steps.of(cfg),
+            cfg.seed,
+            hook,
+        ),
     )
-    val_logits, pool_logits = fine["val"], fine["pool"]
-    final_state = fine["state"]
-
+    val_logits, final_state = fine["val"], fine["state"]
     added = {c: 0 for c in data.classes}
     precision = None
     pseudo_idx = np.zeros(0, dtype=np.int64)
+    _, unl = pools(data, cfg.data)
     st = cfg.self_training
     if st.enabled and st.rounds > 0 and len(unl) > 0:
-        thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
-
-        def do_self_training() -> dict[str, Any]:
-            logits_val, logits_pool, state = val_logits, pool_logits, fine["state"]
-            keep = labels = np.zeros(0, dtype=np.int64)
-            for rnd in range(st.rounds):
-                # Equal-weight vote: pseudo-labels never depend on the searched voting weights.
-                keep, labels = select_pseudo_labels(
-                    vote(logits_pool, {h: 1.0 for h in HEADS}), thresholds
-                )
-                if len(keep) == 0:
-                    break
-                # Retraining warm-starts from the previous round's (first: the finetuned) weights.
-                model = model_with(pre_state)
-                model.load_state_dict(state)
-                idx = np.concatenate([tr_idx, unl[keep]])
-                ys = np.concatenate([tr_y, labels])
-                state, _ = train.supervised(
-                    model,
-                    feats,
-                    idx,
-                    ys,
-                    sel_idx,
-                    sel_y,
-                    st.epochs,
-                    cfg,
-                    _seed(cfg, "retrain", fold, rnd),
-                    "retrain",
-                    epoch_hook,
-                )
-                logits_val = train.predict(model, feats, val_idx)
-                if rnd + 1 < st.rounds:
-                    logits_pool = train.predict(model, feats, unl)
-            return {"val": logits_val, "keep": keep, "labels": labels, "state": _cpu(state)}
-
         # Pseudo-labelling and retraining are one cached stage: both depend on the thresholds.
-        selftrain = timed(
-            "self_training",
-            lambda: cache.get_or_compute("pseudo", keys["pseudo"], do_self_training),
+        selftrain = cached(
+            "pseudo",
+            lambda: self_training_stage(
+                data,
+                feats,
+                pre_state,
+                fine,
+                samples,
+                cfg.data,
+                cfg.model,
+                cfg.self_training,
+                np.asarray([cfg.threshold_of(c) for c in data.classes]),
+                train.Steps.of(cfg),
+                cfg.seed,
+                hook,
+            ),
         )
         val_logits, final_state = selftrain["val"], selftrain["state"]
         pseudo_idx = unl[selftrain["keep"]]
@@ -423,11 +285,13 @@ def run_fold(
         report("note", text="the unlabelled pool is empty: self-training skipped")
     extra = None
     if predict_idx is not None:
-        extra = train.predict(model_with(final_state), feats, predict_idx)
-    roles = {FIT: lab[fit], SELECT: sel_idx, SCORED: val_idx, PSEUDO: pseudo_idx}
+        model = train.make_model(data, cfg.model, derive_seed(cfg.seed, "init"), feats.device)
+        model.load_state_dict(final_state)
+        extra = train.predict(model, feats, predict_idx)
+    roles = {FIT: samples.fit, SELECT: samples.select, SCORED: samples.scored, PSEUDO: pseudo_idx}
     return FoldResult(
         fold,
-        val_idx,
+        samples.scored,
         val_logits,
         added,
         precision,
@@ -437,10 +301,6 @@ def run_fold(
         roles,
         extra,
     )
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 def _split_table(results: list[FoldResult]) -> pd.DataFrame:

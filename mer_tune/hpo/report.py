@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .errors import MerTuneError
-from .tracking import redact
+from mer_tune.errors import MerTuneError
+from mer_tune.hpo.tracking import redact
 
 
 def confusion_png(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -126,9 +126,10 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     """The top trials, best config, parameter importances, failures and plot locations."""
     import optuna
 
-    from .outputs import plain_name
+    from mer_tune.hpo.folder import SearchFolder, storage_root
+    from mer_tune.outputs import plain_name
 
-    path = Path(storage).resolve() / plain_name(name, "report")
+    path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
     if not (path / "results.csv").exists():
         raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
     table = pd.read_csv(path / "results.csv")
@@ -144,7 +145,7 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
     failed = table[table["status"] == "FAILED"]
     best = path / "best_config.yaml"
-    from .confirm import read as read_confirm
+    from mer_tune.hpo.confirm import read as read_confirm
 
     confirmed = read_confirm(path)
     return {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import synth
-from .data import DataOptions, MERData, load
-from .errors import MerTuneError, UsageError
+from mer_tune.data import synthetic as synth
+from mer_tune.data.layout import DataOptions, MERData
+from mer_tune.data.pack import load
+from mer_tune.errors import MerTuneError, UsageError
 
 DEFAULT_DATA = "synthetic:small"
 

@@ -7,31 +7,37 @@ import contextlib
 import copy
 import ctypes
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from .config import HEADS, MODALITIES, Config
-from .data import MERData
-from .errors import MerTuneError
-from .model import MRCCL, add_noise
-from .steps import Stepper, autocast
+from mer_tune.data.layout import MODALITIES, MERData
+from mer_tune.errors import MerTuneError
+from mer_tune.method.config import (
+    HEADS,
+    Config,
+    LossConfig,
+    ModelConfig,
+    NoiseConfig,
+    OptimConfig,
+    PretrainConfig,
+)
+from mer_tune.method.model import MRCCL, add_noise
+from mer_tune.method.steps import Stepper, autocast
 
 EpochHook = Callable[[str, int, dict], None]
 
 
-def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
     """Serve every allocation above 1 MiB with its own mmap, returned to the OS on free.
     glibc otherwise raises its mmap threshold after the first large frees, and the
-    feature batches (MBs each, every step) then fragment the heap: measured at full scale,
-    private memory after one pass over the pool fell from 1.6 GiB to 0.4 GiB."""
+    feature batches (MBs each, every step) then fragment the heap (benchmarks/RESULTS.md,
+    "Memory"). Called by the entry points that train: the CLI, a trial, a retraining."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
-
-
-_fixed_mmap_threshold()
 
 
 class DivergedError(MerTuneError):
@@ -70,9 +76,23 @@ class Features:
         return {m: raw[m].float().sub_(self.mean[m]).div_(self.std[m]) for m in MODALITIES}
 
 
-def make_model(data: MERData, cfg: Config, seed: int, device: torch.device) -> MRCCL:
+@dataclass(frozen=True)
+class Steps:
+    """How every training stage takes its steps: the optimiser, the contrastive loss and
+    the noise of its second view. The one slice of the config all training shares."""
+
+    optim: OptimConfig
+    loss: LossConfig
+    noise: NoiseConfig
+
+    @classmethod
+    def of(cls, cfg: Config) -> Steps:
+        return cls(cfg.optim, cfg.loss, cfg.noise)
+
+
+def make_model(data: MERData, model_cfg: ModelConfig, seed: int, device: torch.device) -> MRCCL:
     torch.manual_seed(seed)
-    return MRCCL(data.dims, len(data.classes), cfg.model).to(device)
+    return MRCCL(data.dims, len(data.classes), model_cfg).to(device)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -109,20 +129,21 @@ def pretrain(
     model: MRCCL,
     feats: Features,
     idx: np.ndarray,
-    cfg: Config,
+    pretrain_cfg: PretrainConfig,
+    steps: Steps,
     seed: int,
     on_epoch: EpochHook | None = None,
 ) -> dict[str, torch.Tensor]:
     """Contrastive pretraining (no labels) over the samples `idx`."""
     rng = np.random.default_rng(seed)
     gen = _noise_generator(feats.device, seed)
-    loss_fn = lambda x, _y: _contrastive_loss(model, x, cfg, gen)  # noqa: E731
-    with Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device) as stepper:
-        for epoch in range(cfg.pretrain.epochs):
+    loss_fn = lambda x, _y: _contrastive_loss(model, x, steps, gen)  # noqa: E731
+    with Stepper(model, feats.batch, loss_fn, steps.optim, feats.device) as stepper:
+        for epoch in range(pretrain_cfg.epochs):
             pool = idx
-            if cfg.pretrain.max_samples and len(idx) > cfg.pretrain.max_samples:
-                pool = rng.choice(idx, size=cfg.pretrain.max_samples, replace=False)
-            batches = _batches(len(pool), cfg.optim.batch_size, rng)
+            if pretrain_cfg.max_samples and len(idx) > pretrain_cfg.max_samples:
+                pool = rng.choice(idx, size=pretrain_cfg.max_samples, replace=False)
+            batches = _batches(len(pool), steps.optim.batch_size, rng)
             total, _ = stepper.epoch([pool[b] for b in batches])
             mean_loss = _check(total, "pretrain", epoch) / max(len(pool), 1)
             if on_epoch:
@@ -131,13 +152,13 @@ def pretrain(
 
 
 def _contrastive_loss(
-    model: MRCCL, x: dict[str, torch.Tensor], cfg: Config, gen: torch.Generator | None
+    model: MRCCL, x: dict[str, torch.Tensor], steps: Steps, gen: torch.Generator | None
 ) -> torch.Tensor:
     emb = model.embed(x)
     noisy = None
-    if cfg.noise.kind != "none" and cfg.loss.nee_weight > 0:
-        noisy = model.embed({m: add_noise(x[m], m, cfg.noise, gen) for m in MODALITIES})
-    return model.contrastive(emb, noisy, cfg.loss)
+    if steps.noise.kind != "none" and steps.loss.nee_weight > 0:
+        noisy = model.embed({m: add_noise(x[m], m, steps.noise, gen) for m in MODALITIES})
+    return model.contrastive(emb, noisy, steps.loss)
 
 
 def equal_vote_f1(logits: dict[str, np.ndarray], y: np.ndarray) -> float:
@@ -160,13 +181,14 @@ def supervised(
     val_idx: np.ndarray,
     val_y: np.ndarray,
     epochs: int,
-    cfg: Config,
+    steps: Steps,
     seed: int,
     stage: str,
     on_epoch: EpochHook | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Cross-entropy on the four heads plus the contrastive terms; keep the best epoch
-    on the validation fold. Returns (best state, {best_epoch, best_f1, history})."""
+    """Cross-entropy on the four heads plus the contrastive terms; keep the epoch that
+    scores best on the samples `val_idx` (the selection samples: they pick, never train).
+    Returns (best state, {best_epoch, best_f1, history})."""
     rng = np.random.default_rng(seed)
     gen = _noise_generator(feats.device, seed)
 
@@ -174,16 +196,17 @@ def supervised(
         emb = model.embed(x)
         logits = model.logits(emb)
         loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
-        if cfg.loss.finetune_contrastive > 0:
-            loss = loss + cfg.loss.finetune_contrastive * _contrastive_loss(model, x, cfg, gen)
+        if steps.loss.finetune_contrastive > 0:
+            contrastive = _contrastive_loss(model, x, steps, gen)
+            loss = loss + steps.loss.finetune_contrastive * contrastive
         return loss
 
     targets = torch.as_tensor(train_y, device=feats.device)
     best_state, best = copy.deepcopy(model.state_dict()), {"best_epoch": -1, "best_f1": -1.0}
     history = []
-    with Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, targets) as stepper:
+    with Stepper(model, feats.batch, loss_fn, steps.optim, feats.device, targets) as stepper:
         for epoch in range(epochs):
-            batches = _batches(len(train_idx), cfg.optim.batch_size, rng)
+            batches = _batches(len(train_idx), steps.optim.batch_size, rng)
             total, last = stepper.epoch([train_idx[b] for b in batches], batches)
             _check(total, stage, epoch)
             score = equal_vote_f1(predict(model, feats, val_idx), val_y)

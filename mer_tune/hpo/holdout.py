@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import HOLDOUT, LABELLED, MERData
-from .errors import MerTuneError, UsageError
-from .outputs import write_text
-from .pipeline import min_per_class
+from mer_tune.data.layout import HOLDOUT, LABELLED, MERData
+from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.method.pipeline import min_per_class
+from mer_tune.outputs import write_text
 
 MAX_FRACTION = 0.5
 

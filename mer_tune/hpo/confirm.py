@@ -11,8 +11,6 @@ candidate is also retrained on all non-holdout labelled data once per seed, thro
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from .config import Config, with_overrides
-from .data import TEST, MERData
-from .errors import MerTuneError
-from .holdout import Holdout
-from .outputs import write_text
-from .stats import Verdict, decide, paired_difference, score_interval
+from mer_tune.data.layout import TEST, MERData
+from mer_tune.errors import MerTuneError
+from mer_tune.hpo.folder import SearchFolder
+from mer_tune.hpo.holdout import Holdout
+from mer_tune.hpo.spaces import trial_config
+from mer_tune.hpo.stats import Verdict, decide, paired_difference, score_interval
+from mer_tune.method.config import Config
+from mer_tune.outputs import atomic_write, write_text
 
-OUTPUTS = "trial-outputs"
 CONFIRM_FILE = "confirm.csv"
 VERDICT_FILE = "verdict.json"
 BASELINE_TRIAL = 0  # the space's first point: the base config's (the paper's) values
@@ -45,21 +44,19 @@ def save_trial_outputs(
 ) -> None:
     """A trial's predictions on the holdout and test names, and which samples each of
     its folds fit on, selected epochs on, scored and pseudo-labelled. No pickles."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(
-            tmp,
-            idx=np.asarray(idx, dtype=np.int64),
-            probs=np.asarray(probs, dtype=np.float32),
-            split_fold=splits["fold"].to_numpy(np.int64),
-            split_role=splits["role"].to_numpy(dtype="U8"),
-            split_index=splits["index"].to_numpy(np.int64),
-        )
-        os.replace(tmp, folder / f"{trial_id}.npz")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    arrays = {
+        "idx": np.asarray(idx, dtype=np.int64),
+        "probs": np.asarray(probs, dtype=np.float32),
+        "split_fold": splits["fold"].to_numpy(np.int64),
+        "split_role": splits["role"].to_numpy(dtype="U8"),
+        "split_index": splits["index"].to_numpy(np.int64),
+    }
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+    atomic_write(folder / f"{trial_id}.npz", write)
 
 
 def load_trial_outputs(folder: Path, trial_id: str) -> dict[str, np.ndarray]:
@@ -132,7 +129,7 @@ def confirm(
     truth = _truth(data, test_idx)
     fold_preds = []
     for c in everyone:
-        out = load_trial_outputs(c.folder / OUTPUTS, c.trial_id)
+        out = load_trial_outputs(SearchFolder(c.folder).outputs, c.trial_id)
         fold_preds.append((_rows(out, holdout.idx).argmax(1), _rows(out, test_idx).argmax(1)))
     # With retrained seeds, the verdict compares the retrained models (the ones a user
     # would deploy); otherwise the search's own fold models.
@@ -214,12 +211,11 @@ def _truth(data: MERData, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def candidate_from(row: dict, base: Config, params: list[str], folder: Path) -> Candidate:
-    values = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in params}
     return Candidate(
         int(row["trial"]),
         str(row["trial_id"]),
         float(row["weighted_f1"]),
-        with_overrides(base, values),
+        trial_config(base, {k: row[k] for k in params}),
         folder,
     )
 

@@ -1,0 +1,1 @@
+"""Datasets: the MERTools layout, packing, synthetic data, feature extraction."""

@@ -1,0 +1,184 @@
+"""The packed form of a dataset: one memory-mappable ``.npy`` per modality (float16, or
+float32 where values would overflow it) plus a sample table, written once, mapped after."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from mer_tune.data.layout import (
+    MODALITIES,
+    TRUTH_FILE,
+    DataOptions,
+    MERData,
+    _feature_dir,
+    read_folders,
+)
+from mer_tune.errors import MerTuneError
+
+PACK_VERSION = 1
+FP16_MAX = 60000.0  # larger magnitudes would overflow float16: keep such a modality in float32
+
+
+def _max_abs(arr: np.ndarray, chunk: int = 8192) -> float:
+    return max(float(np.abs(arr[i : i + chunk]).max()) for i in range(0, len(arr), chunk))
+
+
+def _source_signature(root: Path, opts: DataOptions) -> dict:
+    """Cheap change detection: folder and label-file mtimes (adding or removing a file
+    changes its folder's mtime). `pack(force=True)` rebuilds after in-place edits."""
+    sig: dict[str, object] = {"version": PACK_VERSION, "options": opts.key()}
+    for m in MODALITIES:
+        d = root / "features" / opts.folders[m]
+        sig[m] = d.stat().st_mtime_ns if d.exists() else None
+    for name in ("label-disdim.csv", "label-6way.npz", "test-names.csv", TRUTH_FILE):
+        p = root / name
+        sig[name] = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+    for extra in (opts.labels, opts.test_names):
+        if extra and Path(extra).exists():
+            sig[str(extra)] = Path(extra).stat().st_mtime_ns
+    return sig
+
+
+def default_pack_dir(root: Path, opts: DataOptions) -> Path:
+    """Beside the data when writable, else under the user's cache folder."""
+    root = root.resolve()
+    if os.access(root, os.W_OK):
+        return root / ".mer-tune-pack" / opts.key()
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "mer-tune" / "packs" / f"{digest}-{opts.key()}"
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise MerTuneError(
+            f"{folder}: packing needs {needed / 2**30:.2f} GiB free, "
+            f"{free / 2**30:.2f} GiB are (free some space or pass another pack folder)"
+        )
+
+
+def _reserve(path: Path, needed: int) -> None:
+    """Allocate a memory-mapped file's blocks before writing through the map: on a full
+    disk a write through the map kills the process with SIGBUS; this fails cleanly."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        raise MerTuneError(
+            f"{path.parent}: cannot reserve {needed / 2**30:.2f} GiB for the pack "
+            f"({err.strerror}); free some space"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
+    """Write the packed form atomically: a temporary folder renamed into place, its space
+    checked and reserved before anything is written through a memory map."""
+    pack_dir.parent.mkdir(parents=True, exist_ok=True)
+    dtypes = {
+        m: np.float32 if _max_abs(a) > FP16_MAX else np.float16 for m, a in data.features.items()
+    }
+    needed = sum(
+        a.shape[0] * a.shape[1] * np.dtype(dtypes[m]).itemsize for m, a in data.features.items()
+    )
+    _check_space(pack_dir.parent, needed + (64 << 20))  # + the sample table and headroom
+    tmp = Path(tempfile.mkdtemp(prefix=".packing-", dir=pack_dir.parent))
+    try:
+        hasher = hashlib.sha256()
+        for m, arr in data.features.items():
+            dtype = dtypes[m]
+            # Written a chunk at a time into the final memory-mapped file: no second copy.
+            out = np.lib.format.open_memmap(
+                tmp / f"{m}.npy", mode="w+", dtype=dtype, shape=arr.shape
+            )
+            _reserve(tmp / f"{m}.npy", needed)
+            for start in range(0, len(arr), 8192):
+                out[start : start + 8192] = arr[start : start + 8192]
+                hasher.update(memoryview(np.ascontiguousarray(out[start : start + 8192])))
+            out.flush()
+            del out
+            np.save(tmp / f"{m}.mean.npy", data.mean[m])
+            np.save(tmp / f"{m}.std.npy", data.std[m])
+        table = pd.DataFrame({"name": data.names, "split": data.split, "label": data.labels})
+        if data.hidden_labels is not None:
+            table["hidden_label"] = data.hidden_labels
+        table.to_csv(tmp / "samples.csv", index=False)
+        hasher.update(table.to_csv(index=False).encode())
+        meta = {
+            "signature": signature,
+            "classes": data.classes,
+            "dtypes": {m: np.dtype(d).name for m, d in dtypes.items()},
+            "fingerprint": hasher.hexdigest()[:16],
+            "source": data.source,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if pack_dir.exists():
+            shutil.rmtree(pack_dir)
+        os.replace(tmp, pack_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_pack(pack_dir: Path) -> MERData:
+    meta = json.loads((pack_dir / "meta.json").read_text())
+    table = pd.read_csv(
+        pack_dir / "samples.csv", dtype={"name": str, "split": str}, keep_default_na=False
+    )
+    feats = {m: np.load(pack_dir / f"{m}.npy", mmap_mode="r") for m in MODALITIES}
+    return MERData(
+        names=table["name"].to_numpy(dtype=object),
+        split=table["split"].to_numpy(dtype=object),
+        labels=table["label"].to_numpy(dtype=np.int64),
+        features=feats,
+        classes=list(meta["classes"]),
+        mean={m: np.load(pack_dir / f"{m}.mean.npy") for m in MODALITIES},
+        std={m: np.load(pack_dir / f"{m}.std.npy") for m in MODALITIES},
+        fingerprint=meta["fingerprint"],
+        hidden_labels=table["hidden_label"].to_numpy(dtype=np.int64)
+        if "hidden_label" in table
+        else None,
+        source=meta["source"],
+    )
+
+
+def load(
+    root: str | Path,
+    opts: DataOptions = DataOptions(),
+    pack_dir: Path | None = None,
+    force: bool = False,
+) -> MERData:
+    """Load a dataset through its pack, packing first when missing or out of date."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MerTuneError(f"{root}: data folder not found")
+    for m in MODALITIES:
+        _feature_dir(root, opts.folders[m], m)
+    pack_dir = pack_dir or default_pack_dir(root, opts)
+    signature = _source_signature(root, opts)
+    if not force and _current(pack_dir, signature):
+        return load_pack(pack_dir)
+    pack_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes packing one folder at once: the second waits, then finds it packed.
+    with FileLock(str(pack_dir.parent / f".{pack_dir.name}.lock")):
+        if force or not _current(pack_dir, signature):
+            pack(read_folders(root, opts), pack_dir, signature)
+    return load_pack(pack_dir)
+
+
+def _current(pack_dir: Path, signature: dict) -> bool:
+    try:
+        meta = json.loads((pack_dir / "meta.json").read_text())
+        return meta["signature"] == json.loads(json.dumps(signature))
+    except (ValueError, KeyError, OSError):
+        return False  # missing or damaged: (re)built by the caller

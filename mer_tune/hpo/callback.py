@@ -1,0 +1,163 @@
+"""The driver-side Tune callback that turns trial events into MLflow child runs (through
+tracking.SearchRecorder, the one MLflow writer) and rows of results.csv."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from mer_tune.hpo.spaces import Space, trial_config
+from mer_tune.hpo.tracking import SearchRecorder
+from mer_tune.hpo.trial import METRIC
+from mer_tune.method.config import Config
+from mer_tune.outputs import write_text
+
+
+def logger_callback(
+    recorder: SearchRecorder,
+    space: Space,
+    rows: dict,
+    on_event: Callable[..., None],
+    path: Path,
+    base: Config,
+):
+    from ray.tune import Callback
+
+    class MlflowTrialLogger(Callback):
+        """Child runs, per-epoch metrics and the results table, written by the driver."""
+
+        def __init__(self) -> None:
+            # Rows read back on resume keep their trial numbers.
+            self.order: dict[str, int] = {tid: int(r["trial"]) for tid, r in rows.items()}
+            self.started: dict[str, float] = {}
+
+        def _save(self) -> None:
+            # After every finished trial, so an interrupted search loses no result.
+            write_results(path, rows)
+
+        def _row(self, trial, trials: list) -> dict:
+            if trial.trial_id not in self.order:
+                # Numbered in the order Tune created the trials (the order Optuna suggested
+                # them), not the order they started: trial 0 is always the first point,
+                # the base config's values, whatever the concurrency.
+                pos = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), None)
+                taken = set(self.order.values())
+                fresh = pos is not None and pos not in taken
+                self.order[trial.trial_id] = pos if fresh else max(taken, default=-1) + 1
+            number = self.order[trial.trial_id]
+            row = rows.setdefault(trial.trial_id, {"trial": number, "trial_id": trial.trial_id})
+            row.update({k: trial.config.get(k) for k in space.params})
+            return row
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            row = self._row(trial, trials)
+            self.started.setdefault(trial.trial_id, time.time())
+            recorder.start_child(trial.trial_id, f"trial-{row['trial']:03d}", dict(trial.config))
+            row["status"] = "RUNNING"
+            on_event("start", row=row)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if not result.get("final"):
+                # The per-epoch score is logged as best_val_f1: weighted_f1 is the final score alone.
+                metrics = {
+                    "val_f1": result.get("val_f1"),
+                    "train_loss": result.get("train_loss"),
+                    "best_val_f1": result.get(METRIC),
+                }
+                recorder.log_metrics(trial.trial_id, metrics, step=result.get("training_iteration"))
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            row, result = self._row(trial, trials), trial.last_result or {}
+            row["seconds"] = round(time.time() - self.started.get(trial.trial_id, time.time()), 2)
+            if result.get("final"):
+                final = {
+                    k: v
+                    for k, v in result.items()
+                    if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
+                }
+                recorder.log_metrics(trial.trial_id, final | {METRIC: result[METRIC]})
+                seconds = [v for k, v in final.items() if k.startswith("seconds_")]
+                row["pipeline_seconds"] = round(sum(seconds), 3)
+                row.update(status="FINISHED", weighted_f1=result[METRIC])
+                status = "FINISHED"
+            else:  # stopped early by the scheduler
+                row.update(status="PRUNED", weighted_f1=result.get(METRIC))
+                status = "KILLED"
+            tags = {
+                "ray.node_ip": result.get("node_ip", ""),
+                "ray.hostname": result.get("hostname", ""),
+                "ray.node_id": result.get("node_id", ""),
+                "mer_tune.cached_stages": result.get("cache_hits", ""),
+                "mer_tune.status": row["status"],
+            }
+            _trial_artifacts(recorder, trial, result, base)
+            recorder.finish_child(trial.trial_id, status, tags)
+            self._save()
+            on_event("complete", row=row)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            row = self._row(trial, trials)
+            message = _error_message(trial)
+            row.update(
+                status="FAILED",
+                error=message,
+                seconds=round(time.time() - self.started.get(trial.trial_id, time.time()), 2),
+            )
+            result = trial.last_result or {}
+            recorder.finish_child(
+                trial.trial_id,
+                "FAILED",
+                {"error": message, "ray.node_ip": result.get("node_ip", "")},
+            )
+            self._save()
+            on_event("error", row=row)
+
+    return MlflowTrialLogger()
+
+
+def _trial_artifacts(recorder: SearchRecorder, trial, result: dict, base: Config) -> None:
+    """The resolved config as YAML and, for a finished trial, its confusion matrix."""
+    from mer_tune.hpo.report import confusion_png
+
+    run_id = recorder.children.get(trial.trial_id)
+    if run_id is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = trial_config(base, dict(trial.config))
+        (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
+        if result.get("confusion"):
+            confusion_png(
+                json.loads(result["confusion"]),
+                cfg.data.classes,
+                Path(tmp) / "confusion_matrix.png",
+            )
+        recorder.log_artifacts(run_id, Path(tmp))
+
+
+def _error_message(trial) -> str:
+    """The exception line of the trial's error (its local error file is written before
+    Tune's callbacks run; the copy in storage only after a sync)."""
+    text = ""
+    try:
+        if trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text()
+        else:
+            text = trial.get_error() or ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]]
+    return (errors or lines or ["trial failed"])[-1][:2000]
+
+
+def write_results(path: Path, rows: dict) -> pd.DataFrame:
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["trial"]))
+    if not table.empty and "weighted_f1" not in table:
+        table["weighted_f1"] = float("nan")
+    write_text(path / "results.csv", table.to_csv(index=False))
+    return table

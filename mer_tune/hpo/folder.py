@@ -1,0 +1,84 @@
+"""A search's folder, STORAGE/NAME: the one place its paths and files are named.
+
+search.yaml       settings, data record, MLflow ids (no passwords)
+base_config.yaml  the config every trial starts from
+space.yaml        the space searched (resume reads it)
+holdout.csv       the outer holdout's names and labels
+cache.key         the key that signs stage cache entries (mode 0600)
+results.csv       one row per trial; confirm.csv, verdict.json after the confirm step
+trial-outputs/    each trial's holdout and test predictions and its splits
+ray/              Ray Tune's experiment state (pickled: trust the folder like code)
+cache/            the stage cache, unless --cache-dir put it elsewhere
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.outputs import plain_name
+
+
+def storage_root(storage: str | Path) -> Path:
+    """The folder that holds searches: a path, on shared storage (NFS) for a cluster."""
+    if "://" in str(storage):
+        raise UsageError(
+            f"--storage {storage}: URIs are not supported; give a folder every node can "
+            "reach (an NFS mount); the stage cache alone can live at a URI (--cache-dir)"
+        )
+    return Path(storage).resolve()
+
+
+@dataclass(frozen=True)
+class SearchFolder:
+    path: Path
+
+    @classmethod
+    def of(cls, storage: str | Path, name: str, option: str) -> SearchFolder:
+        """The existing search NAME in STORAGE (`option` names where the name came from)."""
+        folder = cls(storage_root(storage) / plain_name(name, option))
+        if not folder.state_file.exists():
+            raise MerTuneError(f"{folder.path}: no search of that name (see --storage)")
+        return folder
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    state_file = property(lambda self: self.path / "search.yaml")
+    base_file = property(lambda self: self.path / "base_config.yaml")
+    space_file = property(lambda self: self.path / "space.yaml")
+    holdout_file = property(lambda self: self.path / "holdout.csv")
+    key_file = property(lambda self: self.path / "cache.key")
+    results_file = property(lambda self: self.path / "results.csv")
+    outputs = property(lambda self: self.path / "trial-outputs")
+    ray_dir = property(lambda self: self.path / "ray")
+
+    def state(self) -> dict[str, Any]:
+        return yaml.safe_load(self.state_file.read_text()) or {}
+
+    def base(self):
+        from mer_tune.method.config import load_config
+
+        return load_config(self.base_file)
+
+    def space(self, base=None):
+        from mer_tune.hpo.spaces import load_space
+
+        return load_space(str(self.space_file), base)
+
+    def results(self) -> pd.DataFrame | None:
+        return pd.read_csv(self.results_file) if self.results_file.exists() else None
+
+    def cache_dir(self) -> str:
+        """Where this search's stage cache is (its --cache-dir, a URI or a folder)."""
+        return self.state().get("cache_dir") or str(self.path / "cache")
+
+    def cache_key(self) -> str | None:
+        """The hex key that signs this search's cache entries (None: an older search)."""
+        return self.key_file.read_text().strip() if self.key_file.exists() else None

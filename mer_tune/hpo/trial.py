@@ -1,0 +1,107 @@
+"""One Ray Tune trial: the full pipeline on the base config plus Optuna's suggestion.
+
+It runs where Ray places it (a CPU or a GPU worker), reports per-epoch and final scores
+to Tune, and leaves its holdout and test predictions in the search folder for the confirm
+step. It writes nothing to MLflow: the driver does (callback.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from mer_tune.data.layout import HOLDOUT, TEST, MERData
+from mer_tune.hpo import confirm as confirm_step
+from mer_tune.hpo.cache import StageStore
+from mer_tune.hpo.spaces import trial_config
+from mer_tune.method import pipeline, train
+from mer_tune.method.config import build_config
+
+METRIC = "weighted_f1"
+
+
+class TrialTimeout(RuntimeError):
+    """A trial ran past --trial-timeout (checked at every stage and epoch)."""
+
+
+def run_trial(
+    config: dict[str, Any],
+    data: MERData,
+    base: dict[str, Any],
+    threads: int,
+    use_gpu: bool,
+    cache_dir: str | None,
+    timeout: float | None = None,
+    outputs: str | None = None,
+    cache_key: str | None = None,
+) -> None:
+    """One Ray Tune trial: the full pipeline on `base` + the suggested values. With
+    `outputs`, the fold models' predictions on the holdout and test names go to a file
+    there, out of sight of the search (no metric, no column) until the confirm step."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, threads))
+    train.fix_mmap_threshold()
+    cfg = trial_config(build_config(base), config)
+    key = bytes.fromhex(cache_key) if cache_key else None
+    cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
+    started = time.monotonic()
+
+    def report(kind: str, **f: Any) -> None:
+        if timeout and time.monotonic() - started > timeout:
+            raise TrialTimeout(
+                f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
+            )
+        # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
+        # the stage so far, comparable across trial lengths.
+        if kind == "epoch" and "val_f1" in f:
+            tune.report(
+                {
+                    METRIC: f["best_val_f1"],
+                    "val_f1": f["val_f1"],
+                    "train_loss": f["train_loss"],
+                    "stage": f["stage"],
+                    "fold": f["fold"],
+                    "final": False,
+                }
+            )
+
+    predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST])) if outputs else None
+    res = pipeline.run(
+        data,
+        cfg,
+        cache=cache,
+        report=report,
+        device="cuda" if use_gpu and torch.cuda.is_available() else "cpu",
+        predict_idx=predict_idx,
+    )
+    if outputs and res.extra_probs is not None and res.splits is not None:
+        trial_id = tune.get_context().get_trial_id()
+        confirm_step.save_trial_outputs(
+            Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
+        )
+    final: dict[str, Any] = {
+        METRIC: res.weighted_f1,
+        "final": True,
+        "cache_hits": ",".join(res.cache_hits),
+    }
+    final |= {f"f1_{c}": v for c, v in res.per_class_f1.items()}
+    final |= {f"pseudo_added_{c}": v for c, v in res.pseudo_added.items()}
+    final |= {f"seconds_{k}": v for k, v in res.seconds.items()}
+    final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
+    if res.pseudo_precision is not None:
+        final["pseudo_precision"] = res.pseudo_precision
+    import ray
+
+    final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
+    matrix = confusion_matrix(
+        res.predictions["label"], res.predictions["pred"], labels=cfg.data.classes
+    )
+    final["confusion"] = json.dumps(matrix.tolist())
+    tune.report(final)

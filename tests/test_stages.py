@@ -1,0 +1,156 @@
+"""The stages of a fold and their table: pseudo-labels, oversampling, voting, the cache
+keys built from the table, and a check that each stage reads only what its key holds."""
+
+import numpy as np
+import pytest
+
+from mer_tune.data.pack import load
+from mer_tune.hpo.cache import key_digest
+from mer_tune.hpo.staged import step_of
+from mer_tune.method import pipeline, stages
+from mer_tune.method.config import Config, with_overrides
+
+
+def test_pseudo_labels_use_the_threshold_of_the_predicted_class():
+    probs = np.array(
+        [
+            [0.95, 0.05],  # class 0 at 0.95: below its 0.99 threshold
+            [0.995, 0.005],  # class 0 at 0.995: kept
+            [0.2, 0.8],  # class 1 at 0.8: reaches its 0.8 threshold
+            [0.3, 0.7],  # class 1 at 0.7: below
+        ]
+    )
+    keep, labels = stages.select_pseudo_labels(probs, np.array([0.99, 0.8]))
+    assert keep.tolist() == [1, 2]
+    assert labels.tolist() == [0, 1]
+
+
+def test_oversampling_repeats_each_class_up_to_the_target():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 50)
+    pos = stages.oversample(labels, 20, 3, np.random.default_rng(0))
+    counts = np.bincount(labels[pos], minlength=3)
+    assert counts.tolist() == [20, 20, 50]  # the class above the target is left alone
+    assert set(range(len(labels))) <= set(pos.tolist())  # every original sample kept
+    assert len(stages.oversample(labels, 0, 3, np.random.default_rng(0))) == len(labels)
+
+
+def test_weighted_soft_voting():
+    logits = {
+        "fusion": np.log([[0.9, 0.1]]),
+        "audio": np.log([[0.2, 0.8]]),
+        "visual": np.log([[0.5, 0.5]]),
+        "text": np.log([[0.5, 0.5]]),
+    }
+    probs = stages.vote(logits, {"fusion": 0.7, "audio": 0.7, "visual": 0.0, "text": 0.0})
+    assert np.allclose(probs, [[0.55, 0.45]])
+    audio_only = stages.vote(logits, {"fusion": 0.0, "audio": 1.0, "visual": 0.0, "text": 0.0})
+    assert np.allclose(audio_only, [[0.2, 0.8]])
+    by_logits = stages.vote(
+        logits, {"fusion": 1.0, "audio": 1.0, "visual": 0.0, "text": 0.0}, "logits"
+    )
+    assert np.allclose(by_logits.sum(1), 1.0) and by_logits[0, 0] > 0.5
+
+
+def test_stage_keys_follow_the_data_flow(fast_cfg):
+    base = stages.stage_keys(fast_cfg, "fp", 0)
+    thr = stages.stage_keys(
+        with_overrides(fast_cfg, {"self_training.thresholds.sad": 0.7}), "fp", 0
+    )
+    vote_only = stages.stage_keys(with_overrides(fast_cfg, {"voting.weights.text": 0.9}), "fp", 0)
+    lr = stages.stage_keys(with_overrides(fast_cfg, {"optim.lr": 0.01}), "fp", 0)
+    assert thr["finetune"] == base["finetune"] and thr["pseudo"] != base["pseudo"]
+    assert vote_only == base
+    assert lr["pretrain"] != base["pretrain"]
+
+
+def test_key_changes_with_any_upstream_value_and_only_then(fast_cfg):
+    base = stages.stage_keys(fast_cfg, "fp", 0)
+    for path, value in [
+        ("model.hidden", 32),
+        ("noise.kind", "mask"),
+        ("optim.lr", 0.01),
+        ("seed", 5),
+    ]:
+        changed = stages.stage_keys(with_overrides(fast_cfg, {path: value}), "fp", 0)
+        for stage in ("pretrain", "finetune", "pseudo"):
+            assert key_digest(stage, changed[stage]) != key_digest(stage, base[stage]), (
+                path,
+                stage,
+            )
+    other_data = stages.stage_keys(fast_cfg, "other", 0)
+    assert key_digest("pretrain", other_data["pretrain"]) != key_digest(
+        "pretrain", base["pretrain"]
+    )
+    other_fold = stages.stage_keys(fast_cfg, "fp", 1)
+    assert other_fold["pretrain"] == base["pretrain"] and other_fold["finetune"] != base["finetune"]
+    over = stages.stage_keys(with_overrides(fast_cfg, {"oversample.target": 10}), "fp", 0)
+    assert over["pretrain"] == base["pretrain"] and over["finetune"] != base["finetune"]
+
+
+class _Recording:
+    """A Config that notes which of its top-level sections are read, and by which stage."""
+
+    def __init__(self, cfg: Config, log: list, stage: list):
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "_log", log)
+        object.__setattr__(self, "_stage", stage)
+
+    def __getattr__(self, name):
+        section = {"threshold_of": "self_training"}.get(name, name)
+        if section in type(self._cfg).model_fields:
+            self._log.append((self._stage[-1], section))
+        return getattr(self._cfg, name)
+
+
+class _StageTracking(pipeline.MemoryCache):
+    def __init__(self, stage: list):
+        super().__init__()
+        self.stage = stage
+
+    def get_or_compute(self, stage, key, compute):
+        self.stage.append(stage)
+        try:
+            return super().get_or_compute(stage, key, compute)
+        finally:
+            self.stage.pop()
+
+
+def test_each_stage_reads_exactly_the_config_sections_its_cache_key_holds(tiny_dir, fast_cfg):
+    log: list = []
+    stage = ["fold"]
+    cfg = _Recording(fast_cfg, log, stage)
+    pipeline.run(load(tiny_dir), cfg, cache=_StageTracking(stage))
+    read: dict[str, set] = {}
+    for who, section in log:
+        read.setdefault(who, set()).add(section)
+    for name, st in stages.STAGES.items():
+        # nothing a stage reads is missing from its key, and it reads every section it declares
+        assert read[name] <= stages.key_sections(name), (name, read[name])
+        assert set(st.reads) - {"data", "seed"} <= read[name] | read["fold"], name
+    # outside the stages: the fold split (eval, seed) feeds finetuning; whether the pseudo
+    # stage runs at all (self_training.enabled, rounds) is in its own key; then the vote
+    fold_level = read["fold"] - {"voting", "self_training"}
+    assert fold_level <= stages.key_sections("finetune"), fold_level
+    assert "self_training" in stages.key_sections("pseudo")
+    assert "voting" not in set().union(*(read[s] for s in stages.STAGES))
+
+
+@pytest.mark.parametrize(
+    "key, step",
+    [
+        ("voting.weights.text", "voting"),
+        ("self_training.thresholds.sad", "thresholds"),
+        ("self_training.rounds", "thresholds"),
+        ("optim.lr", "upstream"),
+        ("oversample.target", "upstream"),
+        ("noise.timesteps.audio", "upstream"),
+    ],
+)
+def test_the_staged_steps_follow_the_stage_table(key, step):
+    assert step_of(key) == step
+
+
+def test_every_config_section_belongs_to_a_stage_or_the_vote():
+    sections = set(Config.model_fields)
+    covered = set().union(*(set(s.reads) for s in stages.STAGES.values())) | set(stages.VOTE_READS)
+    assert sections == covered
