@@ -1,44 +1,37 @@
-"""Training steps: the epoch's loss is summed without per-step reads, a diverging config
-stops with a clear error, and a GPU's noise needs no host round trip."""
+"""Training loops: the kept weights are those of the epoch that scored best on the
+selection samples."""
 
 import numpy as np
-import pytest
 import torch
 
-from mer_tune.method.config import NoiseConfig, OptimConfig
-from mer_tune.method.model import add_noise
-from mer_tune.method.steps import Stepper
+from mer_tune.data.pack import load
+from mer_tune.method import train
+from mer_tune.method.config import build_config
 
 
-def test_an_epoch_returns_the_size_weighted_sum_of_its_batch_losses():
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 1)
-    feats = torch.randn(10, 3)
-    seen = []
+def test_supervised_keeps_the_epoch_the_selection_samples_score_best(tiny_dir, monkeypatch):
+    data = load(tiny_dir)
+    cfg = build_config({"model": {"hidden": 16, "heads": 2, "head_dims": [16]}})
+    feats = train.Features(data, torch.device("cpu"))
+    model = train.make_model(data, cfg.model, 0, feats.device)
+    lab = data.indices("labelled")
+    fit, sel = lab[:120], lab[120:]
+    scripted = iter([0.2, 0.9, 0.5, 0.1])  # epoch 1 is best
+    weights = []
 
-    def loss_fn(x, y):
-        loss = (model(x["a"]).squeeze(1) - y).pow(2).mean()
-        seen.append(loss.item())
-        return loss
+    def score(logits, y):
+        assert len(y) == len(sel)  # scored on the selection samples
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
 
-    targets = torch.arange(10, dtype=torch.float32)
-    stepper = Stepper(
-        model, lambda idx: {"a": feats[idx]}, loss_fn, OptimConfig(batch_size=4),
-        torch.device("cpu"), targets,
+    monkeypatch.setattr(train, "equal_vote_f1", score)
+    state, info = train.supervised(
+        model, feats, fit, data.labels[fit], sel, data.labels[sel], 4,
+        train.Steps.of(cfg), seed=0, stage="finetune",
     )  # fmt: skip
-    batches = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7]), np.array([8, 9])]
-    before = model.weight.detach().clone()
-    total, last = stepper.epoch(batches, batches)
-    assert total.item() == pytest.approx(4 * seen[0] + 4 * seen[1] + 2 * seen[2], rel=1e-6)
-    assert last.item() == pytest.approx(seen[2])
-    assert not torch.equal(model.weight, before)  # three Adam steps were taken
-
-
-def test_noise_without_a_generator_draws_on_the_inputs_device_reproducibly():
-    x = torch.ones(8, 5)
-    torch.manual_seed(3)
-    first = add_noise(x, "text", NoiseConfig(kind="ddpm"), None)
-    torch.manual_seed(3)
-    again = add_noise(x, "text", NoiseConfig(kind="ddpm"), None)
-    assert first.device == x.device and torch.equal(first, again)
-    assert not torch.equal(first, x)
+    assert info["best_epoch"] == 1 and info["history"] == [0.2, 0.9, 0.5, 0.1]
+    for key, value in state.items():
+        assert torch.equal(value, weights[1][key]), key
+        assert torch.equal(model.state_dict()[key], value)  # the model holds the kept epoch
+    assert not all(torch.equal(weights[1][k], weights[3][k]) for k in state)
+    assert np.isfinite(info["best_f1"])
