@@ -99,9 +99,9 @@ class MERData:
     def shareable(self) -> MERData:
         """The same data with plain-ndarray views of the (memory-mapped) features.
         numpy pickles an ndarray subclass such as np.memmap in-band, so Ray would copy
-        the features into every trial's heap (measured: +1.55 GiB per trial at full
-        scale); a plain array goes out-of-band into the object store, and every trial
-        reads the one shared copy."""
+        the features into every trial's heap (benchmarks/RESULTS.md, "Memory with 1, 2
+        and 4 concurrent trials"); a plain array goes out-of-band into the object store,
+        and every trial reads the one shared copy."""
         return dataclasses.replace(
             self, features={m: np.asarray(a) for m, a in self.features.items()}
         )
