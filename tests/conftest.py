@@ -144,6 +144,19 @@ def tiny_search(env: Path, tiny_dir: Path, **kw):
     return search(**(args | kw))
 
 
+def wait_for_server(uri: str, log: Path, timeout: float, alive=lambda: True) -> None:
+    """Until `uri`/health answers; fails the test with the server's log if it does not."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            return
+        except OSError:
+            if time.time() > deadline or not alive():
+                pytest.fail(f"mlflow server did not start: {log.read_text()[-800:]}")
+            time.sleep(0.5)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with a sqlite store, stopped after the test."""
@@ -175,17 +188,7 @@ def mlflow_server(tmp_path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail(
-                        f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-500:]}"
-                    )
-                time.sleep(0.5)
+        wait_for_server(uri, tmp_path / "mlflow-server.log", 60, lambda: proc.poll() is None)
         yield uri
     finally:
         proc.terminate()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_search
+from conftest import tiny_search, wait_for_server
 
 from mer_tune.errors import MerTuneError
 from mer_tune.hpo.tracking import check_reachable, redact, resolve_uri, ui_command
@@ -97,15 +97,7 @@ def auth_server(tmp_path, monkeypatch):
     pid = int((state / "server.pid").read_text())
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail((state / "server.log").read_text()[-800:])
-                time.sleep(0.5)
+        wait_for_server(uri, state / "server.log", 90)
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
         monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
         yield uri, password, tmp_path

@@ -24,52 +24,34 @@ def _env():
     return env
 
 
-@pytest.mark.slow
-def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path, tiny_dir):
-    trials = 6
-    slow = FAST | {"finetune": {"epochs": 40}}  # a few seconds a trial: time to kill mid-search
+def _slow_search(tmp_path, tiny_dir, name: str, trials: int, finished: int, stderr=None):
+    """`mer-tune search` in its own process group, slowed to a few seconds a trial, once
+    `finished` of its trials have finished: (process, results.csv, tracking URI)."""
+    slow = FAST | {"finetune": {"epochs": 40}}  # a few seconds a trial: time to stop it
     (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
     (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mer_tune",
-        "search",
-        "--space",
-        "space.yaml",
-        "--trials",
-        str(trials),
-        "--data",
-        str(tiny_dir),
-        "--config",
-        "slow.yaml",
-        "--concurrency",
-        "1",
-        "--name",
-        "r",
-        "--tracking-uri",
-        uri,
-        "--storage",
-        "runs",
-    ]
+    cmd = [sys.executable, "-m", "mer_tune", "search", "--space", "space.yaml",
+           "--trials", str(trials), "--data", str(tiny_dir), "--config", "slow.yaml",
+           "--concurrency", "1", "--name", name, "--tracking-uri", uri, "--storage", "runs"]  # fmt: skip
     proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    results = tmp_path / "runs" / "r" / "results.csv"
+        cmd, cwd=tmp_path, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    results = tmp_path / "runs" / name / "results.csv"
     deadline = time.time() + 240
     while time.time() < deadline:
-        if results.exists() and (pd.read_csv(results)["status"] == "FINISHED").sum() >= 2:
-            break
+        if results.exists() and (pd.read_csv(results)["status"] == "FINISHED").sum() >= finished:
+            return proc, results, uri
         time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the search did not finish two trials in time")
+    proc.kill()
+    pytest.fail(f"the search did not finish {finished} trial(s) in time")
+
+
+@pytest.mark.slow
+def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path, tiny_dir):
+    trials = 6
+    proc, results, uri = _slow_search(tmp_path, tiny_dir, "r", trials, finished=2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
     proc.wait()
     done_before = (pd.read_csv(results)["status"] == "FINISHED").sum()
@@ -187,26 +169,9 @@ def test_max_failures_retries_a_failing_trial_in_the_same_run(search_env, tiny_d
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_search_killed_tells_how_to_resume_and_exits_130(tmp_path, tiny_dir):
-    slow = FAST | {"finetune": {"epochs": 40}}
-    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
-    (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "mer_tune", "search", "--space", "space.yaml", "--trials", "6",
-           "--data", str(tiny_dir), "--config", "slow.yaml", "--concurrency", "1", "--name", "c",
-           "--tracking-uri", uri, "--storage", "runs"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=_env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    results = tmp_path / "runs" / "c" / "results.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if results.exists() and (pd.read_csv(results)["status"] == "FINISHED").sum() >= 1:
-            break
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the search did not finish a trial in time")
+    proc, results, uri = _slow_search(
+        tmp_path, tiny_dir, "c", 6, finished=1, stderr=subprocess.PIPE
+    )
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr[-2000:]
