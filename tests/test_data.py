@@ -41,7 +41,11 @@ def test_frame_level_features_are_mean_pooled(tmp_path):
         ("missing_sample", "has no visual features"),
         ("dim_mismatch", "audio dim 7 differs from 4"),
         ("nan", "NaN or inf values in text features"),
-        ("bad_label", "label 'bored' of sample 'sample_00000002' is not in the class list"),
+        (
+            "bad_label",
+            "label 'bored' of sample 'sample_00000002' is not in the class list .*"
+            "the label file has 7 classes: --set 'data.classes=\\[angry, bored, happy",
+        ),
         ("empty_class", "no labelled sample of class 'surprise'"),
         ("npz_without_opt_in", "pickled objects"),
         ("duplicate_label", "sample 'sample_00000003' is listed more than once"),

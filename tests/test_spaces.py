@@ -90,3 +90,31 @@ def test_unknown_space_name_lists_the_available_ones():
 def test_a_folder_given_as_space_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="is a folder; --space names a shipped space"):
         load_space(str(tmp_path))
+
+
+def test_per_class_parameters_expand_over_the_classes_the_data_has():
+    from mer_tune.method.config import build_config, with_overrides
+
+    ten = [f"c{i}" for i in range(10)]
+    # The paper's per-class thresholds apply to the classes a list has: no need to clear them.
+    cfg = with_overrides(build_config(), {"data.classes": ten})
+    assert cfg.self_training.thresholds == {} and cfg.threshold_of("c3") == 0.95
+    sp = load_space("thresholds", cfg)
+    assert list(sp.params) == [f"self_training.thresholds.{c}" for c in ten]
+    assert sp.defaults(cfg)["self_training.thresholds.c0"] == 0.95
+    mer = load_space("thresholds")
+    assert (
+        len(mer.params) == 6
+        and mer.defaults(build_config())["self_training.thresholds.sad"] == 0.99
+    )
+    mixed = with_overrides(build_config(), {"data.classes": ["neutral", "sad", "bored"]})
+    assert mixed.self_training.thresholds == {"neutral": 0.99, "sad": 0.99}
+    with pytest.raises(UsageError, match="thresholds.surpise is not a class"):
+        with_overrides(build_config(), {"self_training.thresholds.surpise": 0.5})
+
+
+def test_a_staged_step_of_a_wildcard_space_keeps_its_range():
+    sp = load_space("full")
+    step = sp.subspace(["self_training.thresholds.sad"], "thresholds", {})
+    assert list(step.params) == ["self_training.thresholds.sad"]
+    assert step.params["self_training.thresholds.sad"].high == 1.0

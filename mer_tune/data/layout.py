@@ -245,8 +245,11 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
         elif name in labels_by_name:
             emo = labels_by_name[name]
             if emo not in index:
+                found = sorted(set(labels_by_name.values()))
                 raise MerTuneError(
-                    f"label '{emo}' of sample '{name}' is not in the class list ({', '.join(classes)})"
+                    f"label '{emo}' of sample '{name}' is not in the class list "
+                    f"({', '.join(classes)}); the label file has {len(found)} classes: "
+                    f"--set 'data.classes=[{', '.join(found)}]' reads them all"
                 )
             split[i], labels[i] = LABELLED, index[emo]
 

@@ -52,6 +52,7 @@ class Space:
     params: dict[str, optuna.distributions.BaseDistribution]
     fixed: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)  # params in the YAML's short form
+    pattern: dict[str, str] = field(default_factory=dict)  # param -> its key in spec (a.b.*)
 
     def base_config(self, base: Config | None = None) -> Config:
         return with_overrides(base or build_config(), self.fixed, source=f"{self.source}: fixed")
@@ -62,7 +63,8 @@ class Space:
 
     def subspace(self, keys: list[str], name: str, fixed: dict[str, Any]) -> Space:
         """The space of `keys` alone, with other values pinned by `fixed`."""
-        raw = {"description": f"{self.name}, {name}", "params": {k: self.spec[k] for k in keys}}
+        spec = {k: self.spec[self.pattern.get(k, k)] for k in keys}
+        raw = {"description": f"{self.name}, {name}", "params": spec}
         return space_from_dict(raw | {"fixed": fixed}, None, f"{self.name}-{name}", self.source)
 
     def defaults(self, base: Config) -> dict[str, Any]:
@@ -70,7 +72,7 @@ class Space:
         clipped into the space's range."""
         point = {}
         for key, dist in self.params.items():
-            value = get_path(base, key)
+            value = value_at(base, key)
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
                 value = value if value in dist.choices else dist.choices[0]
             else:
@@ -80,6 +82,33 @@ class Space:
 
     def describe(self) -> list[tuple[str, str]]:
         return [(key, describe_distribution(d)) for key, d in self.params.items()]
+
+
+def value_at(cfg: Config, key: str) -> Any:
+    """A config value by dotted path; a class without its own threshold has the default."""
+    prefix, _, cls = key.rpartition(".")
+    if prefix == "self_training.thresholds":
+        return cfg.threshold_of(cls)
+    return get_path(cfg, key)
+
+
+def _expand(key: str, base: Config, where: str) -> list[str]:
+    """`a.b.*` names every key of the mapping a.b: every class for per-class thresholds
+    (whatever classes the data has), every head for the voting weights."""
+    if not key.endswith(".*"):
+        return [key]
+    prefix = key[:-2]
+    if prefix == "self_training.thresholds":
+        names = list(base.data.classes)
+    else:
+        try:
+            value = get_path(base, prefix)
+        except KeyError:
+            value = None
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: '{prefix}' is not a mapping; '.*' expands mappings only")
+        names = list(value)
+    return [f"{prefix}.{n}" for n in names]
 
 
 def describe_distribution(d: optuna.distributions.BaseDistribution) -> str:
@@ -147,15 +176,17 @@ def space_from_dict(raw: Any, base: Config | None, name: str, path: str) -> Spac
     except MerTuneError as err:
         raise UsageError(str(err)) from None
     paths = valid_paths(base_cfg)
-    params = {}
-    for key, spec in raw["params"].items():
-        where = f"{path}: params.{key}"
-        if key not in paths:
-            raise UsageError(f"{where}: unknown config key; valid keys: {', '.join(paths)}")
-        params[key] = _distribution(spec, where)
-        _check_bounds(base_cfg, key, params[key], where)
+    params, origin = {}, {}
+    for pattern, spec in raw["params"].items():
+        for key in _expand(str(pattern), base_cfg, f"{path}: params.{pattern}"):
+            origin[key] = str(pattern)
+            where = f"{path}: params.{key}"
+            if key not in paths:
+                raise UsageError(f"{where}: unknown config key; valid keys: {', '.join(paths)}")
+            params[key] = _distribution(spec, where)
+            _check_bounds(base_cfg, key, params[key], where)
     spec = dict(raw["params"])
-    return Space(name, path, str(raw.get("description") or ""), params, fixed, spec)
+    return Space(name, path, str(raw.get("description") or ""), params, fixed, spec, origin)
 
 
 def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistribution:

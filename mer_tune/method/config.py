@@ -207,7 +207,14 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _per_class_keys(self) -> Config:
-        unknown = sorted(set(self.self_training.thresholds) - set(self.data.classes))
+        # The paper's values are for MER2024's six classes: with another class list they
+        # apply to the classes it has, and the others take default_threshold.
+        classes = set(self.data.classes)
+        given = self.self_training.thresholds
+        kept = {k: v for k, v in given.items() if k in classes or PAPER_THRESHOLDS.get(k) != v}
+        if kept != given:
+            self.self_training.thresholds = kept
+        unknown = sorted(set(kept) - classes)
         if unknown:
             raise ValueError(
                 f"self_training.thresholds.{unknown[0]} is not a class; "
