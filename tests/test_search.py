@@ -53,6 +53,7 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
     results = pd.read_csv(path / "results.csv")
     assert len(results) == 4 and (results["status"] == "FINISHED").all()
     assert set(SPACE_KEYS) <= set(results.columns)
+    assert "pseudo_round1_surprise" in results.columns  # per round, per class
 
     client = MlflowClient(f"sqlite:///{search_env / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mer-tune")
@@ -68,9 +69,13 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert child.info.status == "FINISHED"
         assert set(SPACE_KEYS) <= set(child.data.params)
-        assert {"weighted_f1", "f1_neutral", "pseudo_precision", "seconds_finetune"} <= set(
-            child.data.metrics
-        )
+        assert {
+            "weighted_f1",
+            "f1_neutral",
+            "pseudo_precision",
+            "seconds_finetune",
+            "pseudo_round1_angry",
+        } <= set(child.data.metrics)
         assert child.data.tags["ray.node_ip"]
         # Per-epoch validation F1: every epoch a trial trained (cached stages train none).
         assert client.get_metric_history(child.info.run_id, "val_f1")

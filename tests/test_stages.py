@@ -154,3 +154,21 @@ def test_every_config_section_belongs_to_a_stage_or_the_vote():
     sections = set(Config.model_fields)
     covered = set().union(*(set(s.reads) for s in stages.STAGES.values())) | set(stages.VOTE_READS)
     assert sections == covered
+
+
+def test_each_round_relabels_the_pool_with_the_retrained_model(tiny_dir, fast_cfg, monkeypatch):
+    seen = []
+    real = stages.select_pseudo_labels
+
+    def spy(probs, thresholds):
+        seen.append(probs.copy())
+        return real(probs, thresholds)
+
+    monkeypatch.setattr(stages, "select_pseudo_labels", spy)
+    cfg = with_overrides(fast_cfg, {"self_training.rounds": 2, "eval.folds": 2})
+    res = pipeline.run(load(tiny_dir), cfg)
+    assert len(seen) == 4  # two rounds in each of two folds
+    assert not np.allclose(seen[0], seen[1])  # round 2 saw the retrained model's view
+    assert len(res.pseudo_by_round) == 2
+    assert res.pseudo_by_round[-1] == res.pseudo_added  # the last round's labels stay
+    assert sum(res.pseudo_by_round[0].values()) > 0

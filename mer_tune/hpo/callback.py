@@ -83,6 +83,8 @@ def logger_callback(
                 recorder.log_metrics(trial.trial_id, final | {METRIC: result[METRIC]})
                 seconds = [v for k, v in final.items() if k.startswith("seconds_")]
                 row["pipeline_seconds"] = round(sum(seconds), 3)
+                # Pseudo-labels per class that each self-training round trained on.
+                row.update({k: v for k, v in final.items() if k.startswith("pseudo_round")})
                 row.update(status="FINISHED", weighted_f1=result[METRIC])
                 status = "FINISHED"
             else:  # stopped early by the scheduler

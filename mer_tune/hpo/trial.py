@@ -93,6 +93,8 @@ def run_trial(
     }
     final |= {f"f1_{c}": v for c, v in res.per_class_f1.items()}
     final |= {f"pseudo_added_{c}": v for c, v in res.pseudo_added.items()}
+    for k, counts in enumerate(res.pseudo_by_round, start=1):
+        final |= {f"pseudo_round{k}_{c}": v for c, v in counts.items()}
     final |= {f"seconds_{k}": v for k, v in res.seconds.items()}
     final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
     if res.pseudo_precision is not None:

@@ -144,6 +144,7 @@ class FoldResult:
     state: dict[str, torch.Tensor] | None = None  # the final model's weights
     roles: dict[str, np.ndarray] = field(default_factory=dict)  # role -> data indices
     extra_logits: dict[str, np.ndarray] | None = None  # final heads on `predict_idx`
+    pseudo_by_round: np.ndarray | None = None  # (rounds, classes) pseudo-labels per round
 
 
 @dataclass
@@ -151,7 +152,7 @@ class RunResult:
     weighted_f1: float  # mean over folds
     fold_f1: list[float]
     per_class_f1: dict[str, float]
-    pseudo_added: dict[str, int]  # summed over folds
+    pseudo_added: dict[str, int]  # summed over folds (the last round's)
     pseudo_precision: float | None
     seconds: dict[str, float]
     predictions: pd.DataFrame
@@ -161,6 +162,8 @@ class RunResult:
     splits: pd.DataFrame | None = None
     # Vote probabilities on `predict_idx`, averaged over the fold models (None if not asked).
     extra_probs: np.ndarray | None = None
+    # Pseudo-labels per class that each self-training round trained on, summed over folds.
+    pseudo_by_round: list[dict[str, int]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -168,6 +171,7 @@ class RunResult:
             "fold_weighted_f1": self.fold_f1,
             "per_class_f1": self.per_class_f1,
             "pseudo_labels_added": self.pseudo_added,
+            "pseudo_labels_by_round": self.pseudo_by_round,
             "pseudo_label_precision": self.pseudo_precision,
             "seconds_per_stage": self.seconds,
             "notes": self.notes,
@@ -251,6 +255,7 @@ def run_fold(
     added = {c: 0 for c in data.classes}
     precision = None
     pseudo_idx = np.zeros(0, dtype=np.int64)
+    by_round = None
     _, unl = pools(data, cfg.data)
     st = cfg.self_training
     if st.enabled and st.rounds > 0 and len(unl) > 0:
@@ -274,6 +279,7 @@ def run_fold(
         )
         val_logits, final_state = selftrain["val"], selftrain["state"]
         pseudo_idx = unl[selftrain["keep"]]
+        by_round = selftrain["per_round"]
         for c in selftrain["labels"]:
             added[data.classes[int(c)]] += 1
         if data.hidden_labels is not None and len(selftrain["keep"]):
@@ -300,6 +306,7 @@ def run_fold(
         final_state,
         roles,
         extra,
+        by_round,
     )
 
 
@@ -367,6 +374,22 @@ def run(
             seconds[k] = seconds.get(k, 0.0) + v
     seconds["vote"] = vote_seconds
     added = {c: sum(r.pseudo_added[c] for r in results) for c in data.classes}
+    rounds = max(
+        (len(r.pseudo_by_round) for r in results if r.pseudo_by_round is not None), default=0
+    )
+    by_round = [
+        {
+            c: int(
+                sum(
+                    r.pseudo_by_round[k, i]
+                    for r in results
+                    if r.pseudo_by_round is not None and k < len(r.pseudo_by_round)
+                )
+            )
+            for i, c in enumerate(data.classes)
+        }
+        for k in range(rounds)
+    ]
     precs = [r.pseudo_precision for r in results if r.pseudo_precision is not None]
     pooled = evaluate(np.concatenate(all_y), np.concatenate(all_p), data.classes)
     return RunResult(
@@ -381,6 +404,7 @@ def run(
         cache_hits=sorted(set(getattr(cache, "hits", []))),
         splits=_split_table(results),
         extra_probs=extra,
+        pseudo_by_round=by_round,
     )
 
 

@@ -55,7 +55,7 @@ STAGES = {
         ),
         # eval: the fold split and the epoch-selection slice are made before it runs.
         Stage("finetune", ("eval", "oversample", "finetune"), "pretrain", 3, True),
-        Stage("pseudo", ("self_training",), "finetune", 4, True),
+        Stage("pseudo", ("self_training",), "finetune", 5, True),
     )
 }
 VOTE_READS = ("voting",)
@@ -242,8 +242,11 @@ def self_training_stage(
     _, unl = pools(data, data_cfg)
     logits_val, logits_pool, state = fine["val"], fine["pool"], fine["state"]
     keep = labels = np.zeros(0, dtype=np.int64)
+    per_round = []  # pseudo-labels per class that each round trained on
     for rnd in range(st_cfg.rounds):
+        # Every round labels the whole pool afresh, with the latest model's predictions.
         keep, labels = select_pseudo_labels(vote(logits_pool, {h: 1.0 for h in HEADS}), thresholds)
+        per_round.append(np.bincount(labels, minlength=len(data.classes)))
         if len(keep) == 0:
             break
         model = _model(data, model_cfg, seed, feats, state)
@@ -265,4 +268,10 @@ def self_training_stage(
         logits_val = train.predict(model, feats, samples.scored)
         if rnd + 1 < st_cfg.rounds:
             logits_pool = train.predict(model, feats, unl)
-    return {"val": logits_val, "keep": keep, "labels": labels, "state": _cpu(state)}
+    return {
+        "val": logits_val,
+        "keep": keep,
+        "labels": labels,
+        "state": _cpu(state),
+        "per_round": np.asarray(per_round, dtype=np.int64).reshape(-1, len(data.classes)),
+    }
