@@ -169,7 +169,7 @@ def test_the_search_summary_fits_80_columns():
     import numpy as np
     from rich.console import Console
 
-    from mer_tune.cli import top_trials_table
+    from mer_tune.printing import top_trials_table
 
     rng = np.random.default_rng(0)
     params = [f"self_training.thresholds.{c}" for c in ("neutral", "angry", "happy", "sad",
