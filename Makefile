@@ -35,7 +35,7 @@ test: env lint chromium
 # The fast tier for the edit-test loop (under a minute): lint + every test that starts no
 # Ray, no server and no browser.
 check: env lint
-	$(BIN)/pytest -q -m "not slow and not browser and not services"
+	$(BIN)/pytest -q -n 2 -m "not slow and not browser and not services"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

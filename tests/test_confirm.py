@@ -22,8 +22,8 @@ KEYS = ["self_training.thresholds.neutral", "self_training.thresholds.angry"]
 def test_no_trial_sees_the_holdout_and_the_winner_is_confirmed_on_it(search_env, tiny_dir, capsys):
     res = tiny_search(search_env, tiny_dir, trials=4, seed=1, name="h", confirm_top=10)
     path = res.path
-    # Trial 0 is the base config's point (FAST: 0.4), even with two trials starting at once.
-    assert res.results.set_index("trial").loc[0, KEYS].tolist() == [0.4, 0.4]
+    # Trial 0 is the base config's point (FAST's), even with two trials starting at once.
+    assert res.results.set_index("trial").loc[0, KEYS].tolist() == [0.25, 0.25]
     data = load(tiny_dir)
     held = pd.read_csv(path / "holdout.csv")
     assert len(held) == res.holdout_size == 36  # 20% of 180, stratified

@@ -6,7 +6,7 @@ import json
 import optuna
 import pandas as pd
 import pytest
-from conftest import tiny_search
+from conftest import FAST, tiny_search
 from mlflow.tracking import MlflowClient
 
 from mer_tune.data.pack import load
@@ -80,7 +80,8 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
         # Per-epoch validation F1: every epoch a trial trained (cached stages train none).
         assert client.get_metric_history(child.info.run_id, "val_f1")
     histories = [len(client.get_metric_history(c.info.run_id, "val_f1")) for c in children]
-    assert max(histories) >= 10  # finetuning's 10 epochs, in the trial that computed them
+    # finetuning's epochs (FAST: 4), in the trial that computed them
+    assert max(histories) >= FAST["finetune"]["epochs"]
     scores = sorted(c.data.metrics["weighted_f1"] for c in children)
     assert scores == pytest.approx(sorted(results["weighted_f1"]))
 
@@ -135,7 +136,7 @@ def test_optuna_drives_the_search_and_the_seed_repeats_it(search_env, tiny_dir):
         assert trial.params == pytest.approx({k: row[k] for k in SPACE_KEYS})
         study.tell(trial, row["weighted_f1"])
     # The first point is the base config's values (clipped into the space).
-    assert a.results.iloc[0]["self_training.thresholds.neutral"] == 0.4  # FAST sets 0.4
+    assert a.results.iloc[0]["self_training.thresholds.neutral"] == 0.25  # FAST's value
     pd.testing.assert_frame_equal(a.results[SPACE_KEYS], b.results[SPACE_KEYS])
     assert not a.results[SPACE_KEYS].iloc[1:].equals(c.results[SPACE_KEYS].iloc[1:])
     # The study is kept beside the results, for optuna-dashboard and Optuna's plots.
