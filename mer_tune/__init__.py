@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 
 def search(*args: Any, **kwargs: Any):
-    """Run a search; see `mer_tune.hpo.search` (imported lazily: Ray is heavy)."""
+    """Run a search; see `mer_tune.hpo.tuner.search` (imported lazily: Ray is heavy)."""
     from mer_tune.hpo.tuner import search as _search
 
     return _search(*args, **kwargs)

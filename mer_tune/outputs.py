@@ -16,7 +16,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _read_umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read from /proc where Linux shows it (setting it to read it,
+    the portable way, would briefly change it for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -28,7 +34,7 @@ def fsync_replace(tmp: Path, path: Path, mode: int = 0o666) -> None:
     """Give `tmp` the mode a plain open() would (mkstemp makes 0600), flush it to disk,
     and rename it over `path`: after a crash the file is either old or whole."""
     os.chmod(tmp, mode & ~UMASK)
-    with open(tmp, "rb+") as f:
+    with open(tmp, "rb") as f:  # fsync needs no write access
         os.fsync(f.fileno())
     os.replace(tmp, path)
     with contextlib.suppress(OSError):  # the rename itself, where the platform allows

@@ -97,7 +97,7 @@ def top_trials_table(results, width: int, top: int = 10):
     for _, head in fixed:
         table.add_column(head, no_wrap=True)
     for col in shown:
-        table.add_column(col.rpartition(".")[2][:10], no_wrap=True, max_width=10)
+        table.add_column(_header(col, shown), no_wrap=True, max_width=10)
     rows = results.sort_values("weighted_f1", ascending=False, na_position="last").head(top)
     for row in rows.to_dict("records"):
         cells = [_cell(row.get(c), 4 if c == "weighted_f1" else None) for c, _ in fixed]
@@ -105,6 +105,15 @@ def top_trials_table(results, width: int, top: int = 10):
     if left_out:
         table.caption = f"+{len(left_out)} more parameters in results.csv"
     return table
+
+
+def _header(key: str, keys: list[str]) -> str:
+    """The last part of a config path, with the first letter of the part before it when
+    another shown key ends the same (timesteps.audio -> t.audio, weights.audio -> w.audio)."""
+    parts = key.split(".")
+    if sum(k.rsplit(".", 1)[-1] == parts[-1] for k in keys) > 1 and len(parts) > 1:
+        return f"{parts[-2][0]}.{parts[-1]}"[:10]
+    return parts[-1][:10]
 
 
 def _cell(value, digits: int | None = None) -> str:
@@ -141,11 +150,12 @@ def print_confirm(table, holdout_size: int) -> None:
     optimism gap; then the gain over the baseline, the retrained spread, the truth."""
     click.echo(f"confirmed on the outer holdout ({holdout_size} samples no trial saw):")
     for row in table.to_dict("records"):
-        role = " (baseline)" if row["role"] == "baseline" else ""
-        role += " <- adopted" if row.get("adopted") else ""
+        roles = ["baseline"] if row["role"] == "baseline" else []
+        roles += ["adopted"] if row.get("adopted") else []
+        click.echo(f"  trial {int(row['trial'])}" + (f" ({', '.join(roles)})" if roles else ""))
         click.echo(
-            f"  trial {int(row['trial'])}{role}: inner {row['inner_f1']:.3f}  holdout "
-            f"{row['holdout_f1']:.3f} ({row['holdout_low']:.3f}-{row['holdout_high']:.3f})  "
+            f"      inner {row['inner_f1']:.3f}  holdout {row['holdout_f1']:.3f} "
+            f"({row['holdout_low']:.3f}-{row['holdout_high']:.3f})  "
             f"gap {row['optimism_gap']:+.3f}"
         )
         extra = []
@@ -158,8 +168,14 @@ def print_confirm(table, holdout_size: int) -> None:
             extra.append(f"retrained {row['retrained_f1']:.3f} ± {row['retrained_sd']:.3f}")
         if _present(row.get("truth_f1")):
             extra.append(f"truth {row['truth_f1']:.3f}")
-        if extra:
-            click.echo("      " + "  ".join(extra))
+        line = ""
+        for part in extra:  # as many as fit in 80 columns on a line
+            if line and len(line) + 2 + len(part) > 74:
+                click.echo("      " + line)
+                line = ""
+            line = f"{line}  {part}" if line else part
+        if line:
+            click.echo("      " + line)
 
 
 def _present(value) -> bool:

@@ -146,9 +146,11 @@ def test_a_forged_entry_with_a_matching_checksum_is_refused_and_recomputed(tmp_p
     store, calls, value = _again(tmp_path)
     assert calls == [1] and torch.equal(value["w"], torch.zeros(5))
     assert store.info()["rejected"] == 1
-    # an entry signed with another search's key is refused too
+    # another search's key never serves this one's entries, and leaves them alone
     _, calls, _ = _again(tmp_path, key=b"x" * 32)
     assert calls == [1]
+    store, calls, value = _again(tmp_path)
+    assert calls == [] and store.rejected == 0
 
 
 def test_an_entry_that_does_not_load_is_deleted_and_recomputed(tmp_path):

@@ -189,3 +189,18 @@ def test_the_search_summary_fits_80_columns():
     assert len(rows) == 10  # one line per trial: no cell wrapped
     assert "batch_size" not in out.getvalue() and "FINISHED" in out.getvalue()
     assert "more parameters in results.csv" in out.getvalue()
+
+
+def test_the_confirm_lines_fit_80_columns(capsys):
+    from mer_tune.printing import print_confirm
+
+    row = dict(trial=12, search="s", inner_f1=0.78912, holdout_f1=0.79, holdout_low=0.7321,
+               holdout_high=0.8461, optimism_gap=-0.0011, gain_vs_baseline=0.0451,
+               gain_low=-0.0151, gain_high=0.0803, retrained_f1=0.8229, retrained_sd=0.0091,
+               truth_f1=0.8006, winner=True, adopted=True)  # fmt: skip
+    table = pd.DataFrame([row, row | {"role": "baseline", "trial": 0}])
+    table.loc[0, "role"] = "candidate"
+    print_confirm(table, 201)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    assert "  trial 0 (baseline, adopted)" in lines

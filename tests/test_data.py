@@ -186,8 +186,7 @@ def test_packing_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeyp
     monkeypatch.setattr(data_module.os, "posix_fallocate", no_space)
     with pytest.raises(MerTuneError, match="cannot reserve .*No space left on device"):
         load(root)
-    leftovers = [p.name for p in (root / ".mer-tune-pack").iterdir()]
-    assert not [n for n in leftovers if n.startswith(".packing-")], leftovers
+    assert not (root / ".mer-tune-pack").exists()  # no .packing- folder, no lock left
 
 
 def test_two_processes_packing_one_folder_pack_it_once(tmp_path):
@@ -208,3 +207,11 @@ def test_two_processes_packing_one_folder_pack_it_once(tmp_path):
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert sorted(o[0] for o in outs) == ["0", "1"]  # one packed, the other waited and mapped
     assert outs[0][1] == outs[1][1]
+
+
+def test_a_dataset_that_does_not_read_leaves_no_pack_folder(tmp_path):
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    (root / "label-disdim.csv").write_text("name,discrete\nsample_00000000,bored\n")
+    with pytest.raises(MerTuneError, match="not in the class list"):
+        load(root)
+    assert not (root / ".mer-tune-pack").exists()

@@ -158,3 +158,14 @@ def test_paired_interval_narrower_than_unpaired_and_spans_seeds():
     seeds = [cand, base]
     mean, lo_s, hi_s = stats.score_interval(y, seeds, seed=0)
     assert lo_s < f1_score(y, base, average="weighted") < hi_s and lo_s < mean < hi_s
+
+
+def test_the_verdict_adopts_the_best_candidate_whose_gain_is_clear():
+    # trial 5 scores best on the holdout but its gain is not clear; trial 3's is
+    gains = {3: (0.05, 0.01, 0.09), 5: (0.06, -0.01, 0.12)}
+    v = stats.decide(gains, {3: 0.80, 5: 0.82}, baseline=0)
+    assert (v.outcome, v.adopted, v.winner, v.gain) == ("gain", 3, 3, 0.05)
+    assert v.text.startswith("trial 3 beats the paper's values by +0.050")
+    # no baseline to compare with: no verdict, and nothing adopted on the holdout alone
+    none = stats.decide({}, {3: 0.80}, baseline=None)
+    assert none.outcome == "no baseline" and none.adopted is None

@@ -1,5 +1,6 @@
 """A wheel built from the checkout works outside it: the shipped spaces travel with it."""
 
+import shutil
 import site
 import subprocess
 import sys
@@ -10,11 +11,33 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _tracked_copy(dest: Path) -> Path:
+    """The checkout as git sees it, untracked new files included, ignored ones not (or,
+    outside git, all but build outputs)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode != 0:
+        ignore = shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__")
+        shutil.copytree(ROOT, dest, ignore=ignore)
+        return dest
+    for name in listed.stdout.splitlines():
+        if not (ROOT / name).is_file():  # deleted in the working tree
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_and_finds_its_spaces_outside_the_checkout(tmp_path):
     wheels = tmp_path / "wheels"
+    src = _tracked_copy(tmp_path / "src")  # no stale build/ of the checkout in the wheel
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(wheels)],
         check=True, capture_output=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip

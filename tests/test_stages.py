@@ -6,9 +6,9 @@ import pytest
 
 from mer_tune.data.pack import load
 from mer_tune.hpo.cache import key_digest
-from mer_tune.hpo.staged import step_of
 from mer_tune.method import pipeline, stages
 from mer_tune.method.config import Config, with_overrides
+from mer_tune.method.stages import step_of
 
 
 def test_pseudo_labels_use_the_threshold_of_the_predicted_class():

@@ -23,6 +23,7 @@ from mer_tune.data.layout import (
     read_folders,
 )
 from mer_tune.errors import MerTuneError
+from mer_tune.outputs import UMASK
 
 PACK_VERSION = 1
 FP16_MAX = 60000.0  # larger magnitudes would overflow float16: keep such a modality in float32
@@ -93,6 +94,7 @@ def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
     )
     _check_space(pack_dir.parent, needed + (64 << 20))  # + the sample table and headroom
     tmp = Path(tempfile.mkdtemp(prefix=".packing-", dir=pack_dir.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; the pack reads like any folder
     try:
         hasher = hashlib.sha256()
         for m, arr in data.features.items():
@@ -122,6 +124,9 @@ def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
             "source": data.source,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        for f in tmp.iterdir():  # on disk before the folder is renamed into place
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
         if pack_dir.exists():
             shutil.rmtree(pack_dir)
         os.replace(tmp, pack_dir)
@@ -168,11 +173,18 @@ def load(
     signature = _source_signature(root, opts)
     if not force and _current(pack_dir, signature):
         return load_pack(pack_dir)
+    made = [p for p in (pack_dir.parent, *pack_dir.parent.parents) if not p.exists()]
     pack_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Two processes packing one folder at once: the second waits, then finds it packed.
-    with FileLock(str(pack_dir.parent / f".{pack_dir.name}.lock")):
-        if force or not _current(pack_dir, signature):
-            pack(read_folders(root, opts), pack_dir, signature)
+    try:
+        # Two processes packing one folder at once: the second waits, then finds it packed.
+        with FileLock(str(pack_dir.parent / f".{pack_dir.name}.lock")):
+            if force or not _current(pack_dir, signature):
+                pack(read_folders(root, opts), pack_dir, signature)
+    except BaseException:
+        # A dataset that does not read leaves no pack folder it did not have before.
+        for folder in made[:1]:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return load_pack(pack_dir)
 
 

@@ -3,9 +3,10 @@
 An entry's key hashes everything its stage depends on (see `stages.stage_keys`).
 Writes are atomic (temporary name, then rename; the signature file, written last, marks
 the entry complete). Entries are signed: with a search's secret key (HMAC-SHA256, the key
-kept in the search folder, mode 0600) an entry that anyone else wrote or altered on a
-shared store is refused and recomputed; without a key, a SHA-256 checksum still catches
-damage. An entry whose signature does not match, or that does not load, is deleted and
+kept in the search folder, mode 0600; entries are named for their key, so searches with
+different keys sharing a store keep apart) an entry that anyone else wrote or altered on
+a shared store is refused and recomputed; without a key, a SHA-256 checksum still
+catches damage. An entry whose signature does not match, or that does not load, is deleted and
 recomputed; a read that merely fails (a network blip) is recomputed without deleting
 anything. Entries load with `torch.load(weights_only=True)`: no pickled code is run.
 
@@ -47,7 +48,8 @@ MARKER = ".mer-tune-cache"  # `cache clear` deletes only in a folder that carrie
 LEASE_SECONDS = 60.0  # a lease not renewed for this long belonged to a trial that died
 HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 1.0
-ENTRY = re.compile(r"[a-z_]+-[0-9a-f]{32}\.(pt|sig|sha256|lock)")
+# <stage>-<key digest>[.<signing key id>].<pt|sig|sha256|lock>
+ENTRY = re.compile(r"[a-z_]+-[0-9a-f]{32}(\.[0-9a-f]{12})?\.(pt|sig|sha256|lock)")
 
 
 class CacheWaitTimeout(MerTuneError):
@@ -242,6 +244,9 @@ class StageStore:
         self.root = str(root)
         self.files = ArrowFiles(self.root) if "://" in self.root else LocalFiles(self.root)
         self.key = key
+        # Entries are named for the key that signs them: searches with different keys
+        # sharing one --cache-dir keep apart instead of refusing each other's entries.
+        self.key_id = hashlib.sha256(key).hexdigest()[:12] if key is not None else None
         self.timeout = timeout
         self.hits: list[str] = []
         self.rejected = 0
@@ -253,9 +258,11 @@ class StageStore:
             return hashlib.sha256(blob).hexdigest().encode()
         return hmac.new(self.key, blob, hashlib.sha256).hexdigest().encode()
 
-    @property
-    def _sig_name(self) -> str:
-        return "sig" if self.key is not None else "sha256"
+    def _names(self, digest: str) -> tuple[str, str]:
+        """(entry file, signature file) of a key digest."""
+        if self.key_id is None:
+            return f"{digest}.pt", f"{digest}.sha256"
+        return f"{digest}.{self.key_id}.pt", f"{digest}.{self.key_id}.sig"
 
     def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any:
         digest = key_digest(stage, key)
@@ -264,7 +271,7 @@ class StageStore:
             self.hits.append(stage)
             return found
         with self.files.lock(f"{digest}.lock", self.timeout):
-            found = self._read(digest)  # computed by another trial meanwhile
+            found = self._read(digest, locked=True)  # computed by another trial meanwhile
             if found is not None:
                 self.hits.append(stage)
                 return found
@@ -272,15 +279,17 @@ class StageStore:
             self._write(digest, value)
             return value
 
-    def _read(self, digest: str) -> Any | None:
-        sig_file = f"{digest}.{self._sig_name}"
+    def _read(self, digest: str, locked: bool = False) -> Any | None:
+        entry, sig_file = self._names(digest)
         try:
             signature = self.files.read(sig_file)
             if signature is None:
-                if self.files.read(f"{digest}.pt") is not None:
-                    self._reject(digest, "unsigned")  # a .pt without our signature
+                # Unsigned. Outside the lock it may be a write in progress (the signature
+                # goes last); under the lock no cooperating trial is writing it: refuse it.
+                if locked and self.files.read(entry) is not None:
+                    self._reject(digest, "unsigned")
                 return None
-            blob = self.files.read(f"{digest}.pt")
+            blob = self.files.read(entry)
         except OSError:
             return None  # a transient read error: recompute, delete nothing
         if blob is None or not hmac.compare_digest(self._signature(blob), signature.strip()):
@@ -302,8 +311,8 @@ class StageStore:
     def _reject(self, digest: str, why: str) -> None:
         """Delete a proven-bad entry (the caller recomputes it) and count it."""
         self.rejected += 1
-        for suffix in (self._sig_name, "pt"):
-            self.files.delete(f"{digest}.{suffix}")
+        for name in self._names(digest):
+            self.files.delete(name)
         with contextlib.suppress(OSError):
             self.files.write(f".rejected-{digest}-{uuid.uuid4().hex[:8]}", why.encode())
 
@@ -311,9 +320,10 @@ class StageStore:
         buf = io.BytesIO()
         torch.save(_pack(value), buf)
         blob = buf.getvalue()
-        self.files.write(f"{digest}.pt", blob)
+        entry, sig_file = self._names(digest)
+        self.files.write(entry, blob)
         # The signature goes last: its presence marks a complete entry.
-        self.files.write(f"{digest}.{self._sig_name}", self._signature(blob))
+        self.files.write(sig_file, self._signature(blob))
 
     # ------------------------------------------------------------ management
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mer_tune.hpo.folder import SearchFolder
 from mer_tune.hpo.spaces import Space, trial_config
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.hpo.trial import METRIC
@@ -161,5 +162,5 @@ def write_results(path: Path, rows: dict) -> pd.DataFrame:
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["trial"]))
     if not table.empty and "weighted_f1" not in table:
         table["weighted_f1"] = float("nan")
-    write_text(path / "results.csv", table.to_csv(index=False))
+    write_text(SearchFolder(path).results_file, table.to_csv(index=False))
     return table

@@ -230,7 +230,7 @@ def write(path: Path, result: Confirmation, seeds: int, seconds: float) -> None:
     }
     write_text(path / VERDICT_FILE, json.dumps(info, indent=2, default=float) + "\n")
     if result.adopted is not None:
-        write_text(path / "best_config.yaml", result.adopted.to_yaml())
+        write_text(SearchFolder(path).best_file, result.adopted.to_yaml())
 
 
 def read(path: Path) -> tuple[pd.DataFrame, dict] | None:

@@ -68,12 +68,15 @@ def confirm_search(
     from mer_tune.hpo.tuner import SearchResult, search_data, stored_uri
 
     started = time.perf_counter()
-    if not (path / "search.yaml").exists() or not (path / "results.csv").exists():
+    if (
+        not (SearchFolder(path).state_file).exists()
+        or not (SearchFolder(path).results_file).exists()
+    ):
         raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
     state, base, sp = _folder_state(path)
     top = state.get("confirm_top", 3) if top is None else top
     seeds = state.get("confirm_seeds", 0) if seeds is None else seeds
-    results = pd.read_csv(path / "results.csv")
+    results = pd.read_csv(SearchFolder(path).results_file)
     if not (results["status"] == "FINISHED").any():
         raise MerTuneError(f"{path.name}: no finished trial to confirm")
     if not state.get("holdout_size"):
@@ -150,7 +153,7 @@ def _results_with_holdout(results: pd.DataFrame, table: pd.DataFrame, path: Path
     extra = table[["trial", *HOLDOUT_COLUMNS[:-1]]].copy()
     extra["confirmed"] = np.where(table["adopted"], "adopted", table["role"])
     merged = merged.merge(extra[table["search"] == path.name], on="trial", how="left")
-    write_text(path / "results.csv", merged.to_csv(index=False))
+    write_text(SearchFolder(path).results_file, merged.to_csv(index=False))
     return merged
 
 
@@ -166,6 +169,9 @@ def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> No
             "holdout_f1": float(winner["holdout_f1"].iloc[0]),
             "optimism_gap": float(winner["optimism_gap"].iloc[0]),
         }
+        for column in ("retrained_f1", "truth_f1"):  # with --confirm-seeds; on synthetic data
+            if column in winner:
+                metrics[f"winner_{column}"] = float(winner[column].iloc[0])
     if v.gain is not None:
         metrics |= {
             "gain_vs_baseline": v.gain,
@@ -186,7 +192,7 @@ def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> No
         recorder.parent_id,
         {"mer_tune.verdict": v.text, "mer_tune.verdict_outcome": v.outcome},
     )
-    plots = path / "plots"
+    plots = SearchFolder(path).plots
     plots.mkdir(exist_ok=True)
     confirm_png(outcome.table, plots / "confirm.png")
     recorder.log_artifact(recorder.parent_id, plots / "confirm.png", "plots")

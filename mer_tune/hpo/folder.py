@@ -56,8 +56,12 @@ class SearchFolder:
     holdout_file = property(lambda self: self.path / "holdout.csv")
     key_file = property(lambda self: self.path / "cache.key")
     results_file = property(lambda self: self.path / "results.csv")
+    best_file = property(lambda self: self.path / "best_config.yaml")
     outputs = property(lambda self: self.path / "trial-outputs")
     ray_dir = property(lambda self: self.path / "ray")
+    plots = property(lambda self: self.path / "plots")
+    study_db = property(lambda self: self.path / "optuna.db")
+    default_cache = property(lambda self: self.path / "cache")
 
     def state(self) -> dict[str, Any]:
         return yaml.safe_load(self.state_file.read_text()) or {}
@@ -77,7 +81,7 @@ class SearchFolder:
 
     def cache_dir(self) -> str:
         """Where this search's stage cache is (its --cache-dir, a URI or a folder)."""
-        return self.state().get("cache_dir") or str(self.path / "cache")
+        return self.state().get("cache_dir") or str(self.default_cache)
 
     def cache_key(self) -> str | None:
         """The hex key that signs this search's cache entries (None: an older search)."""

@@ -34,14 +34,18 @@ class Holdout:
         return len(self.idx)
 
 
+def check_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction <= MAX_FRACTION:
+        raise UsageError(f"--holdout {fraction:g}: must be between 0 and {MAX_FRACTION:g}")
+
+
 def choose(
     data: MERData, fraction: float, seed: int, folds: int, select_on: str = "inner"
 ) -> Holdout:
     """A stratified holdout: round(n * fraction) and at least one of every class, drawn
     with `seed`. Refuses (one line, naming the class) when what stays cannot feed the
     folds; fraction 0 gives an empty holdout."""
-    if not 0.0 <= fraction <= MAX_FRACTION:
-        raise UsageError(f"--holdout {fraction:g}: must be between 0 and {MAX_FRACTION:g}")
+    check_fraction(fraction)
     lab = data.indices(LABELLED)
     y = data.labels[lab]
     rng = np.random.default_rng(seed)

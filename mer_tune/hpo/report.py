@@ -130,21 +130,21 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     from mer_tune.outputs import plain_name
 
     path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
-    if not (path / "results.csv").exists():
+    if not (SearchFolder(path).results_file).exists():
         raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
-    table = pd.read_csv(path / "results.csv")
+    table = pd.read_csv(SearchFolder(path).results_file)
     state = (
-        yaml.safe_load((path / "search.yaml").read_text())
-        if (path / "search.yaml").exists()
+        yaml.safe_load((SearchFolder(path).state_file).read_text())
+        if (SearchFolder(path).state_file).exists()
         else {}
     )
     study = None
-    if (path / "optuna.db").exists():
+    if (SearchFolder(path).study_db).exists():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{path / 'optuna.db'}")
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
     failed = table[table["status"] == "FAILED"]
-    best = path / "best_config.yaml"
+    best = SearchFolder(path).best_file
     from mer_tune.hpo.confirm import read as read_confirm
 
     confirmed = read_confirm(path)
@@ -159,7 +159,7 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
         "top": finished.head(top).drop(columns=["trial_id"], errors="ignore").to_dict("records"),
         "importances": importances(study) if study is not None else {},
         "failures": failed[["trial", "error"]].to_dict("records") if "error" in failed else [],
-        "plots": sorted(str(p) for p in (path / "plots").glob("*.png")),
+        "plots": sorted(str(p) for p in (SearchFolder(path).plots).glob("*.png")),
         "mlflow": {
             "tracking_uri": redact(state.get("tracking_uri")),
             "parent_run_id": state.get("parent_run_id"),

@@ -12,30 +12,18 @@ the first step's baseline.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mer_tune.hpo.cache import new_key
+from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.spaces import load_space
 from mer_tune.hpo.tuner import SearchResult, search
 from mer_tune.method.config import get_path
-from mer_tune.method.stages import STAGES, VOTE_READS
+from mer_tune.method.stages import step_of
 
 STEP_SHARES = {"upstream": 0.5, "thresholds": 0.25, "voting": 0.25}
-
-
-# Which step searches the parameters of each stage: every stage up to finetuning reruns
-# everything downstream, so they are searched together, first.
-STEP_OF_STAGE = {"pretrain": "upstream", "finetune": "upstream", "pseudo": "thresholds"}
-
-
-def step_of(key: str) -> str:
-    """The step that searches config key `key`: that of the stage reading its section."""
-    section = key.split(".")[0]
-    if section in VOTE_READS:
-        return "voting"
-    stage = next(s.name for s in STAGES.values() if section in s.reads)
-    return STEP_OF_STAGE[stage]
 
 
 def split_budget(trials: int, steps: list[str]) -> dict[str, int]:
@@ -68,8 +56,10 @@ def staged_search(
         )
     budget = split_budget(trials, steps)
     fixed = dict(sp.fixed)
-    name = name or f"{sp.name}-staged"
-    shared_cache = kwargs.pop("cache_dir", None) or Path(storage).resolve() / name / "cache"
+    name = name or f"{sp.name}-staged-{datetime.now():%Y%m%d-%H%M%S}"
+    shared_cache = (
+        kwargs.pop("cache_dir", None) or SearchFolder(storage_root(storage) / name).default_cache
+    )
     result: SearchResult | None = None
     confirm_top = kwargs.pop("confirm_top", 3)
     cache_key = new_key()  # one key for the one cache all steps share

@@ -81,7 +81,7 @@ def paired_difference(
 @dataclass(frozen=True)
 class Verdict:
     outcome: str  # gain | no gain | loss | no baseline
-    winner: int | None  # trial number of the best candidate on the holdout
+    winner: int | None  # the candidate the verdict speaks of (adopted, else best on holdout)
     adopted: int | None  # trial number written to best_config.yaml
     gain: float | None  # winner minus baseline on the holdout
     low: float | None
@@ -105,19 +105,24 @@ def decide(
         return Verdict("no baseline", None, None, None, None, None, "no candidate to confirm")
     winner = max(outer, key=lambda t: outer[t])
     if baseline is None or winner not in gains:
+        # Nothing to compare with: best_config.yaml keeps the search's own (inner) choice.
         return Verdict(
             "no baseline",
             winner,
-            winner,
             None,
             None,
             None,
-            f"trial {winner} scores best on the holdout; no baseline trial to compare with",
+            None,
+            f"no verdict: the baseline trial did not finish (trial {winner} scores best on "
+            "the holdout; best_config.yaml keeps the search's inner best)",
         )
     above = [t for t in gains if gains[t][1] > 0]
     adopted = max(above, key=lambda t: outer[t]) if above else baseline
-    shown = adopted if above else winner
-    gain, low, high = gains[shown]
+    # The verdict speaks of the adopted candidate when there is one, else of the best on
+    # the holdout: `winner` is that trial, so its metrics and its gain go together.
+    winner = adopted if above else winner
+    gain, low, high = gains[winner]
+    shown = winner
     ci = f"95% CI {low:+.3f} to {high:+.3f}"
     if low > 0:
         outcome, text = "gain", f"trial {shown} beats {baseline_name} by {gain:+.3f} ({ci})"

@@ -117,6 +117,7 @@ def search(
         raise UsageError(f"--scheduler {scheduler}: expected asha or none")
     if confirm_top < 0 or confirm_seeds < 0:
         raise UsageError("--confirm-top and --confirm-seeds must be 0 or more")
+    outer.check_fraction(holdout)  # before anything is created or loaded
     on_event = on_event or (lambda *a, **k: None)
     base = (
         config
@@ -168,7 +169,9 @@ def search(
     # Every check has passed: only now does anything get written.
     path = _reserve(root, name, given)
     name = path.name
-    write_text(path / "space.yaml", yaml.safe_dump(sp.to_dict(), sort_keys=False))  # for resume
+    write_text(
+        SearchFolder(path).space_file, yaml.safe_dump(sp.to_dict(), sort_keys=False)
+    )  # for resume
     # Signs the stage cache's entries; a staged search's steps share one key and cache.
     write_secret(SearchFolder(path).key_file, (cache_key or new_key()).hex())
     if len(ho):
@@ -208,8 +211,8 @@ def search(
         "dataset": describe(data, opts, dataset),
         "baseline_search": baseline_search,
     }
-    write_text(path / "search.yaml", yaml.safe_dump(state))
-    write_text(path / "base_config.yaml", base.to_yaml())
+    write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
+    write_text(SearchFolder(path).base_file, base.to_yaml())
 
     searcher = optuna_searcher(sp, sp.defaults(base), seed, name)
     rows: dict[str, dict] = {}
@@ -265,11 +268,11 @@ def resume(
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
     rows: dict[str, dict] = {}
-    if (path / "results.csv").exists():
-        for row in pd.read_csv(path / "results.csv").to_dict("records"):
+    if (SearchFolder(path).results_file).exists():
+        for row in pd.read_csv(SearchFolder(path).results_file).to_dict("records"):
             rows[row["trial_id"]] = row
     tuner = tune.Tuner.restore(
-        str(path / "ray"),
+        str(SearchFolder(path).ray_dir),
         trainable=_trainable(trial_data, base, state, path),
         resume_unfinished=True,
         resume_errored=False,
@@ -314,7 +317,7 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
     if recorded is None:  # a search from before the data was recorded in full
         dataset = resolve(state["data"], DataOptions(classes=tuple(base.data.classes)))
     else:
-        dataset = reopen(recorded, str(path / "search.yaml"))
+        dataset = reopen(recorded, str(SearchFolder(path).state_file))
     ho = outer.choose(
         dataset,
         state.get("holdout", 0.0),
@@ -351,6 +354,9 @@ def _fit(
 ) -> SearchResult:
     try:
         tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once
+        _interrupted(recorder, path, rows, sp, base)
+        raise SearchInterrupted(_resume_hint(path, "interrupted")) from None
     except BaseException:
         _interrupted(recorder, path, rows, sp, base)
         raise
@@ -358,15 +364,13 @@ def _fit(
     # next experiment checkpoint leaves rows and runs that a resumed search redid.
     from ray.tune import ExperimentAnalysis
 
-    trials = ExperimentAnalysis(str(path / "ray")).trials
+    trials = ExperimentAnalysis(str(SearchFolder(path).ray_dir)).trials
     # Tune ends fit() normally on the first Ctrl-C; what it leaves unfinished tells.
     done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
     if len(done) < len(trials) or len(trials) < state["trials"]:
         _interrupted(recorder, path, rows, sp, base)
         raise SearchInterrupted(
-            f"search {path.name} interrupted with {len(done)} of {state['trials']} trials "
-            f"done; continue it with: mer-tune search --resume {path.name} "
-            f"--storage {path.parent}"
+            _resume_hint(path, f"interrupted with {len(done)} of {state['trials']} trials done")
         )
     known = {t.trial_id for t in trials}
     for trial_id in set(rows) - known:
@@ -377,7 +381,11 @@ def _fit(
     if state.get("holdout_size") and state.get("confirm_top") and finished:
         from mer_tune.hpo.confirm_step import confirm_search
 
-        result = confirm_search(path, recorder=recorder, result=result)
+        try:
+            result = confirm_search(path, recorder=recorder, result=result)
+        except BaseException:
+            recorder.finish_parent("FAILED")  # never left RUNNING; `mer-tune confirm` retries
+            raise
     elif not state.get("holdout_size"):
         result.notes.append(
             "no outer holdout (--holdout 0): the best weighted F1 is the maximum of "
@@ -385,6 +393,13 @@ def _fit(
         )
     recorder.finish_parent("FINISHED")
     return result
+
+
+def _resume_hint(path: Path, what: str) -> str:
+    return (
+        f"search {path.name} {what}; continue it with: "
+        f"mer-tune search --resume {path.name} --storage {path.parent}"
+    )
 
 
 def _reserve(root: Path, name: str, given: bool) -> Path:
@@ -427,7 +442,7 @@ def _cache_location(cache_dir: str | Path | None, path: Path) -> str:
                 "environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
             )
         return str(cache_dir)
-    return str(Path(cache_dir or path / "cache").resolve())
+    return str(Path(cache_dir or SearchFolder(path).default_cache).resolve())
 
 
 def _finish(
@@ -442,15 +457,15 @@ def _finish(
         best = finished.loc[finished["weighted_f1"].idxmax()]
         best_score = float(best["weighted_f1"])
         best_cfg = trial_config(base, {k: best[k] for k in sp.params})
-        write_text(path / "best_config.yaml", best_cfg.to_yaml())
+        write_text(SearchFolder(path).best_file, best_cfg.to_yaml())
         recorder.log_parent_metrics({"best_weighted_f1": best_score})
         recorder.set_tags(recorder.parent_id, {"mer_tune.best_trial": int(best["trial"])})
-        recorder.log_artifact(recorder.parent_id, path / "best_config.yaml")
-    recorder.log_artifact(recorder.parent_id, path / "results.csv")
+        recorder.log_artifact(recorder.parent_id, SearchFolder(path).best_file)
+    recorder.log_artifact(recorder.parent_id, SearchFolder(path).results_file)
     study = _export_study(path, sp, table)
     from mer_tune.hpo.report import study_plots
 
-    plots = path / "plots"
+    plots = SearchFolder(path).plots
     plots.mkdir(exist_ok=True)
     if study_plots(study, plots):
         recorder.log_artifacts(recorder.parent_id, plots, "plots")
@@ -471,7 +486,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame):
         "PRUNED": optuna.trial.TrialState.PRUNED,
         "FAILED": optuna.trial.TrialState.FAIL,
     }
-    db = path / "optuna.db"
+    db = SearchFolder(path).study_db
     db.unlink(missing_ok=True)
     study = optuna.create_study(
         storage=f"sqlite:///{db}", study_name=path.name, direction="maximize"

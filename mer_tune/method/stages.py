@@ -41,6 +41,9 @@ class Stage:
     upstream: str | None
     version: int  # bump when the code changes what the stage computes
     fold_dependent: bool  # its output differs per fold (its key holds the fold)
+    # The staged strategy's step that searches this stage's knobs: everything up to
+    # finetuning reruns all downstream, so those are searched together, first.
+    step: str
 
 
 STAGES = {
@@ -52,13 +55,24 @@ STAGES = {
             None,
             2,
             False,
+            "upstream",
         ),
         # eval: the fold split and the epoch-selection slice are made before it runs.
-        Stage("finetune", ("eval", "oversample", "finetune"), "pretrain", 3, True),
-        Stage("pseudo", ("self_training",), "finetune", 5, True),
+        Stage("finetune", ("eval", "oversample", "finetune"), "pretrain", 3, True, "upstream"),
+        Stage("pseudo", ("self_training",), "finetune", 5, True, "thresholds"),
     )
 }
 VOTE_READS = ("voting",)
+VOTE_STEP = "voting"
+
+
+def step_of(key: str) -> str:
+    """The staged strategy's step that searches config key `key`: that of the stage
+    reading its section (the vote's for voting weights)."""
+    section = key.split(".")[0]
+    if section in VOTE_READS:
+        return VOTE_STEP
+    return next(s.step for s in STAGES.values() if section in s.reads)
 
 
 def key_sections(stage: str) -> set[str]:

@@ -1,5 +1,6 @@
 """Training loops of the MR-CCL model: contrastive pretraining, supervised (re)training
-with best-epoch selection on the validation fold, and batched inference."""
+that keeps the epoch scoring best on the selection samples it is given (an inner slice, or
+the scored fold under eval.select_on=scored), and batched inference."""
 
 from __future__ import annotations
 
