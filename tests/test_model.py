@@ -1,25 +1,52 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from mer_tune.method.config import ModelConfig, NoiseConfig
-from mer_tune.method.model import MRCCL, add_noise, ddpm_noise_std, nt_xent
+from mer_tune.method.config import LossConfig, ModelConfig, NoiseConfig
+from mer_tune.method.model import MRCCL, PAIRS, add_noise, ddpm_noise_std, nt_xent
 
 
-def reference_nt_xent(z1, z2, tau):
-    """NT-Xent written out term by term, as in the SimCLR paper."""
+def reference_nt_xent(z1, z2, tau, ids=None):
+    """NT-Xent written out term by term, as in the SimCLR paper; with `ids`, rows of the
+    same sample other than the positive are left out of the denominator."""
     z = np.concatenate([z1, z2])
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     n2 = len(z)
     n = n2 // 2
+    both = list(ids) * 2 if ids is not None else list(range(n)) * 2
     total = 0.0
     for i in range(n2):
         pos = (i + n) % n2
         num = math.exp(float(z[i] @ z[pos]) / tau)
-        den = sum(math.exp(float(z[i] @ z[k]) / tau) for k in range(n2) if k != i)
+        negatives = [k for k in range(n2) if k != i and (k == pos or both[k] != both[i])]
+        den = sum(math.exp(float(z[i] @ z[k]) / tau) for k in negatives)
         total += -math.log(num / den)
     return total / n2
+
+
+def test_an_oversampled_duplicate_is_not_a_negative_of_its_twin():
+    rng = np.random.default_rng(1)
+    z1, z2 = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    z1[3], z2[3] = z1[1], z2[1]  # row 3 is sample 7 again, as oversampling repeats it
+    ids = [4, 7, 9, 7]
+    got = nt_xent(torch.tensor(z1), torch.tensor(z2), 0.5, torch.tensor(ids)).item()
+    assert abs(got - reference_nt_xent(z1, z2, 0.5, ids)) < 1e-9
+    # Unmasked, the twin counts as a negative as close as the positive: a larger loss.
+    assert nt_xent(torch.tensor(z1), torch.tensor(z2), 0.5).item() > got + 0.05
+    # Without duplicates the sample ids change nothing.
+    distinct = nt_xent(torch.tensor(z1[:3]), torch.tensor(z2[:3]), 0.5, torch.tensor(ids[:3]))
+    assert abs(distinct.item() - reference_nt_xent(z1[:3], z2[:3], 0.5)) < 1e-9
+
+
+def test_similarities_are_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    exact = nt_xent(z1, z2, 0.1).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = nt_xent(z1, z2, 0.1)
+    assert inside.dtype == torch.float32 and abs(inside.item() - exact) < 1e-5
 
 
 def test_nt_xent_matches_hand_computed_reference():
@@ -51,6 +78,100 @@ def test_noise_kinds_change_the_input_as_described():
     assert torch.equal(add_noise(x, "audio", NoiseConfig(kind="none"), gen), x)
     ddpm = add_noise(x, "audio", NoiseConfig(kind="ddpm"), gen)
     assert ddpm.shape == x.shape and not torch.equal(ddpm, x)
+
+
+def test_noise_scale_multiplies_the_noise_of_each_kind():
+    x = torch.zeros(4000, 8)
+
+    def spread(cfg):
+        return add_noise(x, "audio", cfg, torch.Generator().manual_seed(0)).std().item()
+
+    assert spread(NoiseConfig(kind="gaussian", scale=2.0)) == pytest.approx(
+        2 * spread(NoiseConfig(kind="gaussian")), rel=1e-6
+    )
+    assert spread(NoiseConfig(kind="ddpm", scale=0.5)) == pytest.approx(
+        0.5 * spread(NoiseConfig(kind="ddpm")), rel=1e-6
+    )
+    ones = torch.ones(4000, 8)
+    dropped = (
+        1
+        - add_noise(
+            ones,
+            "audio",
+            NoiseConfig(kind="mask", mask_prob=0.2, scale=2.0),
+            torch.Generator().manual_seed(0),
+        )
+        .mean()
+        .item()
+    )
+    assert dropped == pytest.approx(0.4, abs=0.02)
+    capped = add_noise(
+        ones,
+        "audio",
+        NoiseConfig(kind="mask", mask_prob=0.5, scale=10.0),
+        torch.Generator().manual_seed(0),
+    )
+    assert 0.02 < capped.mean().item() < 0.08  # at most 95% dropped
+
+
+def test_noise_on_raw_features_is_scaled_back_by_each_dimension_std():
+    x = torch.zeros(20000, 2)
+    stats = (torch.tensor([5.0, -3.0]), torch.tensor([1.0, 10.0]))
+    cfg = NoiseConfig(kind="gaussian", gaussian_std=1.0, applied_to="raw")
+    noised = add_noise(x, "audio", cfg, torch.Generator().manual_seed(0), stats)
+    # Unit noise on the raw scale is 1/std in standardised units; the mean is untouched.
+    assert noised.std(0).tolist() == pytest.approx([1.0, 0.1], rel=0.03)
+    assert noised.mean(0).abs().max().item() < 0.03
+    standard = NoiseConfig(kind="gaussian", gaussian_std=1.0)
+    same = add_noise(x, "audio", standard, torch.Generator().manual_seed(0), stats)
+    assert same.std(0).tolist() == pytest.approx([1.0, 1.0], rel=0.03)
+
+
+def _embeddings(seed=0, n=12, h=8):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(n, h, generator=g) for m in ("audio", "visual", "text")}
+
+
+def _model(h=8):
+    torch.manual_seed(0)
+    return MRCCL({"audio": 6, "visual": 4, "text": 5}, 6, ModelConfig(hidden=h, heads=2))
+
+
+def test_paper_weighting_halves_the_modality_terms_against_the_noise_terms():
+    model, emb, noisy = _model(), _embeddings(0), _embeddings(1)
+    no_noise = LossConfig(nee_weight=0.0)
+    equal = model.contrastive(emb, None, no_noise).item()
+    paper = model.contrastive(emb, None, no_noise.model_copy(update={"weighting": "paper"}))
+    assert paper.item() == pytest.approx(equal / 2, rel=1e-6)
+    only_noise = LossConfig(pair_weight=0.0, combo_weight=0.0)
+    for weighting in ("equal", "paper"):
+        cfg = only_noise.model_copy(update={"weighting": weighting})
+        expected = sum(nt_xent(emb[m], noisy[m], 0.1) for m in emb).item() / 3
+        assert model.contrastive(emb, noisy, cfg).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_learned_temperatures_start_at_the_configured_one_and_train():
+    model, emb = _model(), _embeddings(0)
+    fixed, learned = (
+        LossConfig(temperature=0.2),
+        LossConfig(temperature=0.2, learn_temperature=True),
+    )
+    assert model.contrastive(emb, None, learned).item() == pytest.approx(
+        model.contrastive(emb, None, fixed).item(), rel=1e-6
+    )
+    model.contrastive(emb, None, fixed).backward()
+    assert model.log_tau.grad is None  # fixed: nothing to learn
+    model.contrastive(emb, None, learned).backward()
+    grad = model.log_tau.grad
+    assert grad is not None and grad[:6].abs().min() > 0 and torch.all(grad[6:] == 0)
+
+
+def test_the_invariant_term_pulls_a_sample_s_invariant_codes_together():
+    model, emb, inv = _model(), _embeddings(0), _embeddings(2)
+    off = model.contrastive(emb, None, LossConfig(), inv=inv).item()
+    on = model.contrastive(emb, None, LossConfig(invariant_weight=0.5), inv=inv).item()
+    codes = sum(nt_xent(inv[p], inv[q], 0.1) for p, q in PAIRS).item() / 3
+    assert on == pytest.approx(off + 0.5 * codes, rel=1e-6)
 
 
 def test_attention_never_mixes_samples_of_a_batch():

@@ -7,7 +7,7 @@ import pytest
 from mer_tune.data.pack import load
 from mer_tune.hpo.cache import key_digest
 from mer_tune.method import pipeline, stages
-from mer_tune.method.config import Config, with_overrides
+from mer_tune.method.config import HEADS, Config, SelfTrainingConfig, with_overrides
 from mer_tune.method.stages import step_of
 
 
@@ -23,6 +23,30 @@ def test_pseudo_labels_use_the_threshold_of_the_predicted_class():
     keep, labels = stages.select_pseudo_labels(probs, np.array([0.99, 0.8]))
     assert keep.tolist() == [1, 2]
     assert labels.tolist() == [0, 1]
+
+
+def test_weighted_logits_confidence_accepts_what_the_mean_of_probabilities_rejects():
+    # Four heads each 0.95 sure of class 0 (of 6): the released model's weighted sum of
+    # logits is far sharper than the mean of the probabilities.
+    logit = np.log(0.95 / 0.01)
+    head = np.array([[logit, 0, 0, 0, 0, 0]])
+    logits = {h: head for h in HEADS}
+    paper = np.array([0.99] * 4 + [0.85] * 2)
+
+    def conf(kind, **weights):
+        cfg = SelfTrainingConfig(confidence=kind, **weights)
+        return stages.confidence(logits, cfg)
+
+    assert conf("equal_probs").max() == pytest.approx(0.95)
+    assert conf("weighted_probs").max() == pytest.approx(0.95)
+    assert conf("weighted_logits").max() == pytest.approx(0.99965, abs=5e-5)
+    assert len(stages.select_pseudo_labels(conf("equal_probs"), paper)[0]) == 0
+    assert len(stages.select_pseudo_labels(conf("weighted_logits"), paper)[0]) == 1
+    # The weighted mean follows the weights: a head with weight 0 has no say.
+    split = dict(logits, audio=np.array([[0, logit, 0, 0, 0, 0]]))
+    only_audio = {"audio": 1.0, "visual": 0.0, "text": 0.0, "fusion": 0.0}
+    cfg = SelfTrainingConfig(confidence="weighted_probs", confidence_weights=only_audio)
+    assert stages.confidence(split, cfg).argmax() == 1
 
 
 def test_oversampling_repeats_each_class_up_to_the_target():

@@ -16,7 +16,7 @@ def test_an_epoch_returns_the_size_weighted_sum_of_its_batch_losses():
     feats = torch.randn(10, 3)
     seen = []
 
-    def loss_fn(x, y):
+    def loss_fn(x, y, ids):
         loss = (model(x["a"]).squeeze(1) - y).pow(2).mean()
         seen.append(loss.item())
         return loss

@@ -35,3 +35,26 @@ def test_supervised_keeps_the_epoch_the_selection_samples_score_best(tiny_dir, m
         assert torch.equal(model.state_dict()[key], value)  # the model holds the kept epoch
     assert not all(torch.equal(weights[1][k], weights[3][k]) for k in state)
     assert np.isfinite(info["best_f1"])
+
+
+def test_finetuning_contrastive_terms_leave_out_the_noise_terms_when_asked(tiny_dir, monkeypatch):
+    data = load(tiny_dir)
+    calls = []
+    real = train.add_noise
+    monkeypatch.setattr(train, "add_noise", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lab = data.indices("labelled")
+    for finetune_noise in (True, False):
+        calls.clear()
+        cfg = build_config(
+            {
+                "model": {"hidden": 16, "heads": 2, "head_dims": [16]},
+                "loss": {"finetune_contrastive": 1.0, "finetune_noise": finetune_noise},
+            }
+        )
+        feats = train.Features(data, torch.device("cpu"))
+        model = train.make_model(data, cfg.model, 0, feats.device)
+        train.supervised(
+            model, feats, lab[:60], data.labels[lab[:60]], lab[60:80], data.labels[lab[60:80]],
+            1, train.Steps.of(cfg), seed=0, stage="finetune",
+        )  # fmt: skip
+        assert bool(calls) == finetune_noise

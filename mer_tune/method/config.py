@@ -21,6 +21,7 @@ HEADS = ["fusion", "audio", "visual", "text"]
 
 # Paper: 0.99 for the four large classes, 0.85 for the two rare ones.
 PAPER_THRESHOLDS = {c: 0.99 for c in MER2024_CLASSES[:4]} | {"worried": 0.85, "surprise": 0.85}
+PAPER_VOTE_WEIGHTS = {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}
 
 
 class _Strict(BaseModel):
@@ -84,6 +85,18 @@ class NoiseConfig(_Strict):
     beta_end: float = Field(0.1, gt=0.0, lt=1.0, description="last DDPM beta (scaled-linear)")
     gaussian_std: float = Field(0.5, ge=0.0, description="noise std for kind=gaussian")
     mask_prob: float = Field(0.2, ge=0.0, lt=1.0, description="feature drop rate for kind=mask")
+    scale: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="multiplier on the noise of whichever kind (1 = as set): the DDPM and "
+        "gaussian noise std, the mask's drop rate (capped at 0.95)",
+    )
+    applied_to: Literal["standardised", "raw"] = Field(
+        "standardised",
+        description="features the noise is added to: standardised (per-dimension z-scores) "
+        "or raw (as stored, then standardised: the released code)",
+    )
 
     @model_validator(mode="after")
     def _beta_order(self) -> NoiseConfig:
@@ -95,12 +108,31 @@ class NoiseConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    temperature: float = Field(0.1, gt=0.0, description="NT-Xent temperature")
+    temperature: float = Field(
+        0.1, gt=0.0, description="NT-Xent temperature (the start value when learned)"
+    )
+    learn_temperature: bool = Field(
+        False, description="one learnable temperature per contrastive term (nine), as released"
+    )
+    weighting: Literal["equal", "paper"] = Field(
+        "equal",
+        description="equal: mean of the pair terms + mean of the one-vs-two terms + mean of "
+        "the noise terms; paper: the six modality terms summed over 6 + mean of the noise terms",
+    )
     pair_weight: float = Field(1.0, ge=0.0, description="weight of the (A,V) (A,T) (V,T) terms")
     combo_weight: float = Field(1.0, ge=0.0, description="weight of each modality vs the other two")
     nee_weight: float = Field(1.0, ge=0.0, description="weight of clean vs noised embedding")
+    invariant_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of NT-Xent on the shared invariant codes (a sample's three "
+        "modalities as positives; 0 = off)",
+    )
     finetune_contrastive: float = Field(
         0.1, ge=0.0, description="weight of the contrastive terms while finetuning"
+    )
+    finetune_noise: bool = Field(
+        True, description="the contrastive terms while finetuning include the noise terms"
     )
 
 
@@ -135,12 +167,23 @@ class SelfTrainingConfig(_Strict):
     epochs: int = Field(
         5, ge=1, description="retraining epochs, warm-started from the finetuned weights"
     )
+    confidence: Literal["equal_probs", "weighted_probs", "weighted_logits"] = Field(
+        "weighted_logits",
+        description="a pool sample's confidence: equal_probs (mean of the heads' "
+        "probabilities), weighted_probs (their weighted mean) or weighted_logits (softmax "
+        "of the weighted sum of the heads' logits: the released model)",
+    )
+    confidence_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(PAPER_VOTE_WEIGHTS),
+        description="weight of each head in the weighted confidences",
+    )
 
     @model_validator(mode="after")
     def _threshold_range(self) -> SelfTrainingConfig:
         for name, value in self.thresholds.items():
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"self_training.thresholds.{name} = {value} is outside (0, 1]")
+        _check_head_weights(self.confidence_weights, "self_training.confidence_weights")
         return self
 
 
@@ -151,23 +194,25 @@ class VotingConfig(_Strict):
         "softmax of the weighted logits (the released code)",
     )
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7},
+        default_factory=lambda: dict(PAPER_VOTE_WEIGHTS),
         description="vote weight of each head",
     )
 
     @model_validator(mode="after")
     def _weights(self) -> VotingConfig:
-        unknown = sorted(set(self.weights) - set(HEADS))
-        if unknown:
-            raise ValueError(
-                f"voting.weights.{unknown[0]} is not a head; valid: {', '.join(HEADS)}"
-            )
-        for name, value in self.weights.items():
-            if value < 0:
-                raise ValueError(f"voting.weights.{name} = {value} is negative")
-        if sum(self.weights.values()) <= 0:
-            raise ValueError("voting.weights are all zero")
+        _check_head_weights(self.weights, "voting.weights")
         return self
+
+
+def _check_head_weights(weights: dict[str, float], where: str) -> None:
+    unknown = sorted(set(weights) - set(HEADS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]} is not a head; valid: {', '.join(HEADS)}")
+    for name, value in weights.items():
+        if value < 0:
+            raise ValueError(f"{where}.{name} = {value} is negative")
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"{where} are all zero")
 
 
 class EvalConfig(_Strict):

@@ -15,20 +15,41 @@ from mer_tune.method.config import HEADS, LossConfig, ModelConfig, NoiseConfig
 
 # ---------------------------------------------------------------- contrastive loss
 
+PAIRS = [("audio", "visual"), ("audio", "text"), ("visual", "text")]
+N_TERMS = 9  # 3 pairs, 3 one-vs-two, 3 clean-vs-noised
+MIN_TAU, MAX_TAU = 0.01, 1.0
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float | torch.Tensor,
+    ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """NT-Xent (SimCLR): the positive of sample i in one view is sample i in the other;
     every other sample of both views is a negative. Embeddings are L2-normalised and the
-    similarities divided by the temperature once."""
+    similarities divided by the temperature once.
+
+    `ids` names the sample behind each row: rows of the same sample (an oversampled
+    duplicate) are not each other's negatives. The similarities and the loss are float32
+    even under autocast: in bf16 a logit at temperature 0.1 resolves only to about 0.04."""
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    # Built on the device: a CPU-to-GPU copy could not be captured into a CUDA graph.
-    targets = torch.cat(
-        [torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)]
-    )
-    return F.cross_entropy(sim, targets)
+    with torch.autocast(z1.device.type, enabled=False):
+        z = torch.cat([z1, z2])
+        z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        sim = z @ z.T / temperature
+        # Built on the device: a CPU-to-GPU copy could not be captured into a CUDA graph.
+        targets = torch.cat(
+            [torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)]
+        )
+        if ids is None:
+            drop = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        else:
+            both = torch.cat([ids, ids])
+            positive = torch.zeros(2 * n, 2 * n, dtype=torch.bool, device=z.device)
+            positive.scatter_(1, targets[:, None], True)
+            drop = (both[:, None] == both[None, :]) & ~positive  # self and duplicates
+        return F.cross_entropy(sim.masked_fill(drop, float("-inf")), targets)
 
 
 # ---------------------------------------------------------------- noise embedding enhancement
@@ -50,14 +71,32 @@ def _alpha_bar(
     return torch.cumprod(1.0 - betas, dim=0).float().to(device)
 
 
+MAX_MASK_PROB = 0.95
+
+
 def add_noise(
-    x: torch.Tensor, modality: str, cfg: NoiseConfig, gen: torch.Generator | None
+    x: torch.Tensor,
+    modality: str,
+    cfg: NoiseConfig,
+    gen: torch.Generator | None,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """An augmented view of standardised features x for the NEE contrastive term.
 
-    Random numbers come from `gen`, on its device; with gen=None from the default
+    With cfg.applied_to=raw and `stats` = (mean, std) of the modality, the noise is added to the
+    raw features (x * std + mean), as the released code does, and the result standardised
+    again. Random numbers come from `gen`, on its device; with gen=None from the default
     generator of x's device (what a CUDA graph can capture). Nothing here reads a value
     back to the host, so a GPU step never waits on it."""
+    if cfg.applied_to == "raw" and stats is not None:
+        mean, std = stats
+        return (_noised(x * std + mean, modality, cfg, gen) - mean) / std
+    return _noised(x, modality, cfg, gen)
+
+
+def _noised(
+    x: torch.Tensor, modality: str, cfg: NoiseConfig, gen: torch.Generator | None
+) -> torch.Tensor:
     device = gen.device if gen is not None else x.device
     if cfg.kind == "ddpm":
         abar = _alpha_bar(
@@ -67,12 +106,13 @@ def add_noise(
         t = torch.randint(len(abar), (1,), generator=gen, device=device)
         eps = torch.randn(x.shape, generator=gen, device=device).to(x.device, x.dtype)
         keep = abar[t].to(x.device)
-        return keep.sqrt() * x + (1 - keep).sqrt() * eps
+        return keep.sqrt() * x + cfg.scale * (1 - keep).sqrt() * eps
     if cfg.kind == "gaussian":
         eps = torch.randn(x.shape, generator=gen, device=device).to(x.device, x.dtype)
-        return x + cfg.gaussian_std * eps
+        return x + cfg.scale * cfg.gaussian_std * eps
     if cfg.kind == "mask":
-        keep = torch.rand(x.shape, generator=gen, device=device) >= cfg.mask_prob
+        drop = min(cfg.mask_prob * cfg.scale, MAX_MASK_PROB)
+        keep = torch.rand(x.shape, generator=gen, device=device) >= drop
         return x * keep.to(x.device, x.dtype)
     return x
 
@@ -131,6 +171,9 @@ class MRCCL(nn.Module):
         )
         # Each modality against the concatenation of the other two: project it to 2h.
         self.to_pair = nn.ModuleDict({m: nn.Linear(h, 2 * h) for m in MODALITIES})
+        # Log-multipliers of the temperature of the nine contrastive terms (3 pairs, 3
+        # one-vs-two, 3 noise); trained only under loss.learn_temperature.
+        self.log_tau = nn.Parameter(torch.zeros(N_TERMS))
         self.heads = nn.ModuleDict(
             {
                 head: _mlp_head(
@@ -140,34 +183,58 @@ class MRCCL(nn.Module):
             }
         )
 
-    def embed(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-modality embedding: specificity output plus the shared invariant code."""
-        out = {}
+    def encode(
+        self, x: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(per-modality embedding: specificity output plus the shared invariant code,
+        the invariant codes alone)."""
+        emb, inv = {}, {}
         for m in MODALITIES:
             h, s = self.specific[m](x[m])
-            out[m] = s + self.invariant(h)
-        return out
+            inv[m] = self.invariant(h)
+            emb[m] = s + inv[m]
+        return emb, inv
+
+    def embed(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.encode(x)[0]
 
     def logits(self, emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fused = torch.cat([emb[m] for m in MODALITIES], dim=1)
         return {head: self.heads[head](fused if head == "fusion" else emb[head]) for head in HEADS}
+
+    def temperatures(self, cfg: LossConfig) -> list[float | torch.Tensor]:
+        """The nine terms' temperatures: cfg.temperature, or learned from it (kept in
+        [MIN_TAU, MAX_TAU] so that no term's logits blow up)."""
+        if not cfg.learn_temperature:
+            return [cfg.temperature] * N_TERMS
+        taus = (cfg.temperature * self.log_tau.exp()).clamp(MIN_TAU, MAX_TAU)
+        return list(taus.unbind())
 
     def contrastive(
         self,
         emb: dict[str, torch.Tensor],
         noisy_emb: dict[str, torch.Tensor] | None,
         cfg: LossConfig,
+        ids: torch.Tensor | None = None,
+        inv: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The six combinatorial terms, plus NEE's clean-vs-noised term per modality."""
-        tau = cfg.temperature
-        a, v, t = (emb[m] for m in MODALITIES)
-        pairs = (nt_xent(a, v, tau) + nt_xent(a, t, tau) + nt_xent(v, t, tau)) / 3
-        combos = 0.0
-        for m in MODALITIES:
+        """The six combinatorial terms, NEE's clean-vs-noised term per modality and, with
+        loss.invariant_weight and the invariant codes `inv`, the codes' three pairs."""
+        tau = self.temperatures(cfg)
+        pairs = [nt_xent(emb[p], emb[q], tau[k], ids) for k, (p, q) in enumerate(PAIRS)]
+        combos = []
+        for k, m in enumerate(MODALITIES):
             others = torch.cat([emb[o] for o in MODALITIES if o != m], dim=1)
-            combos = combos + nt_xent(self.to_pair[m](emb[m]), others, tau)
-        loss = cfg.pair_weight * pairs + cfg.combo_weight * combos / 3
+            combos.append(nt_xent(self.to_pair[m](emb[m]), others, tau[3 + k], ids))
+        if cfg.weighting == "paper":
+            # The released code: the six modality terms summed over 6.
+            loss = (cfg.pair_weight * sum(pairs) + cfg.combo_weight * sum(combos)) / 6
+        else:
+            loss = (cfg.pair_weight * sum(pairs) + cfg.combo_weight * sum(combos)) / 3
         if noisy_emb is not None and cfg.nee_weight > 0:
-            nee = sum(nt_xent(emb[m], noisy_emb[m], tau) for m in MODALITIES) / 3
-            loss = loss + cfg.nee_weight * nee
+            nee = [nt_xent(emb[m], noisy_emb[m], tau[6 + k], ids) for k, m in enumerate(MODALITIES)]
+            loss = loss + cfg.nee_weight * sum(nee) / 3
+        if inv is not None and cfg.invariant_weight > 0:
+            codes = sum(nt_xent(inv[p], inv[q], cfg.temperature, ids) for p, q in PAIRS)
+            loss = loss + cfg.invariant_weight * codes / 3
         return loss

@@ -53,13 +53,13 @@ STAGES = {
             "pretrain",
             ("data", "model", "pretrain", "noise", "loss", "optim", "seed"),
             None,
-            2,
+            3,
             False,
             "upstream",
         ),
         # eval: the fold split and the epoch-selection slice are made before it runs.
-        Stage("finetune", ("eval", "oversample", "finetune"), "pretrain", 3, True, "upstream"),
-        Stage("pseudo", ("self_training",), "finetune", 5, True, "thresholds"),
+        Stage("finetune", ("eval", "oversample", "finetune"), "pretrain", 4, True, "upstream"),
+        Stage("pseudo", ("self_training",), "finetune", 6, True, "thresholds"),
     )
 }
 VOTE_READS = ("voting",)
@@ -133,6 +133,20 @@ def select_pseudo_labels(
     pred = probs.argmax(axis=1)
     keep = probs.max(axis=1) >= thresholds[pred]
     return np.flatnonzero(keep), pred[keep]
+
+
+def confidence(logits: dict[str, np.ndarray], st_cfg: SelfTrainingConfig) -> np.ndarray:
+    """Class probabilities (N, C) whose top value is a pool sample's confidence.
+    equal_probs: the mean of the heads' probabilities; weighted_probs: their weighted
+    mean; weighted_logits: the softmax of the weighted sum of the heads' logits, not
+    divided by the weights' total, as the released model outputs (much sharper: four
+    heads at 0.95 give 0.95 under equal_probs and about 0.9997 here)."""
+    if st_cfg.confidence == "equal_probs":
+        return vote(logits, {h: 1.0 for h in HEADS})
+    weights = st_cfg.confidence_weights
+    if st_cfg.confidence == "weighted_probs":
+        return vote(logits, weights)
+    return train._softmax(sum(weights.get(h, 0.0) * logits[h] for h in HEADS))
 
 
 def vote(
@@ -249,8 +263,8 @@ def self_training_stage(
     seed: int,
     hook: EpochHook,
 ) -> dict[str, Any]:
-    """Rounds of pseudo-labelling the pool (an equal-weight vote, so that pseudo-labels
-    never depend on the searched voting weights) and retraining on labelled + kept
+    """Rounds of pseudo-labelling the pool (by self_training.confidence, which never
+    reads the searched voting weights) and retraining on labelled + kept
     samples, each round warm-started from the last (the first from the finetuned
     weights), its best epoch picked on the selection samples."""
     _, unl = pools(data, data_cfg)
@@ -259,7 +273,7 @@ def self_training_stage(
     per_round = []  # pseudo-labels per class that each round trained on
     for rnd in range(st_cfg.rounds):
         # Every round labels the whole pool afresh, with the latest model's predictions.
-        keep, labels = select_pseudo_labels(vote(logits_pool, {h: 1.0 for h in HEADS}), thresholds)
+        keep, labels = select_pseudo_labels(confidence(logits_pool, st_cfg), thresholds)
         per_round.append(np.bincount(labels, minlength=len(data.classes)))
         if len(keep) == 0:
             break

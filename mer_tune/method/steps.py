@@ -23,8 +23,9 @@ import torch
 from mer_tune.errors import MerTuneError
 from mer_tune.method.config import OptimConfig
 
-# loss_fn(standardised batch per modality, labels of the batch or None) -> scalar loss
-LossFn = Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]
+# loss_fn(standardised batch per modality, labels of the batch or None, the batch's
+# sample indices) -> scalar loss
+LossFn = Callable[[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor], torch.Tensor]
 WARMUP_STEPS = 3  # eager steps before capture: lazy initialisation happens outside the graph
 
 
@@ -123,7 +124,7 @@ class Stepper:
         x = self.batch(idx)
         y = self.targets[pos] if self.targets is not None and pos is not None else None
         with autocast(self.device, graphed=self.graphed):
-            return self.loss_fn(x, y)
+            return self.loss_fn(x, y, idx)
 
     def _eager_step(self, idx: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         loss = self._forward(idx, pos)

@@ -76,6 +76,10 @@ class Features:
         # temporary at full scale. raw is a gathered copy, never the stored features.
         return {m: raw[m].float().sub_(self.mean[m]).div_(self.std[m]) for m in MODALITIES}
 
+    def stats(self, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) that standardise the modality: what maps a batch back to raw."""
+        return self.mean[modality], self.std[modality]
+
 
 @dataclass(frozen=True)
 class Steps:
@@ -138,7 +142,10 @@ def pretrain(
     """Contrastive pretraining (no labels) over the samples `idx`."""
     rng = np.random.default_rng(seed)
     gen = _noise_generator(feats.device, seed)
-    loss_fn = lambda x, _y: _contrastive_loss(model, x, steps, gen)  # noqa: E731
+
+    def loss_fn(x: dict[str, torch.Tensor], _y: torch.Tensor | None, ids: torch.Tensor):
+        return _contrastive_loss(model, x, ids, steps, feats, gen, noise=True)
+
     with Stepper(model, feats.batch, loss_fn, steps.optim, feats.device) as stepper:
         for epoch in range(pretrain_cfg.epochs):
             pool = idx
@@ -153,13 +160,24 @@ def pretrain(
 
 
 def _contrastive_loss(
-    model: MRCCL, x: dict[str, torch.Tensor], steps: Steps, gen: torch.Generator | None
+    model: MRCCL,
+    x: dict[str, torch.Tensor],
+    ids: torch.Tensor,
+    steps: Steps,
+    feats: Features,
+    gen: torch.Generator | None,
+    noise: bool,
+    encoded: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    emb = model.embed(x)
+    """The contrastive terms of a batch; `noise` adds the clean-vs-noised ones, `ids`
+    (the batch's sample indices) keeps duplicates from being each other's negatives."""
+    emb, inv = encoded or model.encode(x)
     noisy = None
-    if steps.noise.kind != "none" and steps.loss.nee_weight > 0:
-        noisy = model.embed({m: add_noise(x[m], m, steps.noise, gen) for m in MODALITIES})
-    return model.contrastive(emb, noisy, steps.loss)
+    if noise and steps.noise.kind != "none" and steps.loss.nee_weight > 0:
+        noisy = model.embed(
+            {m: add_noise(x[m], m, steps.noise, gen, feats.stats(m)) for m in MODALITIES}
+        )
+    return model.contrastive(emb, noisy, steps.loss, ids, inv)
 
 
 def equal_vote_f1(logits: dict[str, np.ndarray], y: np.ndarray) -> float:
@@ -193,12 +211,16 @@ def supervised(
     rng = np.random.default_rng(seed)
     gen = _noise_generator(feats.device, seed)
 
-    def loss_fn(x: dict[str, torch.Tensor], y: torch.Tensor | None) -> torch.Tensor:
-        emb = model.embed(x)
-        logits = model.logits(emb)
+    def loss_fn(
+        x: dict[str, torch.Tensor], y: torch.Tensor | None, ids: torch.Tensor
+    ) -> torch.Tensor:
+        encoded = model.encode(x)
+        logits = model.logits(encoded[0])
         loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
         if steps.loss.finetune_contrastive > 0:
-            contrastive = _contrastive_loss(model, x, steps, gen)
+            contrastive = _contrastive_loss(
+                model, x, ids, steps, feats, gen, steps.loss.finetune_noise, encoded
+            )
             loss = loss + steps.loss.finetune_contrastive * contrastive
         return loss
 
