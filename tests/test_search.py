@@ -212,3 +212,24 @@ def test_unreachable_ray_address_is_a_clear_error(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: --address 127.0.0.1:9: no Ray cluster answers there"
     ]
+
+
+def test_a_conditional_parameter_runs_only_in_the_trials_that_use_it(search_env, tiny_dir):
+    (search_env / "cond.yaml").write_text(
+        "params:\n"
+        "  noise.kind: {type: categorical, choices: [ddpm, gaussian]}\n"
+        "  noise.gaussian_std: {type: float, low: 0.1, high: 2.0, when: {noise.kind: gaussian}}\n"
+    )
+    res = tiny_search(
+        search_env, tiny_dir, space=str(search_env / "cond.yaml"), trials=4, seed=3, name="cond"
+    )
+    table = res.results.sort_values("trial")
+    assert list(table["status"]) == ["FINISHED"] * 4
+    assert table.iloc[0]["noise.kind"] == "ddpm"  # the baseline
+    gaussian = table["noise.kind"] == "gaussian"
+    assert gaussian.any() and (~gaussian).any()
+    assert table.loc[gaussian, "noise.gaussian_std"].notna().all()
+    assert table.loc[~gaussian, "noise.gaussian_std"].isna().all()
+    kept = optuna.load_study(study_name="cond", storage=f"sqlite:///{res.path / 'optuna.db'}")
+    for trial in kept.trials:
+        assert ("noise.gaussian_std" in trial.params) == (trial.params["noise.kind"] == "gaussian")

@@ -1,7 +1,7 @@
 import pytest
 
 from mer_tune.errors import UsageError
-from mer_tune.hpo.spaces import available, load_space
+from mer_tune.hpo.spaces import available, load_space, trial_config
 
 
 @pytest.mark.parametrize("name", available())
@@ -16,7 +16,15 @@ def test_the_five_concerns_are_shipped():
     assert load_space("thresholds").params.keys() == {
         f"self_training.thresholds.{c}"
         for c in ["neutral", "angry", "happy", "sad", "worried", "surprise"]
-    }
+    } | {"self_training.confidence"}
+    # The baseline trial runs the released model's confidence.
+    from mer_tune.method.config import build_config
+
+    first = load_space("thresholds").defaults(build_config())
+    assert first["self_training.confidence"] == "weighted_logits"
+    assert {"noise.scale", "noise.gaussian_std", "noise.mask_prob"} <= set(
+        load_space("noise").params
+    )
     assert 0 in load_space("oversampling").params["oversample.target"].choices
 
 
@@ -100,11 +108,13 @@ def test_per_class_parameters_expand_over_the_classes_the_data_has():
     cfg = with_overrides(build_config(), {"data.classes": ten})
     assert cfg.self_training.thresholds == {} and cfg.threshold_of("c3") == 0.95
     sp = load_space("thresholds", cfg)
-    assert list(sp.params) == [f"self_training.thresholds.{c}" for c in ten]
+    assert list(sp.params) == [f"self_training.thresholds.{c}" for c in ten] + [
+        "self_training.confidence"
+    ]
     assert sp.defaults(cfg)["self_training.thresholds.c0"] == 0.95
     mer = load_space("thresholds")
     assert (
-        len(mer.params) == 6
+        len(mer.params) == 7
         and mer.defaults(build_config())["self_training.thresholds.sad"] == 0.99
     )
     mixed = with_overrides(build_config(), {"data.classes": ["neutral", "sad", "bored"]})
@@ -118,3 +128,63 @@ def test_a_staged_step_of_a_wildcard_space_keeps_its_range():
     step = sp.subspace(["self_training.thresholds.sad"], "thresholds", {})
     assert list(step.params) == ["self_training.thresholds.sad"]
     assert step.params["self_training.thresholds.sad"].high == 1.0
+
+
+def _conditional(tmp_path, when, extra=""):
+    path = tmp_path / "cond.yaml"
+    path.write_text(
+        "params:\n"
+        "  noise.kind: {type: categorical, choices: [ddpm, gaussian, mask]}\n"
+        f"  noise.gaussian_std: {{type: float, low: 0.1, high: 2.0, when: {when}}}\n" + extra
+    )
+    return path
+
+
+def test_a_conditional_parameter_is_suggested_only_when_its_condition_holds(tmp_path):
+    import optuna
+
+    from mer_tune.hpo.optuna_adapter import DefineByRun
+    from mer_tune.method.config import build_config
+
+    sp = load_space(str(_conditional(tmp_path, "{noise.kind: gaussian}")))
+    assert sp.conditions == {"noise.gaussian_std": {"noise.kind": ["gaussian"]}}
+    # The baseline (ddpm) does not use the gaussian std.
+    assert sp.defaults(build_config()) == {"noise.kind": "ddpm"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: DefineByRun(sp)(t) or 0.0, n_trials=30)
+    for trial in study.trials:
+        used = "noise.gaussian_std" in trial.params
+        assert used == (trial.params["noise.kind"] == "gaussian")
+    assert any("noise.gaussian_std" in t.params for t in study.trials)
+    # An unused value in a results table (NaN) leaves the config's own value.
+    cfg = trial_config(build_config(), {"noise.kind": "ddpm", "noise.gaussian_std": float("nan")})
+    assert cfg.noise.gaussian_std == build_config().noise.gaussian_std
+
+
+def test_a_condition_on_an_unsearched_key_is_settled_against_the_base_config(tmp_path):
+    from mer_tune.method.config import build_config, with_overrides
+
+    path = tmp_path / "only.yaml"
+    path.write_text(
+        "params:\n"
+        "  noise.mask_prob: {type: float, low: 0.1, high: 0.5, when: {noise.kind: mask}}\n"
+        "  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+    )
+    assert list(load_space(str(path)).params) == ["optim.lr"]
+    masked = with_overrides(build_config(), {"noise.kind": "mask"})
+    assert list(load_space(str(path), masked).params) == ["noise.mask_prob", "optim.lr"]
+
+
+@pytest.mark.parametrize(
+    "when, message",
+    [
+        ("{noise.kind: poisson}", "'poisson' is not a choice of noise.kind"),
+        ("{noise.kindd: gaussian}", "names noise.kindd, which is neither"),
+        ("gaussian", "'when' must map a parameter"),
+    ],
+)
+def test_a_bad_condition_is_one_line_naming_the_parameter(tmp_path, when, message):
+    path = _conditional(tmp_path, when)
+    with pytest.raises(UsageError, match=message) as err:
+        load_space(str(path))
+    assert "params.noise.gaussian_std" in str(err.value) and "\n" not in str(err.value)

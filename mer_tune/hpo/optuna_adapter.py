@@ -10,6 +10,34 @@ from mer_tune.hpo.spaces import Space
 from mer_tune.hpo.trial import METRIC
 
 
+class DefineByRun:
+    """A space with conditional parameters as an Optuna define-by-run function: each
+    parameter is suggested in the file's order, and only when its condition holds on
+    the values suggested before it. A class, not a closure, so that Ray can pickle the
+    searcher with the experiment state."""
+
+    def __init__(self, space: Space):
+        self.params, self.conditions = space.params, space.conditions
+
+    def __call__(self, trial) -> None:
+        import optuna
+
+        values: dict = {}
+        for key, dist in self.params.items():
+            if not all(values.get(k) in v for k, v in self.conditions.get(key, {}).items()):
+                continue
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                values[key] = trial.suggest_categorical(key, dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                values[key] = trial.suggest_int(
+                    key, dist.low, dist.high, step=dist.step, log=dist.log
+                )
+            else:
+                values[key] = trial.suggest_float(
+                    key, dist.low, dist.high, step=dist.step, log=dist.log
+                )
+
+
 def optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -34,7 +62,9 @@ def optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return TruthfulOptunaSearch(
-        space=space.params,
+        # Conditional parameters need Optuna's define-by-run form; a plain space is the
+        # ask-with-distributions form Ray uses for a dict.
+        space=DefineByRun(space) if space.conditions else space.params,
         metric=METRIC,
         mode="max",
         points_to_evaluate=[first_point],

@@ -5,12 +5,20 @@ params:
   self_training.thresholds.worried: {type: float, low: 0.5, high: 1.0}
   optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
   model.hidden: {type: categorical, choices: [64, 128, 256]}
+  noise.kind: {type: categorical, choices: [ddpm, gaussian]}
+  noise.gaussian_std: {type: float, low: 0.1, high: 2.0, when: {noise.kind: gaussian}}
 fixed:                      # optional: other values pinned for this search
   finetune.epochs: 10
+
+`when` makes a parameter conditional: it is suggested only in trials where the named
+parameter (searched above it) took one of the given values; elsewhere the config keeps
+its value. A condition on a parameter this space does not search is settled once,
+against the base config.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,17 +39,23 @@ def _shipped_spaces() -> Path:
 
 SPACES_DIR = _shipped_spaces()
 _KEYS = {
-    "float": {"type", "low", "high", "log", "step"},
-    "int": {"type", "low", "high", "log", "step"},
-    "categorical": {"type", "choices"},
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
 }
+
+
+def unused(value: Any) -> bool:
+    """A conditional parameter a trial did not use: absent, None, or NaN in a table."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def trial_config(base: Config, values: dict[str, Any]) -> Config:
     """The config a trial runs: the base config with the values suggested for it (numpy
-    scalars from a results table made plain first). The one place this is built."""
+    scalars from a results table made plain first; a conditional parameter the trial did
+    not use keeps the base value). The one place this is built."""
     plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
-    return with_overrides(base, plain)
+    return with_overrides(base, {k: v for k, v in plain.items() if not unused(v)})
 
 
 @dataclass
@@ -53,6 +67,12 @@ class Space:
     fixed: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)  # params in the YAML's short form
     pattern: dict[str, str] = field(default_factory=dict)  # param -> its key in spec (a.b.*)
+    # param -> {searched param: values}: suggested only when that one took one of them
+    conditions: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def active(self, key: str, values: dict[str, Any]) -> bool:
+        """Whether a trial with the suggested `values` so far uses parameter `key`."""
+        return all(values.get(k) in allowed for k, allowed in self.conditions.get(key, {}).items())
 
     def base_config(self, base: Config | None = None) -> Config:
         return with_overrides(base or build_config(), self.fixed, source=f"{self.source}: fixed")
@@ -70,8 +90,10 @@ class Space:
     def defaults(self, base: Config) -> dict[str, Any]:
         """The base config's value of every searched parameter (the first point to try),
         clipped into the space's range."""
-        point = {}
+        point: dict[str, Any] = {}
         for key, dist in self.params.items():
+            if not self.active(key, point):
+                continue
             value = value_at(base, key)
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
                 value = value if value in dist.choices else dist.choices[0]
@@ -176,17 +198,60 @@ def space_from_dict(raw: Any, base: Config | None, name: str, path: str) -> Spac
     except MerTuneError as err:
         raise UsageError(str(err)) from None
     paths = valid_paths(base_cfg)
-    params, origin = {}, {}
+    params, origin, conditions = {}, {}, {}
     for pattern, spec in raw["params"].items():
         for key in _expand(str(pattern), base_cfg, f"{path}: params.{pattern}"):
-            origin[key] = str(pattern)
             where = f"{path}: params.{key}"
             if key not in paths:
                 raise UsageError(f"{where}: unknown config key; valid keys: {', '.join(paths)}")
-            params[key] = _distribution(spec, where)
-            _check_bounds(base_cfg, key, params[key], where)
+            dist = _distribution(spec, where)
+            _check_bounds(base_cfg, key, dist, where)
+            when = _condition(spec.get("when"), params, base_cfg, paths, where)
+            if when is None:
+                continue  # settled against the base config: never used
+            origin[key] = str(pattern)
+            params[key] = dist
+            if when:
+                conditions[key] = when
     spec = dict(raw["params"])
-    return Space(name, path, str(raw.get("description") or ""), params, fixed, spec, origin)
+    description = str(raw.get("description") or "")
+    return Space(name, path, description, params, fixed, spec, origin, conditions)
+
+
+def _condition(
+    when: Any, params: dict, base: Config, paths: list[str], where: str
+) -> dict[str, list] | None:
+    """A parameter's `when` as {searched param: allowed values}; {} when it always
+    applies; None when it can never apply (a condition on an unsearched key the base
+    config does not meet)."""
+    if when is None:
+        return {}
+    if not isinstance(when, dict) or not when:
+        raise UsageError(f"{where}: 'when' must map a parameter to a value or a list of values")
+    out: dict[str, list] = {}
+    for key, allowed in when.items():
+        allowed = list(allowed) if isinstance(allowed, list) else [allowed]
+        if key in params:
+            dist = params[key]
+            choices = getattr(dist, "choices", None)
+            if choices is None:
+                raise UsageError(f"{where}: 'when' names {key}, which is not categorical")
+            unknown = [v for v in allowed if v not in choices]
+            if unknown:
+                raise UsageError(
+                    f"{where}: 'when' value {unknown[0]!r} is not a choice of {key} "
+                    f"({', '.join(map(str, choices))})"
+                )
+            out[key] = allowed
+        elif key in paths:
+            if value_at(base, key) not in allowed:
+                return None
+        else:
+            raise UsageError(
+                f"{where}: 'when' names {key}, which is neither a parameter searched above "
+                "it nor a config key"
+            )
+    return out
 
 
 def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistribution:

@@ -27,7 +27,7 @@ from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.gpu import check_packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
-from mer_tune.hpo.spaces import Space, load_space, trial_config
+from mer_tune.hpo.spaces import Space, load_space, trial_config, unused
 from mer_tune.hpo.tracking import (
     SearchRecorder,
     check_reachable,
@@ -496,11 +496,12 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame):
         if state is None:
             continue
         value = row.get("weighted_f1") if state == optuna.trial.TrialState.COMPLETE else None
-        params = {k: _plain(row[k]) for k in sp.params}
+        # A conditional parameter the trial did not use is left out, as Optuna does.
+        params = {k: _plain(row[k]) for k in sp.params if not unused(row.get(k))}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
-                distributions=sp.params,
+                distributions={k: sp.params[k] for k in params},
                 value=value,
                 state=state,
                 user_attrs={"ray_trial_id": row["trial_id"]},
