@@ -215,3 +215,22 @@ def test_a_dataset_that_does_not_read_leaves_no_pack_folder(tmp_path):
     with pytest.raises(MerTuneError, match="not in the class list"):
         load(root)
     assert not (root / ".mer-tune-pack").exists()
+
+
+def test_a_modality_float16_would_blur_is_packed_as_float32_and_data_check_says_so(tmp_path):
+    from mer_tune.data.checks import check_report
+
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    # Text features with a large mean and a small spread: float16 steps at 1000 are 0.5,
+    # fifty of the dimension's standard deviations.
+    rng = np.random.default_rng(0)
+    for path in _feat(root, "text").glob("*.npy"):
+        np.save(path, (1000 + 0.01 * rng.normal(size=5)).astype(np.float32))
+    data = load(root)
+    assert data.features["text"].dtype == np.float32
+    assert data.features["audio"].dtype == np.float16
+    stored = np.asarray(data.features["text"])
+    assert np.abs(stored - 1000).max() < 0.1 and stored.std(axis=0).min() > 0.005
+    report, ok = check_report(root, DataOptions())
+    assert ok and "note: text features are stored as float32" in report
+    assert "audio features" not in report

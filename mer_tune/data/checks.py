@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mer_tune.data.layout import LABELLED, MODALITIES, TEST, UNLABELLED, DataOptions, read_folders
+from mer_tune.data.pack import FP16_MAX_ERROR, fp16_error
 from mer_tune.errors import MerTuneError
 
 
@@ -25,6 +26,14 @@ def check_report(folder: str | Path, opts: DataOptions) -> tuple[str, bool]:
         "dims: " + ", ".join(f"{m} {data.dims[m]} ({opts.folders[m]})" for m in MODALITIES)
     )
     problems = []
+    for m in MODALITIES:
+        error = fp16_error(data.features[m], data.std[m])
+        if error > FP16_MAX_ERROR:
+            how = "overflow" if error == float("inf") else f"move a dimension by {error:.3g} std"
+            problems.append(
+                f"note: {m} features are stored as float32 (float16 would {how}): "
+                "twice the memory of float16"
+            )
     if not (data.split == UNLABELLED).any():
         problems.append("note: the unlabelled pool is empty: self-training will be skipped")
     lines.extend(problems or ["no problems found"])

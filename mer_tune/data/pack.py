@@ -1,5 +1,6 @@
 """The packed form of a dataset: one memory-mappable ``.npy`` per modality (float16, or
-float32 where values would overflow it) plus a sample table, written once, mapped after."""
+float32 where float16 would overflow or round a dimension by more than FP16_MAX_ERROR of
+its spread) plus a sample table, written once, mapped after."""
 
 from __future__ import annotations
 
@@ -25,12 +26,35 @@ from mer_tune.data.layout import (
 from mer_tune.errors import MerTuneError
 from mer_tune.outputs import UMASK
 
-PACK_VERSION = 1
+PACK_VERSION = 2
 FP16_MAX = 60000.0  # larger magnitudes would overflow float16: keep such a modality in float32
+# Largest float16 rounding error allowed, in standard deviations of a dimension: the model
+# sees standardised features, so a dimension with a large mean and a small spread (seen
+# in text features) can lose its signal to float16 although each value is close.
+FP16_MAX_ERROR = 0.01
+FP16_SAMPLE_ROWS = 16384  # rows that measure the rounding error (evenly spaced)
 
 
 def _max_abs(arr: np.ndarray, chunk: int = 8192) -> float:
     return max(float(np.abs(arr[i : i + chunk]).max()) for i in range(0, len(arr), chunk))
+
+
+def fp16_error(arr: np.ndarray, std: np.ndarray) -> float:
+    """The largest float16 round-trip error of any dimension, in that dimension's standard
+    deviations (root mean square over evenly spaced rows); inf when values overflow."""
+    if len(arr) == 0:
+        return 0.0
+    rows = np.asarray(arr[:: max(1, len(arr) // FP16_SAMPLE_ROWS)], dtype=np.float32)
+    if np.abs(rows).max() > FP16_MAX or _max_abs(arr) > FP16_MAX:
+        return float("inf")
+    err = rows - rows.astype(np.float16).astype(np.float32)
+    rms = np.sqrt(np.mean(np.square(err, dtype=np.float64), axis=0))
+    return float(np.max(rms / np.maximum(np.asarray(std, dtype=np.float64), 1e-12)))
+
+
+def storage_dtype(arr: np.ndarray, std: np.ndarray) -> type:
+    """float16 where it keeps every dimension within FP16_MAX_ERROR std, else float32."""
+    return np.float16 if fp16_error(arr, std) <= FP16_MAX_ERROR else np.float32
 
 
 def _source_signature(root: Path, opts: DataOptions) -> dict:
@@ -86,9 +110,7 @@ def pack(data: MERData, pack_dir: Path, signature: dict) -> None:
     """Write the packed form atomically: a temporary folder renamed into place, its space
     checked and reserved before anything is written through a memory map."""
     pack_dir.parent.mkdir(parents=True, exist_ok=True)
-    dtypes = {
-        m: np.float32 if _max_abs(a) > FP16_MAX else np.float16 for m, a in data.features.items()
-    }
+    dtypes = {m: storage_dtype(a, data.std[m]) for m, a in data.features.items()}
     needed = sum(
         a.shape[0] * a.shape[1] * np.dtype(dtypes[m]).itemsize for m, a in data.features.items()
     )
