@@ -436,6 +436,14 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     show_default=True,
     help="Also retrain each confirmed config on all non-holdout data with this many seeds.",
 )
+@click.option(
+    "--from-search",
+    "from_searches",
+    multiple=True,
+    metavar="NAME",
+    help="Seed Optuna with the finished trials of the earlier search NAME (in --storage; "
+    "repeatable). Trials whose other settings differ are left out.",
+)
 @data_options
 def search(
     space,
@@ -465,6 +473,7 @@ def search(
     repeats,
     confirm_top,
     confirm_seeds,
+    from_searches,
     data_args,
 ) -> None:
     """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
@@ -484,6 +493,11 @@ def search(
         return
 
     run_search = staged_search if strategy == "staged" else flat_search
+    extra = {}
+    if from_searches:
+        if strategy == "staged":
+            raise click.BadParameter("not with --strategy staged", param_hint="--from-search")
+        extra["from_searches"] = from_searches
 
     if trials < 1:
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
@@ -516,6 +530,7 @@ def search(
         confirm_top=confirm_top,
         confirm_seeds=confirm_seeds,
         on_event=SearchProgress(trials),
+        **extra,
     )
     print_summary(res)
 

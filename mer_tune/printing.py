@@ -51,6 +51,9 @@ class SearchProgress:
         self.trials, self.running, self.done, self.failed, self.best = trials, 0, 0, 0, None
 
     def __call__(self, kind: str, row: dict) -> None:
+        if kind == "note":
+            console.print(row["text"], markup=False)
+            return
         if kind == "start":
             self.running += 1
             return

@@ -6,6 +6,7 @@ import json
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from conftest import FAST, tiny_search
 from mlflow.tracking import MlflowClient
 
@@ -233,3 +234,19 @@ def test_a_conditional_parameter_runs_only_in_the_trials_that_use_it(search_env,
     kept = optuna.load_study(study_name="cond", storage=f"sqlite:///{res.path / 'optuna.db'}")
     for trial in kept.trials:
         assert ("noise.gaussian_std" in trial.params) == (trial.params["noise.kind"] == "gaussian")
+
+
+def test_a_warm_started_search_imports_the_earlier_trials(search_env, tiny_dir):
+    first = tiny_search(search_env, tiny_dir, trials=2, concurrency=1, seed=7, name="first")
+    assert (first.results["status"] == "FINISHED").all()
+    again = tiny_search(
+        search_env, tiny_dir, trials=2, concurrency=1, seed=7, name="again",
+        from_searches=["first"],
+    )  # fmt: skip
+    assert again.notes[0].startswith("warm start: 2 earlier trials imported (first 2 of 2)")
+    assert len(again.results) == 2  # its own trials only; the baseline runs again as trial 0
+    state = yaml.safe_load((again.path / "search.yaml").read_text())
+    assert state["from_searches"] == ["first"] and state["warm_start_trials"] == 2
+    with pytest.raises(UsageError, match="its outer holdout differs"):
+        tiny_search(search_env, tiny_dir, trials=1, seed=8, name="other", from_searches=["first"])
+    assert not (search_env / "runs" / "other").exists()  # refused before anything is made

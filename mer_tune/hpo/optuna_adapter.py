@@ -2,7 +2,8 @@
 first. The one change to Ray's `OptunaSearch`: a trial the scheduler stopped early is told
 to Optuna as PRUNED, not COMPLETE with a partial score (which would bias TPE toward short
 runs). That override uses OptunaSearch's private `_ot_study`, `_ot_trials` and
-`_completed_trials` (Ray 2.60); tests/test_optuna_adapter.py pins the behaviour."""
+`_completed_trials` (Ray 2.60); tests/test_optuna_adapter.py pins the behaviour. A warm
+start adds earlier trials to `_ot_study` directly."""
 
 from __future__ import annotations
 
@@ -38,7 +39,15 @@ class DefineByRun:
                 )
 
 
-def optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
+def optuna_searcher(
+    space: Space,
+    first_point: dict,
+    seed: int,
+    study: str,
+    warm: list[tuple[dict, float]] | None = None,
+):
+    """Ray's OptunaSearch over `space`, `first_point` suggested first; `warm` holds
+    (values, score) of earlier trials, told to the study as finished before it asks."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -61,7 +70,7 @@ def optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
             super().on_trial_complete(trial_id, result, error)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return TruthfulOptunaSearch(
+    searcher = TruthfulOptunaSearch(
         # Conditional parameters need Optuna's define-by-run form; a plain space is the
         # ask-with-distributions form Ray uses for a dict.
         space=DefineByRun(space) if space.conditions else space.params,
@@ -74,3 +83,14 @@ def optuna_searcher(space: Space, first_point: dict, seed: int, study: str):
         # search continues the very study Ray knows. `_finish` exports it to optuna.db.
         storage=None,
     )
+    for values, score in warm or []:
+        # Into the study itself: Ray's add_evaluated_point refuses define-by-run spaces.
+        searcher._ot_study.add_trial(
+            optuna.trial.create_trial(
+                params=values,
+                distributions={k: space.params[k] for k in values},
+                value=score,
+                user_attrs={"mer_tune.warm_start": True},
+            )
+        )
+    return searcher

@@ -36,6 +36,7 @@ from mer_tune.hpo.tracking import (
     ui_command,
 )
 from mer_tune.hpo.trial import METRIC, run_trial
+from mer_tune.hpo.warm_start import import_trials
 from mer_tune.method.config import Config, build_config, load_config, with_overrides
 from mer_tune.outputs import ensure_writable, make_private_dir, plain_name, write_secret, write_text
 
@@ -91,6 +92,7 @@ def search(
     confirm_seeds: int = 0,
     baseline_search: str | None = None,
     cache_key: bytes | None = None,
+    from_searches: list[str] | tuple[str, ...] = (),
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
     """Run a hyperparameter search and return its results table and best config.
@@ -99,6 +101,8 @@ def search(
     (seed `holdout_seed`, default `seed`); trials select on the rest. At the end the
     `confirm_top` best trials and the baseline (trial 0) are scored on the holdout
     (`res.confirm`) and `res.verdict` says whether the winner beats the baseline.
+    `from_searches` names earlier searches (in `storage`) whose finished trials seed
+    Optuna's study, where their settings and data agree with this one's (warm_start.py).
 
     Example (in a notebook)::
 
@@ -145,6 +149,11 @@ def search(
     holdout_seed = seed if holdout_seed is None else holdout_seed
     ho = outer.choose(dataset, holdout, holdout_seed, base.eval.folds, base.eval.select_on)
     trial_data = outer.withhold(dataset, ho)
+    imported = None
+    if from_searches:
+        imported = import_trials(
+            root, list(from_searches), dataset.fingerprint, sorted(ho.names), base, sp
+        )
 
     init_ray(address)
     import ray
@@ -210,11 +219,16 @@ def search(
         "cache_dir": cache_location,
         "dataset": describe(data, opts, dataset),
         "baseline_search": baseline_search,
+        "from_searches": list(from_searches),
+        "warm_start_trials": len(imported.points) if imported else 0,
     }
     write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
     write_text(SearchFolder(path).base_file, base.to_yaml())
 
-    searcher = optuna_searcher(sp, sp.defaults(base), seed, name)
+    warm = imported.points if imported else []
+    searcher = optuna_searcher(sp, sp.defaults(base), seed, name, warm)
+    if imported:
+        on_event("note", row={"text": imported.line()})
     rows: dict[str, dict] = {}
     callback = logger_callback(recorder, sp, rows, on_event, path, base)
     tuner = tune.Tuner(
@@ -238,7 +252,10 @@ def search(
             callbacks=[callback],
         ),
     )
-    return _fit(tuner, recorder, path, rows, sp, base, state)
+    result = _fit(tuner, recorder, path, rows, sp, base, state)
+    if imported:
+        result.notes.insert(0, imported.line())
+    return result
 
 
 def resume(
