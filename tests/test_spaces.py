@@ -182,6 +182,7 @@ def test_a_condition_on_an_unsearched_key_is_settled_against_the_base_config(tmp
         ("{noise.kindd: gaussian}", "names noise.kindd, which is neither"),
         ("gaussian", "'when' must map a parameter"),
     ],
+    ids=["not-a-choice", "unknown-key", "not-a-mapping"],
 )
 def test_a_bad_condition_is_one_line_naming_the_parameter(tmp_path, when, message):
     path = _conditional(tmp_path, when)

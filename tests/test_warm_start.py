@@ -96,6 +96,7 @@ def test_values_outside_the_new_bounds_and_other_settings_are_left_out(tmp_path)
         (["a"], "fp1", ["s1", "s3"], "--from-search a: its outer holdout differs"),
         (["../a"], "fp1", ["s1", "s2"], "--from-search"),
     ],
+    ids=["missing", "other-data", "other-holdout", "a-path"],
 )
 def test_a_search_that_cannot_be_used_is_one_line(tmp_path, names, fingerprint, holdout, message):
     _earlier(tmp_path)
