@@ -437,6 +437,19 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     help="Also retrain each confirmed config on all non-holdout data with this many seeds.",
 )
 @click.option(
+    "--objective",
+    "objectives",
+    multiple=True,
+    metavar="NAME",
+    help="What to optimise (repeatable or comma-separated): weighted_f1 (default), "
+    "min_class_f1, train_seconds, pseudo_precision. Several give a Pareto front.",
+)
+@click.option(
+    "--pick",
+    help="With several objectives, the front point for best_config.yaml, e.g. "
+    "'max weighted_f1 where min_class_f1>=0.6'.",
+)
+@click.option(
     "--from-search",
     "from_searches",
     multiple=True,
@@ -473,6 +486,8 @@ def search(
     repeats,
     confirm_top,
     confirm_seeds,
+    objectives,
+    pick,
     from_searches,
     data_args,
 ) -> None:
@@ -494,10 +509,15 @@ def search(
 
     run_search = staged_search if strategy == "staged" else flat_search
     extra = {}
-    if from_searches:
-        if strategy == "staged":
-            raise click.BadParameter("not with --strategy staged", param_hint="--from-search")
-        extra["from_searches"] = from_searches
+    for option, value, key in (
+        ("--from-search", from_searches, "from_searches"),
+        ("--objective", objectives, "objectives"),
+        ("--pick", pick, "pick"),
+    ):
+        if value:
+            if strategy == "staged":
+                raise click.BadParameter("not with --strategy staged", param_hint=option)
+            extra[key] = value
 
     if trials < 1:
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
@@ -533,6 +553,8 @@ def search(
         **extra,
     )
     print_summary(res)
+    if res.pick_error:
+        sys.exit(1)  # the search and its front are kept; `mer-tune pick` chooses again
 
 
 @cli.command()
@@ -548,10 +570,10 @@ def search(
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
 @click.option(
     "--section",
-    type=click.Choice(["top", "confirm"]),
+    type=click.Choice(["top", "confirm", "pareto"]),
     default="top",
     show_default=True,
-    help="Which table --format csv prints: the top trials or the confirm step.",
+    help="Which table --format csv prints: the top trials, the confirm step or the Pareto front.",
 )
 def report(name, storage, fmt, top, section) -> None:
     """The top trials, best config, parameter importances, failures, plots and the confirm
@@ -588,6 +610,20 @@ def confirm_cmd(name, storage, top, seeds, address) -> None:
     for note in res.notes:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     click.echo(f"verdict: {res.verdict.text}")
+
+
+@cli.command(name="pick")
+@click.argument("name")
+@click.argument("expression")
+@click.option("--storage", default="mer-tune-runs", show_default=True)
+def pick_cmd(name, expression, storage) -> None:
+    """Choose a point of the Pareto front of the multi-objective search NAME, e.g.
+    'max weighted_f1 where min_class_f1>=0.6', and write it to best_config.yaml."""
+    from mer_tune.hpo.folder import SearchFolder
+    from mer_tune.hpo.front import repick
+
+    trial, path = repick(SearchFolder.of(storage, name, "pick"), expression)
+    click.echo(f"trial {trial} -> {path}")
 
 
 @cli.command(name="config")

@@ -250,3 +250,65 @@ def test_a_warm_started_search_imports_the_earlier_trials(search_env, tiny_dir):
     with pytest.raises(UsageError, match="its outer holdout differs"):
         tiny_search(search_env, tiny_dir, trials=1, seed=8, name="other", from_searches=["first"])
     assert not (search_env / "runs" / "other").exists()  # refused before anything is made
+
+
+def test_a_multi_objective_search_keeps_its_pareto_front_and_the_picked_point(
+    search_env, tiny_dir, capsys
+):
+    from test_cli import run_cli
+
+    from mer_tune.hpo.objectives import pareto_front
+
+    goals = ["weighted_f1", "min_class_f1"]
+    res = tiny_search(
+        search_env, tiny_dir, trials=4, seed=3, name="mo", objectives=goals,
+        pick="max min_class_f1 where weighted_f1>=0.0",
+    )  # fmt: skip
+    table = res.results
+    assert {"min_class_f1", "train_seconds", "pseudo_precision"} <= set(table.columns)
+    front = pareto_front(table, goals)
+    saved = pd.read_csv(res.path / "pareto.csv")
+    assert list(saved["trial"]) == list(front["trial"])
+    configs = sorted(p.name for p in (res.path / "pareto").glob("*.yaml"))
+    assert configs == sorted(f"trial-{t:03d}.yaml" for t in front["trial"])
+    # --pick: the front point with the best worst-class F1 is best_config.yaml.
+    top = front.loc[front["min_class_f1"].idxmax()]
+    picked = load_config(res.path / "best_config.yaml")
+    assert picked.self_training.thresholds["neutral"] == pytest.approx(
+        top["self_training.thresholds.neutral"]
+    )
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{res.path / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    kept = sorted(v for t in study.best_trials for v in t.values)  # Optuna: the same front
+    assert kept == pytest.approx(sorted(front[goals].to_numpy().ravel().tolist()))
+    # The front points were confirmed on the holdout.
+    confirmed = pd.read_csv(res.path / "confirm.csv")
+    assert set(front["trial"]) <= set(confirmed["trial"])
+    client = MlflowClient(f"sqlite:///{search_env / 'mlflow.db'}")
+    parent = client.get_run(res.parent_run_id)
+    assert parent.data.tags["mer_tune.pareto_trials"] == ",".join(str(t) for t in front["trial"])
+    names = {a.path for a in client.list_artifacts(res.parent_run_id)}
+    assert {"pareto.csv", "pareto"} <= names
+    # A pick no point meets: one line naming the closest; the front stays.
+    code, _, err = run_cli(
+        [
+            "pick",
+            "mo",
+            "max weighted_f1 where min_class_f1>=1.5",
+            "--storage",
+            str(search_env / "runs"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "closest: trial" in err and (res.path / "pareto.csv").exists()
+    code, out, _ = run_cli(
+        ["pick", "mo", "max weighted_f1", "--storage", str(search_env / "runs")], capsys
+    )
+    best = int(front.loc[front["weighted_f1"].idxmax(), "trial"])
+    assert code == 0 and out.startswith(f"trial {best} -> ")
+    code, out, _ = run_cli(
+        ["report", "mo", "--storage", str(search_env / "runs"), "--format", "csv",
+         "--section", "pareto"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and list(pd.read_csv(io.StringIO(out))["trial"]) == list(front["trial"])

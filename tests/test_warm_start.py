@@ -49,7 +49,7 @@ def test_the_finished_trials_of_the_same_space_are_all_imported(tmp_path):
     got = import_trials(
         tmp_path, ["a"], "fp1", ["s1", "s2"], build_config(), _space(SPACE["params"])
     )
-    assert [score for _, score in got.points] == [0.70, 0.75, 0.72]  # not the failed one
+    assert [score for _, score in got.points] == [[0.70], [0.75], [0.72]]  # not the failed one
     assert got.points[1][0] == {SAD: 0.60, LR: 5e-3}
     assert got.line().startswith("warm start: 3 earlier trials imported (a 3 of 3)")
 
@@ -59,12 +59,12 @@ def test_a_parameter_the_new_space_leaves_out_keeps_only_the_trials_at_its_value
     only_sad = _space({SAD: SPACE["params"][SAD]})
     got = import_trials(tmp_path, ["a"], "fp1", ["s1", "s2"], build_config(), only_sad)
     # Trials 0 and 1 of the earlier search ran other learning rates than the base's 1e-3...
-    assert got.points == [({SAD: 0.99}, 0.70)]
+    assert got.points == [({SAD: 0.99}, [0.70])]
     assert got.reasons == {"optim.lr differs": 2}
     # ...unless the new search pins the same value.
     pinned = build_config({"optim": {"lr": 5e-3}})
     got = import_trials(tmp_path, ["a"], "fp1", ["s1", "s2"], pinned, only_sad)
-    assert got.points == [({SAD: 0.60}, 0.75)]
+    assert got.points == [({SAD: 0.60}, [0.75])]
 
 
 def test_values_outside_the_new_bounds_and_other_settings_are_left_out(tmp_path):
@@ -109,7 +109,7 @@ def test_a_search_that_cannot_be_used_is_one_line(tmp_path, names, fingerprint, 
 
 def test_imported_trials_are_finished_trials_of_the_study_before_it_asks():
     sp = _space(SPACE["params"])
-    warm = [({SAD: 0.6, LR: 5e-3}, 0.75), ({SAD: 0.8, LR: 2e-4}, 0.72)]
+    warm = [({SAD: 0.6, LR: 5e-3}, [0.75]), ({SAD: 0.8, LR: 2e-4}, [0.72])]
     searcher = optuna_searcher(sp, {SAD: 0.99, LR: 1e-3}, 0, "s", warm)
     trials = searcher._ot_study.trials
     assert [t.value for t in trials if t.state.name == "COMPLETE"] == [0.75, 0.72]

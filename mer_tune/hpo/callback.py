@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mer_tune.hpo.folder import SearchFolder
+from mer_tune.hpo.objectives import OBJECTIVES
 from mer_tune.hpo.spaces import Space, trial_config
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.hpo.trial import METRIC
@@ -81,12 +82,13 @@ def logger_callback(
                     for k, v in result.items()
                     if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
                 }
-                recorder.log_metrics(trial.trial_id, final | {METRIC: result[METRIC]})
+                objectives = {k: result.get(k) for k in OBJECTIVES if result.get(k) is not None}
+                recorder.log_metrics(trial.trial_id, final | objectives)
                 seconds = [v for k, v in final.items() if k.startswith("seconds_")]
                 row["pipeline_seconds"] = round(sum(seconds), 3)
                 # Pseudo-labels per class that each self-training round trained on.
                 row.update({k: v for k, v in final.items() if k.startswith("pseudo_round")})
-                row.update(status="FINISHED", weighted_f1=result[METRIC])
+                row.update(status="FINISHED", **objectives)
                 status = "FINISHED"
             else:  # stopped early by the scheduler
                 row.update(status="PRUNED", weighted_f1=result.get(METRIC))

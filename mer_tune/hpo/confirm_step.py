@@ -14,6 +14,7 @@ import pandas as pd
 
 from mer_tune.errors import MerTuneError
 from mer_tune.hpo import confirm as step
+from mer_tune.hpo import objectives as objective
 from mer_tune.hpo.folder import SearchFolder
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.method.config import Config, build_config, with_overrides
@@ -87,7 +88,14 @@ def confirm_search(
     dataset, holdout, trial_data = search_data(path, state, base)
     baseline, baseline_name, baseline_folder = _baseline(path, state)
     own_baseline = baseline is not None and baseline_folder == path
-    chosen, notes = step.pick_candidates(results, top, baseline.trial if own_baseline else None)
+    goals = state.get("objectives") or ["weighted_f1"]
+    if len(goals) > 1:
+        # A trade-off: every point of the front is confirmed, none adopted by the verdict.
+        front_trials = objective.pareto_front(results, goals)["trial"]
+        chosen = [int(t) for t in front_trials if not own_baseline or t != baseline.trial]
+        notes = [f"confirmed the {len(chosen)} Pareto-front trial(s) besides the baseline"]
+    else:
+        chosen, notes = step.pick_candidates(results, top, baseline.trial if own_baseline else None)
     rows = results.set_index("trial")
     candidates = [
         step.candidate_from(rows.loc[t].to_dict() | {"trial": t}, base, list(sp.params), path)
@@ -110,7 +118,7 @@ def confirm_search(
         baseline_name,
     )
     outcome.notes = notes + _selection_note(len(candidates))
-    step.write(path, outcome, seeds, time.perf_counter() - started)
+    step.write(path, outcome, seeds, time.perf_counter() - started, adopt=len(goals) == 1)
     table = _results_with_holdout(results, outcome.table, path)
     if recorder is None:
         recorder = SearchRecorder(stored_uri(state, path), state["experiment"])
@@ -131,9 +139,10 @@ def confirm_search(
     result.results = table
     result.confirm = outcome.table
     result.verdict = outcome.verdict
-    result.best_config = outcome.adopted if outcome.adopted is not None else result.best_config
+    if len(goals) == 1 and outcome.adopted is not None:
+        result.best_config = outcome.adopted
     result.holdout_size = len(holdout)
-    result.notes = outcome.notes
+    result.notes = list(result.notes) + outcome.notes
     return result
 
 

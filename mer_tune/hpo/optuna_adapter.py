@@ -7,6 +7,7 @@ start adds earlier trials to `_ot_study` directly."""
 
 from __future__ import annotations
 
+from mer_tune.hpo.objectives import modes
 from mer_tune.hpo.spaces import Space
 from mer_tune.hpo.trial import METRIC
 
@@ -44,10 +45,13 @@ def optuna_searcher(
     first_point: dict,
     seed: int,
     study: str,
-    warm: list[tuple[dict, float]] | None = None,
+    warm: list[tuple[dict, list[float]]] | None = None,
+    goals: list[str] | None = None,
 ):
     """Ray's OptunaSearch over `space`, `first_point` suggested first; `warm` holds
-    (values, score) of earlier trials, told to the study as finished before it asks."""
+    (values, scores) of earlier trials, told to the study as finished before it asks.
+    Several `goals` (objective names) make the study multi-objective: TPE in its
+    multi-objective form, one direction per goal."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -70,12 +74,13 @@ def optuna_searcher(
             super().on_trial_complete(trial_id, result, error)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    goals = goals or [METRIC]
     searcher = TruthfulOptunaSearch(
         # Conditional parameters need Optuna's define-by-run form; a plain space is the
         # ask-with-distributions form Ray uses for a dict.
         space=DefineByRun(space) if space.conditions else space.params,
-        metric=METRIC,
-        mode="max",
+        metric=goals if len(goals) > 1 else goals[0],
+        mode=modes(goals) if len(goals) > 1 else modes(goals)[0],
         points_to_evaluate=[first_point],
         sampler=optuna.samplers.TPESampler(seed=seed),
         study_name=study,
@@ -83,13 +88,13 @@ def optuna_searcher(
         # search continues the very study Ray knows. `_finish` exports it to optuna.db.
         storage=None,
     )
-    for values, score in warm or []:
+    for values, scores in warm or []:
         # Into the study itself: Ray's add_evaluated_point refuses define-by-run spaces.
         searcher._ot_study.add_trial(
             optuna.trial.create_trial(
                 params=values,
                 distributions={k: space.params[k] for k in values},
-                value=score,
+                values=scores,
                 user_attrs={"mer_tune.warm_start": True},
             )
         )

@@ -80,21 +80,30 @@ def confirm_png(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def study_plots(study, out: Path) -> list[Path]:
+def study_plots(study, out: Path, goals: list[str] | None = None) -> list[Path]:
     """Optuna's parameter-importance, optimisation-history and parallel-coordinate plots as
-    PNG files; a plot Optuna cannot draw for this study (too few trials) is left out."""
+    PNG files (of the first objective), and with several objectives the Pareto front; a
+    plot Optuna cannot draw for this study (too few trials) is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    goals = goals or ["weighted_f1"]
+    first = {}
+    draws = []
+    if len(goals) > 1:
+        first = {"target": lambda t: t.values[0], "target_name": goals[0]}
+        if len(goals) <= 3:
+            draws.append(("pareto_front", lambda s: ovm.plot_pareto_front(s, target_names=goals)))
+    draws += [
+        ("param_importances", lambda s: ovm.plot_param_importances(s, **first)),
+        ("optimization_history", lambda s: ovm.plot_optimization_history(s, **first)),
+        ("parallel_coordinate", lambda s: ovm.plot_parallel_coordinate(s, **first)),
+    ]
     made = []
-    for name, draw in (
-        ("param_importances", ovm.plot_param_importances),
-        ("optimization_history", ovm.plot_optimization_history),
-        ("parallel_coordinate", ovm.plot_parallel_coordinate),
-    ):
+    for name, draw in draws:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks these plots experimental
@@ -116,8 +125,10 @@ def importances(study) -> dict[str, float]:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return {}
+    # Of the first objective, in a multi-objective study.
+    first = {"target": lambda t: t.values[0]} if len(study.directions) > 1 else {}
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        return dict(optuna.importance.get_param_importances(study, **first))
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {}
 
@@ -148,6 +159,8 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     from mer_tune.hpo.confirm import read as read_confirm
 
     confirmed = read_confirm(path)
+    front_file = path / "pareto.csv"
+    front = pd.read_csv(front_file).to_dict("records") if front_file.exists() else None
     return {
         "search": name,
         "path": str(path),
@@ -165,6 +178,8 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
             "parent_run_id": state.get("parent_run_id"),
         },
         "holdout_size": state.get("holdout_size", 0),
+        "objectives": state.get("objectives") or ["weighted_f1"],
+        "pareto": front,
         "confirm": None
         if confirmed is None
         else {"trials": confirmed[0].to_dict("records"), "verdict": confirmed[1]},
@@ -179,6 +194,10 @@ def format_report(report: dict[str, Any], fmt: str, section: str = "top") -> str
             if report["confirm"] is None:
                 raise MerTuneError(f"{report['search']}: no confirm step ran for this search")
             return pd.DataFrame(report["confirm"]["trials"]).to_csv(index=False)
+        if section == "pareto":
+            if report["pareto"] is None:
+                raise MerTuneError(f"{report['search']}: not a multi-objective search: no front")
+            return pd.DataFrame(report["pareto"]).to_csv(index=False)
         return pd.DataFrame(report["top"]).to_csv(index=False)
     lines = [
         f"search {report['search']}: {report['finished']} finished, {report['failed']} failed "
@@ -195,6 +214,9 @@ def format_report(report: dict[str, Any], fmt: str, section: str = "top") -> str
         lines += [f"  {k:40s} {v:.3f}" for k, v in report["importances"].items()]
     for f in report["failures"]:
         lines.append(f"failed trial {f['trial']}: {f['error']}")
+    if report["pareto"] is not None:
+        lines.append(f"Pareto front of {', '.join(report['objectives'])}:")
+        lines.append(pd.DataFrame(report["pareto"]).to_string(index=False))
     if report["confirm"] is not None:
         lines.append(f"confirmed on the outer holdout ({report['holdout_size']} samples):")
         lines.append(pd.DataFrame(report["confirm"]["trials"]).to_string(index=False))

@@ -52,6 +52,7 @@ def run_trial(
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
     started = time.monotonic()
+    worst = [0.0]  # the best worst-class F1 of any epoch so far
 
     def report(kind: str, **f: Any) -> None:
         if timeout and time.monotonic() - started > timeout:
@@ -61,9 +62,15 @@ def run_trial(
         # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
         # the stage so far, comparable across trial lengths.
         if kind == "epoch" and "val_f1" in f:
+            worst[0] = max(worst[0], f["val_min_class_f1"])
             tune.report(
                 {
                     METRIC: f["best_val_f1"],
+                    # Every objective a search may optimise, so that any can be a rung
+                    # metric (pseudo_precision is known only at the end).
+                    "min_class_f1": worst[0],
+                    "train_seconds": time.monotonic() - started,
+                    "pseudo_precision": float("nan"),
                     "val_f1": f["val_f1"],
                     "train_loss": f["train_loss"],
                     "stage": f["stage"],
@@ -97,8 +104,12 @@ def run_trial(
         final |= {f"pseudo_round{k}_{c}": v for c, v in counts.items()}
     final |= {f"seconds_{k}": v for k, v in res.seconds.items()}
     final |= {f"fold{k}_{METRIC}": v for k, v in enumerate(res.fold_f1)}
+    final["min_class_f1"] = min(res.per_class_f1.values())
+    final["train_seconds"] = sum(res.seconds.values())
     if res.pseudo_precision is not None:
         final["pseudo_precision"] = res.pseudo_precision
+    elif data.hidden_labels is not None:
+        final["pseudo_precision"] = 1.0  # no pseudo-label added, so none wrong
     import ray
 
     final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it

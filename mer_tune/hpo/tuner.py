@@ -20,7 +20,9 @@ import yaml
 from mer_tune.data.layout import DataOptions, MERData
 from mer_tune.data.resolve import describe, reopen, resolve
 from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
+from mer_tune.hpo import front
 from mer_tune.hpo import holdout as outer
+from mer_tune.hpo import objectives as objective
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
 from mer_tune.hpo.folder import SearchFolder, storage_root
@@ -56,6 +58,7 @@ class SearchResult:
     verdict: Any = None  # stats.Verdict
     holdout_size: int = 0
     notes: list[str] = field(default_factory=list)
+    pick_error: str | None = None  # --pick met by no point of the front (the front is kept)
 
     @property
     def ui_command(self) -> str:
@@ -93,6 +96,8 @@ def search(
     baseline_search: str | None = None,
     cache_key: bytes | None = None,
     from_searches: list[str] | tuple[str, ...] = (),
+    objectives: list[str] | tuple[str, ...] | str | None = None,
+    pick: str | None = None,
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
     """Run a hyperparameter search and return its results table and best config.
@@ -103,6 +108,8 @@ def search(
     (`res.confirm`) and `res.verdict` says whether the winner beats the baseline.
     `from_searches` names earlier searches (in `storage`) whose finished trials seed
     Optuna's study, where their settings and data agree with this one's (warm_start.py).
+    Several `objectives` (objectives.py) make it a multi-objective search: the result is
+    a Pareto front (STORAGE/NAME/pareto/), and `pick` chooses best_config.yaml from it.
 
     Example (in a notebook)::
 
@@ -122,6 +129,11 @@ def search(
     if confirm_top < 0 or confirm_seeds < 0:
         raise UsageError("--confirm-top and --confirm-seeds must be 0 or more")
     outer.check_fraction(holdout)  # before anything is created or loaded
+    goals = objective.parse(objectives)
+    objective.check_scheduler(goals, scheduler)
+    chosen = objective.parse_pick(pick, goals) if pick else None
+    if chosen and len(goals) == 1:
+        raise UsageError("--pick chooses a point of a Pareto front: give several --objective")
     on_event = on_event or (lambda *a, **k: None)
     base = (
         config
@@ -146,13 +158,18 @@ def search(
     cache_location = _cache_location(cache_dir, path) if cache else None
     opts = data_options or DataOptions(classes=tuple(base.data.classes))
     dataset = resolve(data, opts)
+    if "pseudo_precision" in goals and dataset.hidden_labels is None:
+        raise UsageError(
+            "--objective pseudo_precision: needs the pool's true labels, which only "
+            "synthetic data (or a label file for the pool) gives"
+        )
     holdout_seed = seed if holdout_seed is None else holdout_seed
     ho = outer.choose(dataset, holdout, holdout_seed, base.eval.folds, base.eval.select_on)
     trial_data = outer.withhold(dataset, ho)
     imported = None
     if from_searches:
         imported = import_trials(
-            root, list(from_searches), dataset.fingerprint, sorted(ho.names), base, sp
+            root, list(from_searches), dataset.fingerprint, sorted(ho.names), base, sp, goals
         )
 
     init_ray(address)
@@ -221,12 +238,14 @@ def search(
         "baseline_search": baseline_search,
         "from_searches": list(from_searches),
         "warm_start_trials": len(imported.points) if imported else 0,
+        "objectives": goals,
+        "pick": pick,
     }
     write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
     write_text(SearchFolder(path).base_file, base.to_yaml())
 
     warm = imported.points if imported else []
-    searcher = optuna_searcher(sp, sp.defaults(base), seed, name, warm)
+    searcher = optuna_searcher(sp, sp.defaults(base), seed, name, warm, goals)
     if imported:
         on_event("note", row={"text": imported.line()})
     rows: dict[str, dict] = {}
@@ -235,8 +254,9 @@ def search(
         _trainable(trial_data, base, state, path),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            metric=METRIC,
-            mode="max",
+            # The first objective is what Tune ranks and ASHA compares at its rungs.
+            metric=goals[0],
+            mode=objective.OBJECTIVES[goals[0]],
             num_samples=trials,
             max_concurrent_trials=concurrency,
             scheduler=ASHAScheduler(grace_period=2, reduction_factor=2)
@@ -470,7 +490,14 @@ def _finish(
     table = write_results(path, rows)
     best_cfg, best_score = None, None
     finished = table[table["status"] == "FINISHED"] if not table.empty else table
-    if not finished.empty:
+    state = SearchFolder(path).state()
+    goals = state.get("objectives") or [METRIC]
+    notes: list[str] = []
+    if len(goals) > 1 and not finished.empty:
+        # A trade-off has no single best: the front, and the point --pick asks for.
+        best_cfg, notes = front.write(path, table, goals, state.get("pick"), sp, base, recorder)
+        best_score = float(finished[METRIC].max())
+    elif not finished.empty:
         best = finished.loc[finished["weighted_f1"].idxmax()]
         best_score = float(best["weighted_f1"])
         best_cfg = trial_config(base, {k: best[k] for k in sp.params})
@@ -479,21 +506,25 @@ def _finish(
         recorder.set_tags(recorder.parent_id, {"mer_tune.best_trial": int(best["trial"])})
         recorder.log_artifact(recorder.parent_id, SearchFolder(path).best_file)
     recorder.log_artifact(recorder.parent_id, SearchFolder(path).results_file)
-    study = _export_study(path, sp, table)
+    study = _export_study(path, sp, table, goals)
     from mer_tune.hpo.report import study_plots
 
     plots = SearchFolder(path).plots
     plots.mkdir(exist_ok=True)
-    if study_plots(study, plots):
+    if study_plots(study, plots, goals):
         recorder.log_artifacts(recorder.parent_id, plots, "plots")
     if status != "RUNNING":
         recorder.finish_parent(status)
-    return SearchResult(
+    result = SearchResult(
         table, best_cfg, best_score, path, recorder.experiment_id, recorder.parent_id, recorder.uri
     )
+    result.notes = notes
+    if len(goals) > 1 and state.get("pick") and best_cfg is None and not finished.empty:
+        result.pick_error = notes[-1]
+    return result
 
 
-def _export_study(path: Path, sp: Space, table: pd.DataFrame):
+def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
     """The search as an Optuna study in STORAGE/NAME/optuna.db (for optuna-dashboard and
     Optuna's plots); rebuilt from the results so it always matches them."""
     import optuna
@@ -506,20 +537,24 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame):
     db = SearchFolder(path).study_db
     db.unlink(missing_ok=True)
     study = optuna.create_study(
-        storage=f"sqlite:///{db}", study_name=path.name, direction="maximize"
+        storage=f"sqlite:///{db}",
+        study_name=path.name,
+        directions=["maximize" if m == "max" else "minimize" for m in objective.modes(goals)],
     )
     for row in table.to_dict("records"):
         state = states.get(row.get("status"))
         if state is None:
             continue
-        value = row.get("weighted_f1") if state == optuna.trial.TrialState.COMPLETE else None
+        values = [row.get(g) for g in goals] if state == optuna.trial.TrialState.COMPLETE else None
+        if values is not None and any(unused(v) for v in values):
+            continue  # a finished trial of an older search without every objective
         # A conditional parameter the trial did not use is left out, as Optuna does.
         params = {k: _plain(row[k]) for k in sp.params if not unused(row.get(k))}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
                 distributions={k: sp.params[k] for k in params},
-                value=value,
+                values=values,
                 state=state,
                 user_attrs={"ray_trial_id": row["trial_id"]},
             )

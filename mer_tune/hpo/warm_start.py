@@ -30,7 +30,7 @@ NOISE_KEYS = {"seed", "eval.seed"}  # keys whose values change the draw, not the
 
 @dataclass
 class Imported:
-    points: list[tuple[dict[str, Any], float]] = field(default_factory=list)
+    points: list[tuple[dict[str, Any], list[float]]] = field(default_factory=list)
     per_search: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (used, seen)
     reasons: dict[str, int] = field(default_factory=dict)  # why trials were left out
 
@@ -64,10 +64,12 @@ def import_trials(
     holdout: list[str],
     base: Config,
     space: Space,
+    goals: list[str] | None = None,
 ) -> Imported:
     """The finished trials of the searches `names` (in `root`) that this search can use,
-    as (values of this space's parameters, score). One line on any search that cannot
-    be used at all."""
+    as (values of this space's parameters, their scores on `goals`). One line on any
+    search that cannot be used at all."""
+    goals = goals or ["weighted_f1"]
     out = Imported()
     here = _leaves(base)
     for name in names:
@@ -94,10 +96,13 @@ def import_trials(
         for row in finished.to_dict("records"):
             values = {k: row.get(k) for k in their_space.params if not unused(row.get(k))}
             point, why = _point(trial_config(their_base, values), here, space)
+            missing = [g for g in goals if unused(row.get(g))]
+            if missing and not why:
+                why = f"no {missing[0]} recorded"
             if why:
                 out.reasons[why] = out.reasons.get(why, 0) + 1
                 continue
-            out.points.append((point, float(row["weighted_f1"])))
+            out.points.append((point, [float(row[g]) for g in goals]))
             used += 1
         out.per_search[name] = (used, len(finished))
     return out

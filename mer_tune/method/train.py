@@ -187,6 +187,12 @@ def equal_vote_f1(logits: dict[str, np.ndarray], y: np.ndarray) -> float:
     return float(f1_score(y, probs.argmax(1), average="weighted"))
 
 
+def equal_vote_min_class_f1(logits: dict[str, np.ndarray], y: np.ndarray) -> float:
+    """The worst class's F1 under the same equal-weight vote (classes present in y)."""
+    probs = sum(_softmax(logits[h]) for h in HEADS)
+    return float(f1_score(y, probs.argmax(1), labels=np.unique(y), average=None).min())
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -232,13 +238,15 @@ def supervised(
             batches = _batches(len(train_idx), steps.optim.batch_size, rng)
             total, last = stepper.epoch([train_idx[b] for b in batches], batches)
             _check(total, stage, epoch)
-            score = equal_vote_f1(predict(model, feats, val_idx), val_y)
+            logits = predict(model, feats, val_idx)
+            score = equal_vote_f1(logits, val_y)
             history.append(score)
             if score > best["best_f1"]:
                 best = {"best_epoch": epoch, "best_f1": score}
                 best_state = copy.deepcopy(model.state_dict())
             if on_epoch:
                 metrics = {"val_f1": score, "best_val_f1": best["best_f1"]}
+                metrics["val_min_class_f1"] = equal_vote_min_class_f1(logits, val_y)
                 on_epoch(stage, epoch, metrics | {"train_loss": last.item()})
     model.load_state_dict(best_state)
     return best_state, best | {"history": history}
