@@ -97,8 +97,13 @@ def study_plots(study, out: Path, goals: list[str] | None = None) -> list[Path]:
         first = {"target": lambda t: t.values[0], "target_name": goals[0]}
         if len(goals) <= 3:
             draws.append(("pareto_front", lambda s: ovm.plot_pareto_front(s, target_names=goals)))
+    # Importance evaluators assume a target to minimise: a maximised objective is negated.
+    ranked = {}
+    if first:
+        sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+        ranked = {"target": lambda t: sign * t.values[0], "target_name": goals[0]}
     draws += [
-        ("param_importances", lambda s: ovm.plot_param_importances(s, **first)),
+        ("param_importances", lambda s: ovm.plot_param_importances(s, **ranked)),
         ("optimization_history", lambda s: ovm.plot_optimization_history(s, **first)),
         ("parallel_coordinate", lambda s: ovm.plot_parallel_coordinate(s, **first)),
     ]
@@ -125,8 +130,12 @@ def importances(study) -> dict[str, float]:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return {}
-    # Of the first objective, in a multi-objective study.
-    first = {"target": lambda t: t.values[0]} if len(study.directions) > 1 else {}
+    # Of the first objective, in a multi-objective study (negated when maximised: the
+    # evaluators rank what lowers their target).
+    first = {}
+    if len(study.directions) > 1:
+        sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+        first = {"target": lambda t: sign * t.values[0]}
     try:
         return dict(optuna.importance.get_param_importances(study, **first))
     except (ValueError, RuntimeError, ZeroDivisionError):
