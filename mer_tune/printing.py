@@ -82,6 +82,21 @@ class SearchProgress:
         )
 
 
+def front_table(front):
+    """The Pareto front of a multi-objective search: trial and each objective."""
+    from rich.table import Table
+
+    table = Table(
+        title="Pareto front", pad_edge=False, padding=(0, 1), box=None, title_justify="left"
+    )
+    goals = [c for c in front.columns if c != "trial" and "." not in c]
+    for col in ["trial", *goals]:
+        table.add_column(col, no_wrap=True)
+    for row in front.to_dict("records"):
+        table.add_row(_cell(row["trial"]), *[_cell(row[g], 4) for g in goals])
+    return table
+
+
 def top_trials_table(results, width: int, top: int = 10):
     """The best trials in a table that fits `width` columns without wrapping a cell:
     trial, score, status, seconds and the parameters that vary (the last part of their
@@ -131,6 +146,11 @@ def print_summary(res) -> None:
     console.print(f"search {res.path.name}")
     table = top_trials_table(res.results, console.width)
     console.print(table)
+    front_file = res.path / "pareto.csv"
+    if front_file.exists():
+        import pandas as pd
+
+        console.print(front_table(pd.read_csv(front_file)))
     console.print(f"results: {res.path / 'results.csv'}", soft_wrap=True)
     if res.best_config is not None:
         console.print(
