@@ -37,6 +37,11 @@ def test_downstream_change_reuses_upstream_stages(tmp_path, tiny_dir, fast_cfg):
     voted = pipeline.run(data, with_overrides(fast_cfg, {"voting.weights.text": 0.0}), cache=store)
     assert {"pretrain", "finetune", "pseudo"} <= set(store.hits)
     assert set(voted.cache_hits) == {"pretrain", "finetune", "pseudo"}  # nothing retrained
+    store = StageStore(tmp_path / "c")
+    decided = pipeline.run(
+        data, with_overrides(fast_cfg, {"decision.offsets.sad": 1.5}), cache=store
+    )
+    assert set(decided.cache_hits) == {"pretrain", "finetune", "pseudo"}  # the decision stage too
 
 
 def _three_users_at_once(root) -> tuple[list, list]:

@@ -90,7 +90,8 @@ def test_broken_space_files_name_the_file_and_key(tmp_path, body, message):
 
 def test_unknown_space_name_lists_the_available_ones():
     with pytest.raises(
-        UsageError, match="unknown search space 'nope'; available: full, noise, oversampling"
+        UsageError,
+        match="unknown search space 'nope'; available: decision, full, noise, oversampling",
     ):
         load_space("nope")
 

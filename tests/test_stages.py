@@ -49,6 +49,32 @@ def test_weighted_logits_confidence_accepts_what_the_mean_of_probabilities_rejec
     assert stages.confidence(split, cfg).argmax() == 1
 
 
+def test_the_decision_stage_shifts_the_vote_by_class_and_zero_leaves_it_alone():
+    probs = np.array([[0.5, 0.3, 0.2], [0.2, 0.45, 0.35]])
+    assert stages.decide(probs, np.zeros(3)) is probs
+    moved = stages.decide(probs, np.array([0.0, 0.0, 0.6]))
+    np.testing.assert_allclose(moved.sum(axis=1), 1.0)
+    assert list(moved.argmax(axis=1)) == [0, 2]  # the second sample crosses to class 2
+    # An offset is a log-odds shift: class 2 against class 1 grows by exactly e^0.6.
+    ratio = (moved[:, 2] / moved[:, 1]) / (probs[:, 2] / probs[:, 1])
+    np.testing.assert_allclose(ratio, np.exp(0.6))
+
+
+def test_decision_offsets_are_checked_and_expand_over_the_data_s_classes():
+    from mer_tune.errors import UsageError
+    from mer_tune.hpo.spaces import load_space
+
+    with pytest.raises(UsageError, match=r"decision.offsets.sad = 7.0 is outside \[-5, 5\]"):
+        with_overrides(Config(), {"decision.offsets.sad": 7.0})
+    with pytest.raises(UsageError, match="decision.offsets.bored is not a class"):
+        with_overrides(Config(), {"decision.offsets.bored": 1.0})
+    three = with_overrides(Config(), {"data.classes": ["calm", "tense", "sad"]})
+    sp = load_space("decision", three)
+    assert list(sp.params) == [f"decision.offsets.{c}" for c in ["calm", "tense", "sad"]]
+    assert set(sp.defaults(three).values()) == {0.0}  # the plain vote first
+    assert step_of("decision.offsets.sad") == "voting"
+
+
 def test_oversampling_repeats_each_class_up_to_the_target():
     labels = np.array([0] * 10 + [1] * 3 + [2] * 50)
     pos = stages.oversample(labels, 20, 3, np.random.default_rng(0))

@@ -27,7 +27,14 @@ import optuna
 import yaml
 
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.method.config import Config, build_config, get_path, valid_paths, with_overrides
+from mer_tune.method.config import (
+    PER_CLASS,
+    Config,
+    build_config,
+    get_path,
+    valid_paths,
+    with_overrides,
+)
 
 
 def _shipped_spaces() -> Path:
@@ -109,18 +116,19 @@ class Space:
 def value_at(cfg: Config, key: str) -> Any:
     """A config value by dotted path; a class without its own threshold has the default."""
     prefix, _, cls = key.rpartition(".")
-    if prefix == "self_training.thresholds":
-        return cfg.threshold_of(cls)
+    if prefix in PER_CLASS:
+        return cfg.class_value(prefix, cls)
     return get_path(cfg, key)
 
 
 def _expand(key: str, base: Config, where: str) -> list[str]:
-    """`a.b.*` names every key of the mapping a.b: every class for per-class thresholds
-    (whatever classes the data has), every head for the voting weights."""
+    """`a.b.*` names every key of the mapping a.b: every class for per-class values
+    (thresholds, decision offsets: whatever classes the data has), every head for the
+    voting weights."""
     if not key.endswith(".*"):
         return [key]
     prefix = key[:-2]
-    if prefix == "self_training.thresholds":
+    if prefix in PER_CLASS:
         names = list(base.data.classes)
     else:
         try:

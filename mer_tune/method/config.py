@@ -22,6 +22,8 @@ HEADS = ["fusion", "audio", "visual", "text"]
 # Paper: 0.99 for the four large classes, 0.85 for the two rare ones.
 PAPER_THRESHOLDS = {c: 0.99 for c in MER2024_CLASSES[:4]} | {"worried": 0.85, "surprise": 0.85}
 PAPER_VOTE_WEIGHTS = {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}
+# Mappings with one value per class of the data (a class not named takes a default).
+PER_CLASS = ("self_training.thresholds", "decision.offsets")
 
 
 class _Strict(BaseModel):
@@ -215,6 +217,27 @@ def _check_head_weights(weights: dict[str, float], where: str) -> None:
         raise ValueError(f"{where} are all zero")
 
 
+MAX_OFFSET = 5.0  # a larger logit offset overrides the vote outright
+
+
+class DecisionConfig(_Strict):
+    offsets: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-class additive offset on the log of the vote's probabilities "
+        "(0, the plain vote, for a class not named)",
+    )
+
+    @model_validator(mode="after")
+    def _offset_range(self) -> DecisionConfig:
+        for name, value in self.offsets.items():
+            if not -MAX_OFFSET <= value <= MAX_OFFSET:
+                raise ValueError(
+                    f"decision.offsets.{name} = {value} is outside "
+                    f"[{-MAX_OFFSET:g}, {MAX_OFFSET:g}]"
+                )
+        return self
+
+
 class EvalConfig(_Strict):
     folds: int = Field(
         5, ge=1, le=20, description="stratified folds (1 = a single stratified 80/20 split)"
@@ -247,6 +270,7 @@ class Config(_Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     self_training: SelfTrainingConfig = Field(default_factory=SelfTrainingConfig)
     voting: VotingConfig = Field(default_factory=VotingConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = Field(0, description="seed of model init, batches, noise and oversampling")
 
@@ -265,7 +289,20 @@ class Config(_Strict):
                 f"self_training.thresholds.{unknown[0]} is not a class; "
                 f"valid: {', '.join(self.data.classes)}"
             )
+        unknown = sorted(set(self.decision.offsets) - classes)
+        if unknown:
+            raise ValueError(
+                f"decision.offsets.{unknown[0]} is not a class; "
+                f"valid: {', '.join(self.data.classes)}"
+            )
         return self
+
+    def offset_of(self, cls: str) -> float:
+        return self.decision.offsets.get(cls, 0.0)
+
+    def class_value(self, prefix: str, cls: str) -> float:
+        """The value of a per-class key (PER_CLASS) for `cls`, its default if unnamed."""
+        return self.threshold_of(cls) if prefix == PER_CLASS[0] else self.offset_of(cls)
 
     def threshold_of(self, cls: str) -> float:
         return self.self_training.thresholds.get(cls, self.self_training.default_threshold)
@@ -346,11 +383,12 @@ def valid_paths(cfg: Config | None = None) -> list[str]:
             out.append(prefix)
 
     walk("", cfg.to_dict())
-    # Per-class thresholds may be set for every class, named or not.
-    for cls in cfg.data.classes:
-        path = f"self_training.thresholds.{cls}"
-        if path not in out:
-            out.append(path)
+    # Per-class values may be set for every class, named or not.
+    for prefix in PER_CLASS:
+        for cls in cfg.data.classes:
+            path = f"{prefix}.{cls}"
+            if path not in out:
+                out.append(path)
     return out
 
 
@@ -386,8 +424,8 @@ def _check_path(cfg: Config, path: str, source: str) -> None:
     paths = valid_paths(cfg)
     if path in paths or any(p.startswith(path + ".") for p in paths):
         return
-    # A class list changed in the same overrides may make new threshold keys valid.
-    if path.startswith("self_training.thresholds.") or path == "data.classes":
+    # A class list changed in the same overrides may make new per-class keys valid.
+    if path.startswith(tuple(f"{p}." for p in PER_CLASS)) or path == "data.classes":
         return
     where = f"{source}: " if source else ""
     parent = path.rpartition(".")[0]
@@ -427,6 +465,14 @@ def describe(cfg: Config | None = None) -> list[tuple[str, Any, str]]:
                 rows.append((path, value, info.description or ""))
 
     walk(cfg, "")
+    # A per-class mapping has a value for every class, named in it or not.
+    named = {key for key, _, _ in rows}
+    for prefix in PER_CLASS:
+        section, field = prefix.split(".")
+        text = type(getattr(cfg, section)).model_fields[field].description or ""
+        for cls in cfg.data.classes:
+            if f"{prefix}.{cls}" not in named:
+                rows.append((f"{prefix}.{cls}", cfg.class_value(prefix, cls), text))
     return rows
 
 
@@ -440,7 +486,7 @@ def commented_yaml(cfg: Config | None = None) -> str:
         for key, value in node.items():
             path = f"{prefix}{key}"
             pad = "  " * indent
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:
                 lines.append(f"{pad}{key}:")
                 emit(value, path + ".", indent + 1)
                 continue

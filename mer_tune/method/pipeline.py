@@ -27,6 +27,7 @@ from mer_tune.method import train
 from mer_tune.method.config import Config
 from mer_tune.method.stages import (
     FoldSamples,
+    decide,
     derive_seed,
     finetune_stage,
     pools,
@@ -350,8 +351,9 @@ def run(
     ]
     t0 = time.perf_counter()
     rows, fold_f1, all_y, all_p = [], [], [], []
+    offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
     for res in results:
-        probs = vote(res.logits, cfg.voting.weights, cfg.voting.mode)
+        probs = decide(vote(res.logits, cfg.voting.weights, cfg.voting.mode), offsets)
         pred = probs.argmax(1)
         yt = data.labels[res.val_idx]
         fold_f1.append(evaluate(yt, pred, data.classes)["weighted_f1"])
@@ -366,7 +368,7 @@ def run(
     extra = None
     if predict_idx is not None:
         extra = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
-        extra = extra / len(results)
+        extra = decide(extra / len(results), offsets)
     vote_seconds = time.perf_counter() - t0
     seconds: dict[str, float] = {}
     for res in results:
@@ -433,7 +435,8 @@ def fit_all(
         predict_idx,
     )
     assert res.extra_logits is not None
-    return vote(res.extra_logits, cfg.voting.weights, cfg.voting.mode)
+    offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
+    return decide(vote(res.extra_logits, cfg.voting.weights, cfg.voting.mode), offsets)
 
 
 def predict_names(

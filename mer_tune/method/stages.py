@@ -4,8 +4,9 @@ Each is a top-level function of its inputs and its own slices of the config. `ST
 describes them once: the config sections each one reads and the stage upstream of it.
 From that table come the stage cache's keys (a stage's key holds every section it reads
 plus its upstream stage's key) and the staged search's steps; tests/test_stages.py checks
-that the sections a stage really reads are the ones its key holds. The vote after them is
-not cached: it reads `voting` alone and costs milliseconds.
+that the sections a stage really reads are the ones its key holds. The vote and the
+decision stage after it are not cached: they read `voting` and `decision` alone and cost
+milliseconds.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ STAGES = {
         Stage("pseudo", ("self_training",), "finetune", 6, True, "thresholds"),
     )
 }
-VOTE_READS = ("voting",)
+VOTE_READS = ("voting", "decision")  # the vote and the decision stage after it
 VOTE_STEP = "voting"
 
 
@@ -159,6 +160,15 @@ def vote(
     if mode == "logits":
         return train._softmax(sum(weights.get(h, 0.0) * logits[h] for h in HEADS) / total)
     return sum(weights.get(h, 0.0) * train._softmax(logits[h]) for h in HEADS) / total
+
+
+def decide(probs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The decision stage after the vote: per-class additive offsets on the log of the
+    vote's probabilities, renormalised (all zero: the vote itself, untouched). It reads
+    no trained weights, so a search of it reuses every cached stage."""
+    if not np.any(offsets):
+        return probs
+    return train._softmax(np.log(np.clip(probs, 1e-12, None)) + offsets)
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
