@@ -364,7 +364,14 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     type=click.FloatRange(0),
     help="Fractions allowed (default: 1 where the cluster has GPUs, else 0).",
 )
-@click.option("--scheduler", type=click.Choice(["none", "asha"]), default="none", show_default=True)
+@click.option(
+    "--scheduler",
+    type=click.Choice(["none", "asha", "folds"]),
+    default="none",
+    show_default=True,
+    help="Early stopping: asha (by epoch, on the first objective) or folds (a trial whose "
+    "folds are clearly behind the best trial's; needs --folds 2 or more).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--address", help="Ray cluster address (default: a local Ray).")
 @click.option(

@@ -312,3 +312,31 @@ def test_a_multi_objective_search_keeps_its_pareto_front_and_the_picked_point(
         capsys,
     )  # fmt: skip
     assert code == 0 and list(pd.read_csv(io.StringIO(out))["trial"]) == list(front["trial"])
+
+
+def test_the_fold_pruner_stops_trials_whose_folds_are_behind(search_env, tiny_dir):
+    (search_env / "lr.yaml").write_text(
+        "params:\n  optim.lr: {type: categorical, choices: [0.003, 1.0e-6]}\n"
+    )
+    with pytest.raises(UsageError, match="needs several folds"):
+        tiny_search(search_env, tiny_dir, scheduler="folds", folds=1, name="one")
+    res = tiny_search(
+        search_env, tiny_dir, space=str(search_env / "lr.yaml"), trials=5, concurrency=1,
+        folds=5, scheduler="folds", seed=1, name="folds", confirm_top=0,
+    )  # fmt: skip
+    table = res.results.set_index("trial")
+    slow = table["optim.lr"] < 1e-3  # a learning rate that cannot learn in 4 epochs
+    assert slow.any() and (table.loc[slow, "status"] == "PRUNED").all()
+    assert (table.loc[slow, "folds_run"] == 4).all()  # 4 folds all behind: p = 1/16
+    assert (table.loc[~slow, "status"] == "FINISHED").all()
+    study = optuna.load_study(study_name="folds", storage=f"sqlite:///{res.path / 'optuna.db'}")
+    assert sum(t.state.name == "PRUNED" for t in study.trials) == int(slow.sum())
+    client = MlflowClient(f"sqlite:///{search_env / 'mlflow.db'}")
+    pruned = table[slow].iloc[0]["trial_id"]
+    runs = client.search_runs(
+        [res.experiment_id], f"tags.`mlflow.parentRunId` = '{res.parent_run_id}'"
+    )
+    run = next(r for r in runs if r.data.tags.get("ray.trial_id") == pruned)
+    assert run.info.status == "KILLED"
+    history = client.get_metric_history(run.info.run_id, "fold_weighted_f1")
+    assert len(history) == 4

@@ -64,6 +64,11 @@ def logger_callback(
             on_event("start", row=row)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if "fold_f1" in result:
+                recorder.log_metrics(
+                    trial.trial_id, {"fold_weighted_f1": result["fold_f1"]}, step=result["fold"]
+                )
+                return
             if not result.get("final"):
                 # The per-epoch score is logged as best_val_f1: weighted_f1 is the final score alone.
                 metrics = {
@@ -90,8 +95,10 @@ def logger_callback(
                 row.update({k: v for k, v in final.items() if k.startswith("pseudo_round")})
                 row.update(status="FINISHED", **objectives)
                 status = "FINISHED"
-            else:  # stopped early by the scheduler
+            else:  # stopped early by the scheduler (ASHA, or the fold pruner)
                 row.update(status="PRUNED", weighted_f1=result.get(METRIC))
+                if "fold" in result:
+                    row["folds_run"] = int(result["fold"]) + 1
                 status = "KILLED"
             tags = {
                 "ray.node_ip": result.get("node_ip", ""),

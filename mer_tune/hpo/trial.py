@@ -53,11 +53,27 @@ def run_trial(
     cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
     started = time.monotonic()
     worst = [0.0]  # the best worst-class F1 of any epoch so far
+    folds: list[float] = []  # the weighted F1 of each fold finished so far
 
     def report(kind: str, **f: Any) -> None:
         if timeout and time.monotonic() - started > timeout:
             raise TrialTimeout(
                 f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
+            )
+        if kind == "fold":
+            # Each fold's score as it finishes, for the fold pruner (--scheduler folds).
+            folds.append(f["weighted_f1"])
+            tune.report(
+                {
+                    METRIC: float(np.mean(folds)),
+                    "min_class_f1": worst[0],
+                    "train_seconds": time.monotonic() - started,
+                    "pseudo_precision": float("nan"),
+                    "fold_f1": f["weighted_f1"],
+                    "fold": f["fold"],
+                    "folds": f["folds"],
+                    "final": False,
+                }
             )
         # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
         # the stage so far, comparable across trial lengths.

@@ -119,13 +119,12 @@ def search(
         res.confirm, res.verdict.text, res.best_config.to_yaml()
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     _tune_environment()
     if trials < 1:
         raise UsageError(f"--trials {trials}: must be at least 1")
-    if scheduler not in ("none", "asha"):
-        raise UsageError(f"--scheduler {scheduler}: expected asha or none")
+    if scheduler not in ("none", "asha", "folds"):
+        raise UsageError(f"--scheduler {scheduler}: expected none, asha or folds")
     if confirm_top < 0 or confirm_seeds < 0:
         raise UsageError("--confirm-top and --confirm-seeds must be 0 or more")
     outer.check_fraction(holdout)  # before anything is created or loaded
@@ -143,6 +142,12 @@ def search(
     fixed = {"eval.folds": folds} if folds else {}
     fixed |= {"eval.repeats": repeats} if repeats else {}
     base = with_overrides(base, {**(overrides or {}), **fixed, "seed": seed})
+    if scheduler == "folds":
+        from mer_tune.hpo.fold_pruner import check_folds
+
+        check_folds(base.eval.folds, base.eval.repeats)
+        if objective.OBJECTIVES[goals[0]] != "max" or goals[0] != METRIC:
+            raise UsageError("--scheduler folds compares weighted F1: put weighted_f1 first")
     sp = load_space(space, base)
     base = sp.base_config(base)
     uri = resolve_uri(tracking_uri)
@@ -259,9 +264,7 @@ def search(
             mode=objective.OBJECTIVES[goals[0]],
             num_samples=trials,
             max_concurrent_trials=concurrency,
-            scheduler=ASHAScheduler(grace_period=2, reduction_factor=2)
-            if scheduler == "asha"
-            else None,
+            scheduler=_scheduler(scheduler),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -276,6 +279,16 @@ def search(
     if imported:
         result.notes.insert(0, imported.line())
     return result
+
+
+def _scheduler(kind: str):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from mer_tune.hpo.fold_pruner import FoldPruner
+
+    if kind == "asha":
+        return ASHAScheduler(grace_period=2, reduction_factor=2)
+    return FoldPruner() if kind == "folds" else None
 
 
 def resume(

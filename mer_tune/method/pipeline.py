@@ -345,18 +345,21 @@ def run(
         report(kind, **fields)
 
     folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)
-    results = [
-        run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx)
-        for k, (tr, va) in enumerate(folds)
-    ]
-    t0 = time.perf_counter()
+    results: list[FoldResult] = []
     rows, fold_f1, all_y, all_p = [], [], [], []
     offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
-    for res in results:
+    vote_seconds = 0.0
+    for k, (tr, va) in enumerate(folds):
+        res = run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx)
+        results.append(res)
+        t0 = time.perf_counter()
         probs = decide(vote(res.logits, cfg.voting.weights, cfg.voting.mode), offsets)
         pred = probs.argmax(1)
         yt = data.labels[res.val_idx]
         fold_f1.append(evaluate(yt, pred, data.classes)["weighted_f1"])
+        vote_seconds += time.perf_counter() - t0
+        # Each fold's score as it finishes: a fold-wise pruner may stop the run here.
+        report("fold", fold=k, weighted_f1=fold_f1[-1], folds=len(folds))
         all_y.append(yt)
         all_p.append(pred)
         frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in data.classes])
@@ -366,10 +369,11 @@ def run(
         frame.insert(3, "pred", np.asarray(data.classes, dtype=object)[pred])
         rows.append(frame)
     extra = None
+    t0 = time.perf_counter()
     if predict_idx is not None:
         extra = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
         extra = decide(extra / len(results), offsets)
-    vote_seconds = time.perf_counter() - t0
+    vote_seconds += time.perf_counter() - t0
     seconds: dict[str, float] = {}
     for res in results:
         for k, v in res.seconds.items():
