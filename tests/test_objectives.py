@@ -11,6 +11,7 @@ from mer_tune.hpo.objectives import (
     pareto_front,
     parse,
     parse_pick,
+    rung,
 )
 
 RESULTS = pd.DataFrame(
@@ -86,6 +87,8 @@ def test_a_bad_pick_is_one_line(text, message):
 
 def test_asha_compares_trials_only_on_an_objective_reported_every_epoch():
     check_scheduler(["train_seconds", "weighted_f1"], "asha")  # minimised, per epoch: fine
+    assert rung(["train_seconds", "weighted_f1"]) == ("train_seconds", "min")
+    assert rung(["min_class_f1", "train_seconds"]) == ("min_class_f1", "max")
     check_scheduler(["pseudo_precision"], "none")
     with pytest.raises(UsageError, match="pseudo_precision is known only when a trial ends"):
         check_scheduler(["pseudo_precision", "weighted_f1"], "asha")

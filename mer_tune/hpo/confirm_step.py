@@ -118,6 +118,16 @@ def confirm_search(
         baseline_name,
     )
     outcome.notes = notes + _selection_note(len(candidates))
+    if len(goals) > 1:
+        # The verdict speaks of weighted F1 alone: on a trade-off it adopts nothing.
+        v = outcome.verdict
+        v.text = v.text.split("; best_config.yaml")[0] + (
+            "; a multi-objective search adopts nothing from it: --pick chooses best_config.yaml"
+        )
+        v.adopted = None
+        outcome.adopted = None
+        if "adopted" in outcome.table:
+            outcome.table["adopted"] = False
     step.write(path, outcome, seeds, time.perf_counter() - started, adopt=len(goals) == 1)
     table = _results_with_holdout(results, outcome.table, path)
     if recorder is None:

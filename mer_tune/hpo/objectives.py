@@ -59,6 +59,12 @@ def check_scheduler(objectives: list[str], scheduler: str) -> None:
         )
 
 
+def rung(objectives: list[str]) -> tuple[str, str]:
+    """(metric, mode) that Tune ranks and an early-stopping scheduler compares: the first
+    objective, in its own direction (a minimised one is never compared as a maximum)."""
+    return objectives[0], OBJECTIVES[objectives[0]]
+
+
 def modes(objectives: list[str]) -> list[str]:
     return [OBJECTIVES[o] for o in objectives]
 

@@ -260,8 +260,8 @@ def search(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             # The first objective is what Tune ranks and ASHA compares at its rungs.
-            metric=goals[0],
-            mode=objective.OBJECTIVES[goals[0]],
+            metric=objective.rung(goals)[0],
+            mode=objective.rung(goals)[1],
             num_samples=trials,
             max_concurrent_trials=concurrency,
             scheduler=_scheduler(scheduler),
