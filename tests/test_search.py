@@ -171,7 +171,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_env, tiny_dir
 @pytest.mark.parametrize(
     "kw, error, message",
     [
-        ({"space": "nope"}, UsageError, "available: full, noise"),
+        ({"space": "nope"}, UsageError, "available: decision, full, noise"),
         ({"trials": 0}, UsageError, "at least 1"),
         ({"gpus_per_trial": 4}, UsageError, "the cluster has 0 GPUs"),
         ({"tracking_uri": "http://127.0.0.1:9"}, MerTuneError, "MLflow server unreachable"),

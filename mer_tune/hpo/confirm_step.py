@@ -5,6 +5,7 @@ The scoring itself is `confirm.confirm`, a pure function."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,10 @@ def confirm_search(
     if len(goals) > 1:
         # The verdict speaks of weighted F1 alone: on a trade-off it adopts nothing.
         v = outcome.verdict
-        v.text = v.text.split("; best_config.yaml")[0] + (
+        text = v.text.split("; best_config.yaml")[0] + (
             "; a multi-objective search adopts nothing from it: --pick chooses best_config.yaml"
         )
-        v.adopted = None
+        outcome.verdict = dataclasses.replace(v, text=text, adopted=None)
         outcome.adopted = None
         if "adopted" in outcome.table:
             outcome.table["adopted"] = False
