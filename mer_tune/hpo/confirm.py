@@ -220,9 +220,8 @@ def candidate_from(row: dict, base: Config, params: list[str], folder: Path) -> 
     )
 
 
-def write(path: Path, result: Confirmation, seeds: int, seconds: float, adopt: bool = True) -> None:
-    """confirm.csv, verdict.json and (with `adopt`) the adopted best_config.yaml in the
-    search folder."""
+def write(path: Path, result: Confirmation, seeds: int, seconds: float) -> None:
+    """confirm.csv, verdict.json and the adopted best_config.yaml in the search folder."""
     write_text(path / CONFIRM_FILE, result.table.to_csv(index=False))
     info = result.verdict.to_dict() | {
         "confirm_seeds": seeds,
@@ -230,7 +229,7 @@ def write(path: Path, result: Confirmation, seeds: int, seconds: float, adopt: b
         "seconds": round(seconds, 2),
     }
     write_text(path / VERDICT_FILE, json.dumps(info, indent=2, default=float) + "\n")
-    if adopt and result.adopted is not None:
+    if result.adopted is not None:
         write_text(SearchFolder(path).best_file, result.adopted.to_yaml())
 
 

@@ -129,7 +129,7 @@ def confirm_search(
         outcome.adopted = None
         if "adopted" in outcome.table:
             outcome.table["adopted"] = False
-    step.write(path, outcome, seeds, time.perf_counter() - started, adopt=len(goals) == 1)
+    step.write(path, outcome, seeds, time.perf_counter() - started)
     table = _results_with_holdout(results, outcome.table, path)
     if recorder is None:
         recorder = SearchRecorder(stored_uri(state, path), state["experiment"])
@@ -150,7 +150,7 @@ def confirm_search(
     result.results = table
     result.confirm = outcome.table
     result.verdict = outcome.verdict
-    if len(goals) == 1 and outcome.adopted is not None:
+    if outcome.adopted is not None:  # never on a trade-off: the pick decides there
         result.best_config = outcome.adopted
     result.holdout_size = len(holdout)
     result.notes = list(result.notes) + outcome.notes

@@ -148,9 +148,7 @@ def apply_pick(front: pd.DataFrame, pick: Pick) -> pd.Series:
     shortfall = np.zeros(len(front))
     for name, op, value in pick.conditions:
         got = front[name].to_numpy(dtype=float)
-        gap = (
-            value - got if op in (">=", ">") else got - value if op in ("<=", "<") else got - value
-        )
+        gap = value - got if op in (">=", ">") else got - value
         shortfall += np.maximum(np.abs(gap) if op == "==" else gap, 0) / max(abs(value), 1e-9)
     near = front.iloc[int(np.argmin(shortfall))]
     shown = ", ".join(f"{n} {_fmt(near[n])}" for n, _, _ in pick.conditions)

@@ -130,8 +130,7 @@ def search(
     outer.check_fraction(holdout)  # before anything is created or loaded
     goals = objective.parse(objectives)
     objective.check_scheduler(goals, scheduler)
-    chosen = objective.parse_pick(pick, goals) if pick else None
-    if chosen and len(goals) == 1:
+    if pick and objective.parse_pick(pick, goals) and len(goals) == 1:
         raise UsageError("--pick chooses a point of a Pareto front: give several --objective")
     on_event = on_event or (lambda *a, **k: None)
     base = (
@@ -146,7 +145,7 @@ def search(
         from mer_tune.hpo.fold_pruner import check_folds
 
         check_folds(base.eval.folds, base.eval.repeats)
-        if objective.OBJECTIVES[goals[0]] != "max" or goals[0] != METRIC:
+        if goals[0] != METRIC:
             raise UsageError("--scheduler folds compares weighted F1: put weighted_f1 first")
     sp = load_space(space, base)
     base = sp.base_config(base)
