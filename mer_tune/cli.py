@@ -464,6 +464,12 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     help="Seed Optuna with the finished trials of the earlier search NAME (in --storage; "
     "repeatable). Trials whose other settings differ are left out.",
 )
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    help="Trials per Ray task when every searched parameter is downstream of the stage "
+    "cache (voting, decision): default 100 there; 1 = a Ray Tune trial each.",
+)
 @data_options
 def search(
     space,
@@ -496,6 +502,7 @@ def search(
     objectives,
     pick,
     from_searches,
+    batch,
     data_args,
 ) -> None:
     """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
@@ -556,6 +563,7 @@ def search(
         holdout_seed=holdout_seed,
         confirm_top=confirm_top,
         confirm_seeds=confirm_seeds,
+        batch=batch,
         on_event=SearchProgress(trials),
         **extra,
     )

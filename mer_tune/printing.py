@@ -57,6 +57,9 @@ class SearchProgress:
         if kind == "start":
             self.running += 1
             return
+        if kind == "batch":  # a batch of trials, finished together: one line for all
+            self._batch(row["rows"])
+            return
         self.running = max(0, self.running - 1)
         if kind == "error":
             self.failed += 1
@@ -79,6 +82,23 @@ class SearchProgress:
         console.print(
             f"trial {row['trial']:3d} {what}  [dim]({row.get('seconds', 0):.0f}s)[/dim]   "
             f"done {self.done}/{self.trials}, running {self.running}, failed {self.failed}, best {best}"
+        )
+
+    def _batch(self, rows: list[dict]) -> None:
+        finished = [r for r in rows if r["status"] == "FINISHED"]
+        self.done += len(finished)
+        self.failed += len(rows) - len(finished)
+        scores = [r["weighted_f1"] for r in finished] + ([self.best] if self.best else [])
+        self.best = max(scores) if scores else self.best
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        first, last = rows[0]["trial"], rows[-1]["trial"]
+        what = f"trial {first:3d}" if first == last else f"trials {first}-{last}"
+        seconds = sum(r.get("seconds", 0) for r in rows)
+        errors = [r["error"] for r in rows if r.get("error")]
+        failed = f" [red]failed[/red]: {errors[-1]}" if errors else ""
+        console.print(
+            f"{what} batched{failed} [dim]({seconds:.1f}s)[/dim]   "
+            f"done {self.done}/{self.trials}, failed {self.failed}, best {best}"
         )
 
 

@@ -21,7 +21,7 @@ from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.spaces import load_space
 from mer_tune.hpo.tuner import SearchResult, search
 from mer_tune.method.config import get_path
-from mer_tune.method.stages import step_of
+from mer_tune.method.stages import VOTE_STEP, step_of
 
 STEP_SHARES = {"upstream": 0.5, "thresholds": 0.25, "voting": 0.25}
 
@@ -62,6 +62,7 @@ def staged_search(
     )
     result: SearchResult | None = None
     confirm_top = kwargs.pop("confirm_top", 3)
+    batch = kwargs.pop("batch", None)  # the voting step's trials are batched (batched.py)
     cache_key = new_key()  # one key for the one cache all steps share
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
@@ -77,6 +78,7 @@ def staged_search(
             confirm_top=confirm_top if last else 0,
             baseline_search=f"{name}-{steps[0]}" if last and i else None,
             cache_key=cache_key,
+            batch=batch if step == VOTE_STEP else 1,
             **kwargs,
         )
         if result.best_config is None:

@@ -20,7 +20,7 @@ from mer_tune.hpo import confirm as confirm_step
 from mer_tune.hpo.cache import StageStore
 from mer_tune.hpo.spaces import trial_config
 from mer_tune.method import pipeline, train
-from mer_tune.method.config import build_config
+from mer_tune.method.config import Config, build_config
 
 METRIC = "weighted_f1"
 
@@ -109,6 +109,16 @@ def run_trial(
         confirm_step.save_trial_outputs(
             Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
         )
+    final = final_metrics(res, cfg, data)
+    import ray
+
+    final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
+    tune.report(final)
+
+
+def final_metrics(res: pipeline.RunResult, cfg: Config, data: MERData) -> dict[str, Any]:
+    """What a finished trial reports: its objectives, per-class and per-fold scores,
+    pseudo-label counts, seconds per stage and its confusion matrix (as JSON)."""
     final: dict[str, Any] = {
         METRIC: res.weighted_f1,
         "final": True,
@@ -126,11 +136,8 @@ def run_trial(
         final["pseudo_precision"] = res.pseudo_precision
     elif data.hidden_labels is not None:
         final["pseudo_precision"] = 1.0  # no pseudo-label added, so none wrong
-    import ray
-
-    final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
     matrix = confusion_matrix(
         res.predictions["label"], res.predictions["pred"], labels=cfg.data.classes
     )
     final["confusion"] = json.dumps(matrix.tolist())
-    tune.report(final)
+    return final

@@ -23,6 +23,7 @@ from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
 from mer_tune.hpo import front
 from mer_tune.hpo import holdout as outer
 from mer_tune.hpo import objectives as objective
+from mer_tune.hpo.batched import batch_size, run_batches
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
 from mer_tune.hpo.folder import SearchFolder, storage_root
@@ -98,6 +99,7 @@ def search(
     from_searches: list[str] | tuple[str, ...] = (),
     objectives: list[str] | tuple[str, ...] | str | None = None,
     pick: str | None = None,
+    batch: int | None = None,
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
     """Run a hyperparameter search and return its results table and best config.
@@ -110,6 +112,9 @@ def search(
     Optuna's study, where their settings and data agree with this one's (warm_start.py).
     Several `objectives` (objectives.py) make it a multi-objective search: the result is
     a Pareto front (STORAGE/NAME/pareto/), and `pick` chooses best_config.yaml from it.
+    When every searched parameter lies downstream of the stage cache (voting weights,
+    decision offsets), trials run `batch` at a time in one Ray actor (batched.py;
+    None: 100 where the space allows it, 1: one Ray Tune trial each).
 
     Example (in a notebook)::
 
@@ -149,6 +154,7 @@ def search(
             raise UsageError("--scheduler folds compares weighted F1: put weighted_f1 first")
     sp = load_space(space, base)
     base = sp.base_config(base)
+    batch, batch_note = batch_size(batch, sp, cache, scheduler)
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
     root = ensure_writable(storage_root(storage))
@@ -228,6 +234,7 @@ def search(
         "cache": cache,
         "max_failures": max_failures,
         "trial_timeout": trial_timeout,
+        "batch": batch,
     }
     tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
     parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
@@ -249,34 +256,40 @@ def search(
     write_text(SearchFolder(path).base_file, base.to_yaml())
 
     warm = imported.points if imported else []
-    searcher = optuna_searcher(sp, sp.defaults(base), seed, name, warm, goals)
-    if imported:
-        on_event("note", row={"text": imported.line()})
     rows: dict[str, dict] = {}
-    callback = logger_callback(recorder, sp, rows, on_event, path, base)
-    tuner = tune.Tuner(
-        _trainable(trial_data, base, state, path),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            # The first objective is what Tune ranks and ASHA compares at its rungs.
-            metric=objective.rung(goals)[0],
-            mode=objective.rung(goals)[1],
-            num_samples=trials,
-            max_concurrent_trials=concurrency,
-            scheduler=_scheduler(scheduler),
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name="ray",
-            storage_path=str(path),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[callback],
-        ),
-    )
-    result = _fit(tuner, recorder, path, rows, sp, base, state)
-    if imported:
-        result.notes.insert(0, imported.line())
+    notes = [imported.line()] if imported else []
+    notes += [batch_note] if batch_note else []
+    for note in notes:
+        on_event("note", row={"text": note})
+    if batch > 1:
+        result = _fit_batched(
+            trial_data, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
+        )
+    else:
+        searcher = optuna_searcher(sp, sp.defaults(base), seed, name, warm, goals)
+        callback = logger_callback(recorder, sp, rows, on_event, path, base)
+        tuner = tune.Tuner(
+            _trainable(trial_data, base, state, path),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                # The first objective is what Tune ranks and ASHA compares at its rungs.
+                metric=objective.rung(goals)[0],
+                mode=objective.rung(goals)[1],
+                num_samples=trials,
+                max_concurrent_trials=concurrency,
+                scheduler=_scheduler(scheduler),
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name="ray",
+                storage_path=str(path),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[callback],
+            ),
+        )
+        result = _fit(tuner, recorder, path, rows, sp, base, state)
+    result.notes = notes + result.notes
     return result
 
 
@@ -305,14 +318,15 @@ def resume(
     _tune_environment()
     folder = SearchFolder(storage_root(storage) / plain_name(name, "--resume"))
     path = folder.path
-    if not folder.state_file.exists() or not folder.ray_dir.is_dir():
+    batched = folder.state_file.exists() and folder.state().get("batch", 1) > 1
+    if not folder.state_file.exists() or not (batched or folder.ray_dir.is_dir()):
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
     state = folder.state()
     base = folder.base()
     sp = folder.space(base)
     uri = stored_uri(state, path)
     check_reachable(uri)
-    _, _, trial_data = search_data(path, state, base)
+    dataset, ho, trial_data = search_data(path, state, base)
     init_ray(address)
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
@@ -320,6 +334,29 @@ def resume(
     if (SearchFolder(path).results_file).exists():
         for row in pd.read_csv(SearchFolder(path).results_file).to_dict("records"):
             rows[row["trial_id"]] = row
+    on_event = on_event or (lambda *a, **k: None)
+    if batched:
+        # The actor's study is rebuilt from the finished trials (and any warm start).
+        goals = state.get("objectives") or [METRIC]
+        told = []
+        if state.get("from_searches"):
+            told = import_trials(
+                path.parent,
+                state["from_searches"],
+                dataset.fingerprint,
+                sorted(ho.names),
+                base,
+                sp,
+                goals,
+            ).points
+        for row in rows.values():
+            if row.get("status") == "FINISHED":
+                values = {k: _plain(row[k]) for k in sp.params if not unused(row.get(k))}
+                told.append((values, [float(row[g]) for g in goals]))
+        first = None if rows else sp.defaults(base)
+        return _fit_batched(
+            trial_data, base, state, path, sp, first, told, recorder, rows, on_event
+        )
     tuner = tune.Tuner.restore(
         str(SearchFolder(path).ray_dir),
         trainable=_trainable(trial_data, base, state, path),
@@ -330,7 +367,7 @@ def resume(
     # The restored run config carries a pickled copy of the old callback; this process's
     # callback (with its live MLflow client and the rows read above) replaces it.
     tuner._local_tuner.get_run_config().callbacks = [
-        logger_callback(recorder, sp, rows, on_event or (lambda *a, **k: None), path, base)
+        logger_callback(recorder, sp, rows, on_event, path, base)
     ]
     return _fit(tuner, recorder, path, rows, sp, base, state)
 
@@ -424,6 +461,54 @@ def _fit(
     known = {t.trial_id for t in trials}
     for trial_id in set(rows) - known:
         del rows[trial_id]
+    return _conclude(recorder, path, rows, sp, base, state)
+
+
+def _fit_batched(
+    trial_data: MERData,
+    base: Config,
+    state: dict,
+    path: Path,
+    sp: Space,
+    first_point: dict | None,
+    told: list[tuple[dict, list[float]]],
+    recorder: SearchRecorder,
+    rows: dict,
+    on_event: Callable[..., None],
+) -> SearchResult:
+    """The batched search (batched.py), with the same ending as a Tune search."""
+    try:
+        note = run_batches(
+            trial_data,
+            base.to_dict(),
+            state,
+            path,
+            sp,
+            first_point,
+            told,
+            recorder,
+            rows,
+            on_event,
+            lambda: write_results(path, rows),
+        )
+    except KeyboardInterrupt:
+        _interrupted(recorder, path, rows, sp, base)
+        raise SearchInterrupted(
+            _resume_hint(path, f"interrupted with {len(rows)} of {state['trials']} trials done")
+        ) from None
+    except BaseException:
+        _interrupted(recorder, path, rows, sp, base)
+        raise
+    result = _conclude(recorder, path, rows, sp, base, state)
+    result.notes += [note] if note else []
+    return result
+
+
+def _conclude(
+    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config, state: dict
+) -> SearchResult:
+    """After the last trial: results, best config, plots; the confirm step; the parent
+    run ended."""
     recorder.drop_orphans(set(rows))
     result = _finish(recorder, path, rows, sp, base, "RUNNING")
     finished = not result.results.empty and (result.results["status"] == "FINISHED").any()
@@ -541,6 +626,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
     Optuna's plots); rebuilt from the results so it always matches them."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     states = {
         "FINISHED": optuna.trial.TrialState.COMPLETE,
         "PRUNED": optuna.trial.TrialState.PRUNED,

@@ -320,6 +320,101 @@ def _split_table(results: list[FoldResult]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def train_folds(
+    data: MERData,
+    cfg: Config,
+    cache: StageCache | None = None,
+    report: Report | None = None,
+    device: str | None = None,
+    predict_idx: np.ndarray | None = None,
+) -> tuple[list[FoldResult], list[str]]:
+    """Every fold model of one config (and their notes), reporting each fold's score as
+    it finishes: a fold-wise pruner may stop the run there."""
+    check_counts(data, cfg)
+    report = report or (lambda *a, **k: None)
+    cache = cache or MemoryCache()
+    feats = train.Features(data, pick_device(device))
+    y = data.labels[data.indices(LABELLED)]
+    notes: list[str] = []
+
+    def collect(kind: str, **fields: Any) -> None:
+        if kind == "note" and fields["text"] not in notes:
+            notes.append(fields["text"])
+        report(kind, **fields)
+
+    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)
+    results: list[FoldResult] = []
+    for k, (tr, va) in enumerate(folds):
+        results.append(run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx))
+        pred = _decision(results[-1].logits, cfg, data.classes).argmax(1)
+        f1 = evaluate(data.labels[results[-1].val_idx], pred, data.classes)["weighted_f1"]
+        report("fold", fold=k, weighted_f1=f1, folds=len(folds))
+    return results, notes
+
+
+def _decision(logits: dict[str, np.ndarray], cfg: Config, classes: list[str]) -> np.ndarray:
+    """The vote of the heads' logits, then the decision stage's offsets."""
+    offsets = np.asarray([cfg.offset_of(c) for c in classes])
+    return decide(vote(logits, cfg.voting.weights, cfg.voting.mode), offsets)
+
+
+def score(data: MERData, cfg: Config, results: list[FoldResult]) -> RunResult:
+    """Vote and score trained fold models under `cfg`'s voting and decision sections.
+    Nothing here trains: a voting or decision trial is this alone on cached heads."""
+    t0 = time.perf_counter()
+    rows, fold_f1, all_y, all_p = [], [], [], []
+    names = np.asarray(data.classes, dtype=object)
+    for res in results:
+        probs = _decision(res.logits, cfg, data.classes)
+        pred = probs.argmax(1)
+        yt = data.labels[res.val_idx]
+        fold_f1.append(evaluate(yt, pred, data.classes)["weighted_f1"])
+        all_y.append(yt)
+        all_p.append(pred)
+        frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in data.classes])
+        frame.insert(0, "name", data.names[res.val_idx])
+        frame.insert(1, "fold", res.fold)
+        frame.insert(2, "label", names[yt])
+        frame.insert(3, "pred", names[pred])
+        rows.append(frame)
+    extra = None
+    if results and results[0].extra_logits is not None:
+        # Vote probabilities averaged over the fold models, then the decision offsets.
+        offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
+        mean = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
+        extra = decide(mean / len(results), offsets)
+    seconds: dict[str, float] = {}
+    for res in results:
+        for k, v in res.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    added = {c: sum(r.pseudo_added[c] for r in results) for c in data.classes}
+    precs = [r.pseudo_precision for r in results if r.pseudo_precision is not None]
+    pooled = evaluate(np.concatenate(all_y), np.concatenate(all_p), data.classes)
+    seconds["vote"] = time.perf_counter() - t0
+    return RunResult(
+        weighted_f1=float(np.mean(fold_f1)),
+        fold_f1=fold_f1,
+        per_class_f1=pooled["per_class_f1"],
+        pseudo_added=added,
+        pseudo_precision=float(np.mean(precs)) if precs else None,
+        seconds=seconds,
+        predictions=pd.concat(rows, ignore_index=True),
+        cache_hits=sorted({h for r in results for h in r.cache_hits}),
+        splits=_split_table(results),
+        extra_probs=extra,
+        pseudo_by_round=_by_round(results, data.classes),
+    )
+
+
+def _by_round(results: list[FoldResult], classes: list[str]) -> list[dict[str, int]]:
+    """Pseudo-labels per class that each self-training round trained on, summed over folds."""
+    rounds = [r.pseudo_by_round for r in results if r.pseudo_by_round is not None]
+    return [
+        {c: int(sum(r[k, i] for r in rounds if k < len(r))) for i, c in enumerate(classes)}
+        for k in range(max((len(r) for r in rounds), default=0))
+    ]
+
+
 def run(
     data: MERData,
     cfg: Config,
@@ -331,87 +426,10 @@ def run(
     """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean.
     With `predict_idx`, every fold model also predicts those samples (e.g. the test
     names), and their vote probabilities are averaged over the folds."""
-    check_counts(data, cfg)
-    report = report or (lambda *a, **k: None)
-    cache = cache or MemoryCache()
-    feats = train.Features(data, pick_device(device))
-    lab = data.indices(LABELLED)
-    y = data.labels[lab]
-    notes: list[str] = []
-
-    def collect(kind: str, **fields: Any) -> None:
-        if kind == "note" and fields["text"] not in notes:
-            notes.append(fields["text"])
-        report(kind, **fields)
-
-    folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)
-    results: list[FoldResult] = []
-    rows, fold_f1, all_y, all_p = [], [], [], []
-    offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
-    vote_seconds = 0.0
-    for k, (tr, va) in enumerate(folds):
-        res = run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx)
-        results.append(res)
-        t0 = time.perf_counter()
-        probs = decide(vote(res.logits, cfg.voting.weights, cfg.voting.mode), offsets)
-        pred = probs.argmax(1)
-        yt = data.labels[res.val_idx]
-        fold_f1.append(evaluate(yt, pred, data.classes)["weighted_f1"])
-        vote_seconds += time.perf_counter() - t0
-        # Each fold's score as it finishes: a fold-wise pruner may stop the run here.
-        report("fold", fold=k, weighted_f1=fold_f1[-1], folds=len(folds))
-        all_y.append(yt)
-        all_p.append(pred)
-        frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in data.classes])
-        frame.insert(0, "name", data.names[res.val_idx])
-        frame.insert(1, "fold", res.fold)
-        frame.insert(2, "label", np.asarray(data.classes, dtype=object)[yt])
-        frame.insert(3, "pred", np.asarray(data.classes, dtype=object)[pred])
-        rows.append(frame)
-    extra = None
-    t0 = time.perf_counter()
-    if predict_idx is not None:
-        extra = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
-        extra = decide(extra / len(results), offsets)
-    vote_seconds += time.perf_counter() - t0
-    seconds: dict[str, float] = {}
-    for res in results:
-        for k, v in res.seconds.items():
-            seconds[k] = seconds.get(k, 0.0) + v
-    seconds["vote"] = vote_seconds
-    added = {c: sum(r.pseudo_added[c] for r in results) for c in data.classes}
-    rounds = max(
-        (len(r.pseudo_by_round) for r in results if r.pseudo_by_round is not None), default=0
-    )
-    by_round = [
-        {
-            c: int(
-                sum(
-                    r.pseudo_by_round[k, i]
-                    for r in results
-                    if r.pseudo_by_round is not None and k < len(r.pseudo_by_round)
-                )
-            )
-            for i, c in enumerate(data.classes)
-        }
-        for k in range(rounds)
-    ]
-    precs = [r.pseudo_precision for r in results if r.pseudo_precision is not None]
-    pooled = evaluate(np.concatenate(all_y), np.concatenate(all_p), data.classes)
-    return RunResult(
-        weighted_f1=float(np.mean(fold_f1)),
-        fold_f1=fold_f1,
-        per_class_f1=pooled["per_class_f1"],
-        pseudo_added=added,
-        pseudo_precision=float(np.mean(precs)) if precs else None,
-        seconds=seconds,
-        predictions=pd.concat(rows, ignore_index=True),
-        notes=notes,
-        cache_hits=sorted(set(getattr(cache, "hits", []))),
-        splits=_split_table(results),
-        extra_probs=extra,
-        pseudo_by_round=by_round,
-    )
+    results, notes = train_folds(data, cfg, cache, report, device, predict_idx)
+    out = score(data, cfg, results)
+    out.notes = notes
+    return out
 
 
 def fit_all(
@@ -439,8 +457,7 @@ def fit_all(
         predict_idx,
     )
     assert res.extra_logits is not None
-    offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
-    return decide(vote(res.extra_logits, cfg.voting.weights, cfg.voting.mode), offsets)
+    return _decision(res.extra_logits, cfg, data.classes)
 
 
 def predict_names(

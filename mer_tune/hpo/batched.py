@@ -1,0 +1,286 @@
+"""Batched trials: a voting or decision trial is a vote on fold models that are already
+trained, milliseconds of work, so a Ray Tune trial per suggestion would spend its time
+on bookkeeping. When every searched parameter lies downstream of the cached stages, one
+Ray actor (`FoldModels`) holds the fold models and runs Optuna's ask / score / tell loop
+itself, a batch of trials per call; the driver writes each batch's MLflow child runs and
+results rows while the actor scores the next batch.
+
+The first trial (the baseline) trains the fold models, or reads them from the stage
+cache; every later one reuses them in memory. The loop inside the actor is sequential
+TPE: each suggestion sees every score before it, as in a one-at-a-time search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.hpo.objectives import OBJECTIVES, modes
+from mer_tune.hpo.spaces import Space, unused
+from mer_tune.hpo.tracking import SearchRecorder
+from mer_tune.method.stages import STAGES, VOTE_STEP, step_of
+
+DEFAULT_BATCH = 100  # trials per actor call: a batch's results are written together
+
+
+def batch_size(requested: int | None, sp: Space, cache: bool, scheduler: str) -> tuple[int, str]:
+    """(trials per Ray task, a note when --batch was asked for and cannot be had).
+    `requested` None means: batch when the space allows it."""
+    if requested is not None and requested < 1:
+        raise UsageError(f"--batch {requested}: must be at least 1")
+    if requested == 1:
+        return 1, ""
+    upstream = [k for k in sp.params if step_of(k) != VOTE_STEP]
+    why = ""
+    if upstream:
+        why = f"{upstream[0]} is upstream of the stage cache"
+    elif not cache:
+        why = "--no-cache leaves no trained fold models to reuse"
+    if why:
+        note = f"--batch {requested}: {why}; each trial runs in its own Ray task"
+        return 1, note if requested else ""
+    if scheduler != "none":
+        if requested:
+            raise UsageError(
+                f"--batch {requested} with --scheduler {scheduler}: a batched trial only "
+                "votes, with no epochs or folds to stop early at; drop one of them"
+            )
+        return 1, ""
+    return requested or DEFAULT_BATCH, ""
+
+
+class FoldModels:
+    """A Ray actor: the fold models of the search's base config, trained once, and the
+    Optuna study that suggests the voting and decision values scored on them."""
+
+    def __init__(self, data: Any, base: dict, setup: dict, study: dict) -> None:
+        import optuna
+        import torch
+
+        from mer_tune.method import train
+        from mer_tune.method.config import build_config
+
+        torch.set_num_threads(max(1, int(setup["threads"])))
+        train.fix_mmap_threshold()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.data, self.base, self.setup = data, build_config(base), setup
+        self.space: Space = study["space"]
+        self.goals: list[str] = study["goals"]
+        self.study = optuna.create_study(
+            directions=["maximize" if m == "max" else "minimize" for m in modes(self.goals)],
+            sampler=optuna.samplers.TPESampler(seed=study["seed"]),
+        )
+        for values, scores in study["told"]:  # warm start and a resumed search's trials
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=values,
+                    distributions={k: self.space.params[k] for k in values},
+                    values=scores,
+                )
+            )
+        if study["first_point"] is not None:
+            self.study.enqueue_trial(study["first_point"])
+        self.folds: list | None = None  # the trained fold models' results
+        self.keys: dict | None = None  # their stage keys: every trial must share them
+
+    def run(self, first: int, count: int) -> tuple[list[dict], bool]:
+        """Trials `first` .. `first + count - 1`: ask, score, tell, one after another;
+        and whether the fold models are trained (False: stop, every trial would fail)."""
+        out = []
+        for number in range(first, first + count):
+            trial = self.study.ask()
+            values = self._suggest(trial)
+            row = self._score(number, values)
+            if row["status"] == "FINISHED":
+                self.study.tell(trial, [row[g] for g in self.goals])
+            else:
+                import optuna
+
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            out.append(row | {"params": values})
+            if self.folds is None:
+                break  # the fold models could not be trained: every later trial would fail
+        return out, self.folds is not None
+
+    def _suggest(self, trial) -> dict[str, Any]:
+        from mer_tune.hpo.optuna_adapter import DefineByRun
+
+        DefineByRun(self.space)(trial)
+        return dict(trial.params)
+
+    def _score(self, number: int, values: dict) -> dict:
+        from mer_tune.data.layout import HOLDOUT, TEST
+        from mer_tune.hpo import confirm
+        from mer_tune.hpo.spaces import trial_config
+        from mer_tune.hpo.trial import final_metrics
+        from mer_tune.method import pipeline
+        from mer_tune.method.stages import stage_keys
+
+        trial_id = f"batch_{number:05d}"
+        started = time.perf_counter()
+        cfg = trial_config(self.base, values)
+        data = self.data
+        predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST]))
+        try:
+            keys = stage_keys(cfg, data.fingerprint, 0)
+            if self.folds is None:
+                self.folds = self._train(cfg, predict_idx)
+                self.keys = keys
+                res = pipeline.score(data, cfg, self.folds)
+                # Later trials reuse these models in memory: they cost the vote alone.
+                reused = sorted(STAGES)
+                self.folds = [
+                    dataclasses.replace(f, seconds={}, cache_hits=reused) for f in self.folds
+                ]
+            elif keys != self.keys:
+                raise MerTuneError("a batched trial changed a setting upstream of the vote")
+            else:
+                res = pipeline.score(data, cfg, self.folds)
+            if res.extra_probs is not None and res.splits is not None:
+                confirm.save_trial_outputs(
+                    Path(self.setup["outputs"]), trial_id, predict_idx, res.extra_probs, res.splits
+                )
+            final = final_metrics(res, cfg, data)
+        except Exception as err:  # noqa: BLE001 - the trial fails, the search goes on
+            text = str(err).strip().splitlines()
+            message = f"{type(err).__name__}: {text[-1] if text else ''}"[:2000]
+            return {"trial": number, "trial_id": trial_id, "status": "FAILED", "error": message}
+        import ray
+
+        final["node_id"] = ray.get_runtime_context().get_node_id()
+        final["seconds"] = time.perf_counter() - started
+        return {"trial": number, "trial_id": trial_id, "status": "FINISHED"} | final
+
+    def _train(self, cfg, predict_idx: np.ndarray) -> list:
+        import torch
+
+        from mer_tune.hpo.cache import StageStore
+        from mer_tune.hpo.trial import TrialTimeout
+        from mer_tune.method import pipeline
+
+        setup = self.setup
+        key = bytes.fromhex(setup["cache_key"]) if setup["cache_key"] else None
+        timeout = setup["timeout"]
+        cache = StageStore(setup["cache_dir"], key=key, timeout=timeout)
+        started = time.monotonic()
+
+        def report(kind: str, **f: Any) -> None:
+            if timeout and time.monotonic() - started > timeout:
+                raise TrialTimeout(
+                    f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
+                )
+
+        device = "cuda" if setup["use_gpu"] and torch.cuda.is_available() else "cpu"
+        folds, _ = pipeline.train_folds(self.data, cfg, cache, report, device, predict_idx)
+        return folds
+
+
+def run_batches(
+    trial_data: Any,
+    base: dict,
+    state: dict,
+    path: Path,
+    sp: Space,
+    first_point: dict | None,
+    told: list[tuple[dict, list[float]]],
+    recorder: SearchRecorder,
+    rows: dict,
+    on_event: Callable[..., None],
+    save: Callable[[], None],
+) -> str:
+    """The whole batched search: trials len(rows) .. state['trials'] - 1, the baseline
+    alone first (it trains), then `state['batch']` at a time. Each batch's rows and child
+    runs are written as it arrives, while the actor scores the next. Returns a note when
+    the fold models could not be trained (the remaining trials are not run)."""
+    import ray
+
+    from mer_tune.hpo.folder import SearchFolder
+
+    folder = SearchFolder(path)
+    setup = {
+        "threads": state["cpus_per_trial"],
+        "use_gpu": state["gpus_per_trial"] > 0,
+        "cache_dir": state["cache_dir"],
+        "cache_key": folder.cache_key(),
+        "timeout": state.get("trial_timeout"),
+        "outputs": str(folder.outputs),
+    }
+    study = {
+        "space": sp,
+        "goals": state.get("objectives") or ["weighted_f1"],
+        "seed": int(state["seed"]),
+        "told": told,
+        "first_point": first_point,
+    }
+    actor_class = ray.remote(FoldModels).options(
+        num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"]
+    )
+    actor = actor_class.remote(ray.put(trial_data.shareable()), base, setup, study)
+    total, size = state["trials"], state["batch"]
+    number = len(rows)
+    note = ""
+    try:
+        # The baseline trains the fold models alone, so its batch is one trial.
+        pending = actor.run.remote(number, 1 if number == 0 else min(size, total - number))
+        while pending is not None:
+            batch, trained = ray.get(pending)
+            number = max(r["trial"] for r in batch) + 1
+            pending = None
+            if number < total and trained:
+                pending = actor.run.remote(number, min(size, total - number))
+            elif not trained:
+                note = (
+                    f"trial {batch[-1]['trial']} could not train the fold models every batched "
+                    f"trial votes on; the other {total - number} trials were not run"
+                )
+            record_batch(recorder, sp, rows, batch)
+            save()
+            on_event("batch", row={"rows": [rows[r["trial_id"]] for r in batch]})
+    finally:
+        ray.kill(actor)
+    return note
+
+
+def record_batch(recorder: SearchRecorder, sp: Space, rows: dict, batch: list[dict]) -> None:
+    """Rows of results.csv and one finished MLflow child run per trial of a batch."""
+    for result in batch:
+        values = result.pop("params")
+        row = {"trial": result["trial"], "trial_id": result["trial_id"]}
+        row |= {k: values.get(k) for k in sp.params}
+        row["status"] = result["status"]
+        row["seconds"] = round(result.get("seconds", 0.0), 4)
+        tags = {"mer_tune.status": result["status"], "mer_tune.batched": True}
+        if result["status"] == "FAILED":
+            row["error"] = result["error"]
+            tags["error"] = result["error"]
+            metrics = {}
+        else:
+            final = {
+                k: v
+                for k, v in result.items()
+                if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
+            }
+            objectives = {k: result[k] for k in OBJECTIVES if k in result}
+            metrics = final | objectives
+            row["pipeline_seconds"] = round(
+                sum(v for k, v in final.items() if k.startswith("seconds_")), 4
+            )
+            row |= {k: v for k, v in final.items() if k.startswith("pseudo_round")}
+            row |= objectives
+            tags |= {
+                "ray.node_id": result.get("node_id", ""),
+                "mer_tune.cached_stages": result.get("cache_hits", ""),
+                # The confusion matrix as JSON (a Tune trial draws it as an image).
+                "mer_tune.confusion": result.get("confusion", ""),
+            }
+        params = {k: v for k, v in values.items() if not unused(v)}
+        recorder.log_finished(
+            result["trial_id"], f"trial-{row['trial']:03d}", params, metrics, tags, row["status"]
+        )
+        rows[result["trial_id"]] = row
