@@ -1,0 +1,120 @@
+"""Batched trials: a voting or decision search scores many suggestions per Ray task on
+fold models trained once, and still records every trial as results row and MLflow run."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_search
+from mlflow.tracking import MlflowClient
+
+from mer_tune.errors import UsageError
+from mer_tune.hpo.batched import DEFAULT_BATCH, batch_size
+from mer_tune.hpo.cache import new_key
+from mer_tune.hpo.spaces import load_space
+
+WEIGHTS = {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}  # the paper's
+
+
+def test_only_a_space_downstream_of_the_cache_is_batched():
+    voting, thresholds = load_space("voting"), load_space("thresholds")
+    assert batch_size(None, voting, True, "none") == (DEFAULT_BATCH, "")
+    assert batch_size(7, load_space("decision"), True, "none") == (7, "")
+    assert batch_size(1, voting, True, "none") == (1, "")
+    # Asked for, and not possible: one trial per task, and the reason.
+    size, note = batch_size(20, thresholds, True, "none")
+    assert size == 1 and "self_training.thresholds" in note and "upstream of the stage cache" in note
+    size, note = batch_size(20, voting, False, "none")
+    assert size == 1 and "--no-cache" in note
+    # Not asked for: silently one per task.
+    assert batch_size(None, thresholds, True, "none") == (1, "")
+    assert batch_size(None, voting, True, "asha") == (1, "")
+    with pytest.raises(UsageError, match="--batch 20 with --scheduler asha"):
+        batch_size(20, voting, True, "asha")
+
+
+def _children(env, res):
+    client = MlflowClient(f"sqlite:///{env / 'mlflow.db'}")
+    query = f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    return client.search_runs([res.experiment_id], filter_string=query, max_results=100)
+
+
+def test_a_batched_search_records_every_trial(search_env, tiny_dir):
+    res = tiny_search(search_env, tiny_dir, space="voting", trials=8, batch=3, name="vb")
+    table = res.results
+    assert list(table["trial"]) == list(range(8))
+    assert (table["status"] == "FINISHED").all()
+    assert list(table["trial_id"]) == [f"batch_{n:05d}" for n in range(8)]
+    # Trial 0 is the paper's weights; the others are Optuna's, all different.
+    first = table.iloc[0]
+    assert {k: first[f"voting.weights.{k}"] for k in WEIGHTS} == pytest.approx(WEIGHTS)
+    assert len(table.drop_duplicates([f"voting.weights.{k}" for k in WEIGHTS])) == 8
+    # Trial 0 trained the fold models; the later ones only voted on them.
+    assert first["pipeline_seconds"] > 20 * table["pipeline_seconds"].iloc[1:].max()
+    runs = {r.data.tags["ray.trial_id"]: r for r in _children(search_env, res)}
+    assert sorted(runs) == list(table["trial_id"])
+    for row in table.to_dict("records"):
+        run = runs[row["trial_id"]]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["weighted_f1"] == pytest.approx(row["weighted_f1"])
+        text = float(run.data.params["voting.weights.text"])
+        assert text == pytest.approx(row["voting.weights.text"])
+    assert "pretrain" in runs["batch_00004"].data.tags["mer_tune.cached_stages"]
+    # Selection, confirm step and verdict as in any search.
+    assert res.best_score == pytest.approx(table["weighted_f1"].max())
+    assert res.verdict is not None and len(res.confirm) >= 2
+    assert (res.path / "trial-outputs" / "batch_00007.npz").exists()
+
+
+def test_the_seed_repeats_a_batched_search(search_env, tiny_dir):
+    """Same seed and cache: the same suggestions and the same scores; batch sizes differ
+    only in how the trials are grouped, not in what the sampler sees."""
+    shared = dict(space="voting", trials=6, cache_dir=str(search_env / "cache"), holdout=0)
+    key = new_key()
+    a = tiny_search(search_env, tiny_dir, batch=5, name="a", cache_key=key, **shared)
+    b = tiny_search(search_env, tiny_dir, batch=2, name="b", cache_key=key, **shared)
+    cols = [c for c in a.results if c.startswith("voting.")] + ["weighted_f1"]
+    pd.testing.assert_frame_equal(a.results[cols], b.results[cols])
+
+
+def test_a_batched_decision_search_scores_the_offsets(search_env, tiny_dir):
+    res = tiny_search(search_env, tiny_dir, space="decision", trials=5, batch=4, holdout=0)
+    offsets = res.results[[c for c in res.results if c.startswith("decision.offsets.")]]
+    assert (offsets.iloc[0] == 0).all()  # the plain vote first
+    assert offsets.iloc[1:].abs().to_numpy().max() <= 2.0
+    assert res.results["weighted_f1"].nunique() > 1
+
+
+def test_a_batched_search_resumes_where_it_stopped(search_env, tiny_dir):
+    from mer_tune.hpo.tuner import resume
+
+    res = tiny_search(search_env, tiny_dir, space="voting", trials=6, batch=2, name="r")
+    results = res.path / "results.csv"
+    table = pd.read_csv(results)
+    # As a driver killed after trial 2: later rows are gone, their runs are orphans.
+    table.head(3).to_csv(results, index=False)
+    again = resume("r", storage=str(search_env / "runs"))
+    assert list(again.results["trial"]) == list(range(6))
+    assert list(again.results["weighted_f1"].head(3)) == list(table["weighted_f1"].head(3))
+    ids = [r.data.tags["ray.trial_id"] for r in _children(search_env, again)]
+    assert sorted(ids) == [f"batch_{n:05d}" for n in range(6)]  # one run each, no duplicate
+
+
+def test_fold_models_that_cannot_train_stop_the_batches(search_env, tiny_dir):
+    res = tiny_search(search_env, tiny_dir, space="voting", trials=9, batch=4, trial_timeout=0.01)
+    assert list(res.results["status"]) == ["FAILED"]
+    assert "--trial-timeout" in res.results.iloc[0]["error"]
+    assert any("the other 8 trials were not run" in n for n in res.notes)
+    assert res.best_config is None
+
+
+def test_progress_prints_one_line_per_batch(capsys):
+    from mer_tune.printing import SearchProgress
+
+    progress = SearchProgress(5)
+    rows = [
+        {"trial": n, "status": "FINISHED", "weighted_f1": f, "seconds": 0.01}
+        for n, f in zip(range(1, 5), [0.5, 0.7, 0.6, np.float64(0.65)], strict=True)
+    ]
+    progress("batch", row={"rows": rows})
+    line = capsys.readouterr().err.strip()
+    assert "trials 1-4" in line and "done 4/5" in line and "best 0.7000" in line
