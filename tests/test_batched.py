@@ -22,7 +22,9 @@ def test_only_a_space_downstream_of_the_cache_is_batched():
     assert batch_size(1, voting, True, "none") == (1, "")
     # Asked for, and not possible: one trial per task, and the reason.
     size, note = batch_size(20, thresholds, True, "none")
-    assert size == 1 and "self_training.thresholds" in note and "upstream of the stage cache" in note
+    assert (
+        size == 1 and "self_training.thresholds" in note and "upstream of the stage cache" in note
+    )
     size, note = batch_size(20, voting, False, "none")
     assert size == 1 and "--no-cache" in note
     # Not asked for: silently one per task.

@@ -183,3 +183,83 @@ def test_attention_never_mixes_samples_of_a_batch():
     whole = model.logits(model.embed(x))["fusion"]
     alone = model.logits(model.embed({m: v[:1] for m, v in x.items()}))["fusion"]
     assert torch.allclose(whole[:1], alone, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the fused step
+
+
+def test_length_one_attention_is_the_general_layer_with_fewer_kernels():
+    """TokenLayer skips the query, key and softmax of attention over one token, and
+    draws the same dropout masks in the same order as nn.TransformerEncoderLayer."""
+    from mer_tune.method.model import TokenLayer
+
+    torch.manual_seed(0)
+    fused = TokenLayer(16, 4, dim_feedforward=32, dropout=0.3, batch_first=True)
+    general = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.3, batch_first=True)
+    general.load_state_dict(fused.state_dict())  # the same parameters, the same names
+    x = torch.randn(50, 16)
+    for mode in ("eval", "train"):
+        fused.train(mode == "train")
+        general.train(mode == "train")
+        torch.manual_seed(3)
+        a = fused(x)
+        torch.manual_seed(3)
+        b = general(x.unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_nt_xent_terms_equal_one_call_per_term_with_their_gradients():
+    from mer_tune.method.model import nt_xent_terms
+
+    rng = torch.Generator().manual_seed(0)
+    views = [
+        (torch.randn(12, w, generator=rng, requires_grad=True), torch.randn(12, w, generator=rng))
+        for w in (8, 8, 16, 8, 16)
+    ]
+    ids = torch.tensor([0, 1, 2, 2, 3, 4, 5, 5, 5, 6, 7, 8])
+    taus = [torch.tensor(t, requires_grad=True) for t in (0.1, 0.2, 0.1, 0.5, 0.3)]
+    batched = nt_xent_terms(views, taus, ids)
+    single = [nt_xent(a, b, t, ids) for (a, b), t in zip(views, taus, strict=True)]
+    torch.testing.assert_close(torch.stack(batched), torch.stack(single))
+    leaves = [a for a, _ in views] + taus
+    got = torch.autograd.grad(sum(batched), leaves)
+    want = torch.autograd.grad(sum(single), leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    # One number for every term (the default): no tensor of temperatures is built.
+    same = nt_xent_terms(views[:2], [0.1, 0.1], ids)
+    torch.testing.assert_close(
+        torch.stack(same), torch.stack(single[:1] + [nt_xent(*views[1], 0.1, ids)])
+    )
+
+
+def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch):
+    """MER_TUNE_FUSED=0 builds the general-purpose modules; both paths start from the
+    same weights and draw the same random numbers, so their epoch losses agree."""
+    from mer_tune.data import synthetic
+    from mer_tune.data.layout import LABELLED
+    from mer_tune.method import train
+    from mer_tune.method.config import build_config, with_overrides
+
+    data = synthetic.in_memory("tiny", seed=0)
+    cfg = with_overrides(build_config(), {"model.hidden": 32, "optim.batch_size": 64})
+    losses = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MER_TUNE_FUSED", flag)
+        torch.manual_seed(0)
+        feats = train.Features(data, torch.device("cpu"))
+        model = train.make_model(data, cfg.model, 0, feats.device)
+        seen: list[float] = []
+        pre = cfg.pretrain.model_copy(update={"epochs": 3})
+        train.pretrain(
+            model,
+            feats,
+            data.indices(LABELLED),
+            pre,
+            train.Steps.of(cfg),
+            0,
+            lambda stage, epoch, values, seen=seen: seen.append(values["pretrain_loss"]),
+        )
+        losses[flag] = seen
+    assert type(model.specific["audio"].layers).__name__ == "TokenStack"
+    assert losses["0"] == pytest.approx(losses["1"], rel=5e-5)  # 4 digits and then some

@@ -3,8 +3,10 @@ contrastive terms, noise embedding enhancement (NEE) and four classifier heads."
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,15 @@ from mer_tune.method.config import HEADS, LossConfig, ModelConfig, NoiseConfig
 # ---------------------------------------------------------------- contrastive loss
 
 PAIRS = [("audio", "visual"), ("audio", "text"), ("visual", "text")]
+
+
+def fused_kernels() -> bool:
+    """The fused step (TokenLayer, batched NT-Xent, fused Adam on the CPU) unless
+    MER_TUNE_FUSED=0 asks for the general-purpose modules it replaces: the same results
+    to rounding, for checking that (tests/test_model.py, benchmarks/step_speed.py)."""
+    return os.environ.get("MER_TUNE_FUSED", "1") != "0"
+
+
 N_TERMS = 9  # 3 pairs, 3 one-vs-two, 3 clean-vs-noised
 MIN_TAU, MAX_TAU = 0.01, 1.0
 
@@ -33,23 +44,92 @@ def nt_xent(
     `ids` names the sample behind each row: rows of the same sample (an oversampled
     duplicate) are not each other's negatives. The similarities and the loss are float32
     even under autocast: in bf16 a logit at temperature 0.1 resolves only to about 0.04."""
+    return nt_xent_terms([(z1, z2)], [temperature], ids)[0]
+
+
+def _nt_xent_general(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.Tensor, ids: torch.Tensor | None
+) -> torch.Tensor:
+    """One term the plain way: its own masks, product and cross-entropy (unfused path)."""
     n = z1.shape[0]
     with torch.autocast(z1.device.type, enabled=False):
         z = torch.cat([z1, z2])
         z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        targets, drop = _positives_and_negatives(n, ids, z.device)
         sim = z @ z.T / temperature
-        # Built on the device: a CPU-to-GPU copy could not be captured into a CUDA graph.
-        targets = torch.cat(
-            [torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)]
-        )
-        if ids is None:
-            drop = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        else:
-            both = torch.cat([ids, ids])
-            positive = torch.zeros(2 * n, 2 * n, dtype=torch.bool, device=z.device)
-            positive.scatter_(1, targets[:, None], True)
-            drop = (both[:, None] == both[None, :]) & ~positive  # self and duplicates
         return F.cross_entropy(sim.masked_fill(drop, float("-inf")), targets)
+
+
+class _Gram(torch.autograd.Function):
+    """z @ z.T over the last two dimensions. Its gradient (G + G.T) @ z is one matrix
+    product where autograd's generic rule for a product would take two."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        return z @ z.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (z,) = ctx.saved_tensors
+        return (grad + grad.transpose(-1, -2)) @ z
+
+
+def _positives_and_negatives(
+    n: int, ids: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each row's positive column, the mask of columns that are no negative of a row:
+    itself and, with `ids`, the other rows of the same sample)."""
+    # Built on the device: a CPU-to-GPU copy could not be captured into a CUDA graph.
+    targets = torch.cat([torch.arange(n, 2 * n, device=device), torch.arange(0, n, device=device)])
+    if ids is None:
+        return targets, torch.eye(2 * n, dtype=torch.bool, device=device)
+    both = torch.cat([ids, ids])
+    positive = torch.zeros(2 * n, 2 * n, dtype=torch.bool, device=device)
+    positive.scatter_(1, targets[:, None], True)
+    return targets, (both[:, None] == both[None, :]) & ~positive
+
+
+def nt_xent_terms(
+    views: list[tuple[torch.Tensor, torch.Tensor]],
+    temperatures: list[float] | list[torch.Tensor],
+    ids: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """NT-Xent of several pairs of views of the same batch, as `nt_xent` of each: the
+    masks are built once, and the terms of one width share one batched similarity
+    product and one cross-entropy (fewer, larger kernels than a call per term)."""
+    if not fused_kernels():
+        return [
+            _nt_xent_general(a, b, t, ids) for (a, b), t in zip(views, temperatures, strict=True)
+        ]
+    z0 = views[0][0]
+    n = z0.shape[0]
+    out: list[torch.Tensor | None] = [None] * len(views)
+    with torch.autocast(z0.device.type, enabled=False):
+        targets, drop = _positives_and_negatives(n, ids, z0.device)
+        widths: dict[int, list[int]] = {}
+        for k, (a, _) in enumerate(views):
+            widths.setdefault(a.shape[1], []).append(k)
+        for members in widths.values():
+            z = torch.stack([torch.cat(views[k]) for k in members])
+            z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+            taus = [temperatures[k] for k in members]
+            if isinstance(taus[0], torch.Tensor):
+                tau = torch.stack(taus).to(z.dtype).view(-1, 1, 1)
+            elif len(set(taus)) == 1:
+                tau = float(taus[0])  # one number: no host-to-device copy
+            else:
+                tau = torch.tensor(taus, dtype=z.dtype).view(-1, 1, 1).to(z.device)
+            # Scaling the embeddings by 1/sqrt(tau) divides their products by tau, on
+            # a quarter of the numbers (2n x d, not 2n x 2n).
+            sim = _Gram.apply(z * tau**-0.5).masked_fill(drop, float("-inf"))
+            t = len(members)
+            loss = F.cross_entropy(
+                sim.reshape(t * 2 * n, 2 * n), targets.repeat(t), reduction="none"
+            ).view(t, 2 * n)
+            for j, k in enumerate(members):
+                out[k] = loss[j].mean()
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- noise embedding enhancement
@@ -129,29 +209,90 @@ def _mlp_head(in_dim: int, dims: list[int], dropout: float, n_classes: int) -> n
     return nn.Sequential(*layers)
 
 
+class TokenLayer(nn.TransformerEncoderLayer):
+    """nn.TransformerEncoderLayer (post-norm, ReLU) on a sequence of one token per
+    sample. Attention over a single key gives it weight 1, so self-attention is the value
+    projection followed by the output projection: the query and key projections, the
+    scores and the softmax are skipped. Attention dropout still drops each head's single
+    weight per sample, drawing the same random numbers in the same order as the general
+    layer, so training follows the same path (tests/test_model.py). Same parameters and
+    state-dict names as nn.TransformerEncoderLayer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, hidden)
+        attn = self.self_attn
+        h, heads = attn.embed_dim, attn.num_heads
+        value = F.linear(x, attn.in_proj_weight[2 * h :], attn.in_proj_bias[2 * h :])
+        if self.training and attn.dropout > 0:
+            # The attention weights (batch, heads, 1, 1), all 1, after dropout.
+            ones = torch.ones(x.shape[0], heads, 1, 1, device=x.device, dtype=x.dtype)
+            keep = F.dropout(ones, attn.dropout, training=True).view(-1, heads, 1)
+            value = (value.view(-1, heads, h // heads) * keep).view(-1, h)
+        x = self.norm1(x + self.dropout1(attn.out_proj(value)))
+        return self.norm2(
+            x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        )
+
+
+class TokenStack(nn.Module):
+    """`layers` TokenLayers one after another (state-dict names as nn.TransformerEncoder's)."""
+
+    def __init__(self, layer: TokenLayer, count: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(count))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class GeneralStack(nn.Module):
+    """nn.TransformerEncoder over a length-1 sequence (the unfused path)."""
+
+    def __init__(self, layer: nn.TransformerEncoderLayer, count: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # draws nothing the fused path does not
+            general = nn.TransformerEncoderLayer(
+                layer.self_attn.embed_dim,
+                layer.self_attn.num_heads,
+                dim_feedforward=layer.linear1.out_features,
+                dropout=layer.dropout.p,
+                batch_first=True,
+            )
+        general.load_state_dict(layer.state_dict())
+        self.layers = nn.TransformerEncoder(general, count, enable_nested_tensor=False).layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)
+        for layer in self.layers:
+            x = layer(x)
+        return x.squeeze(1)
+
+
 class SpecificityEncoder(nn.Module):
-    """Projection to `hidden`, then Transformer layers over a length-1 sequence per sample.
-    batch_first=True keeps attention inside each sample (never across the batch)."""
+    """Projection to `hidden`, then Transformer layers over a length-1 sequence per sample
+    (attention never crosses samples)."""
 
     def __init__(self, in_dim: int, cfg: ModelConfig):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.LayerNorm(cfg.hidden))
-        layer = nn.TransformerEncoderLayer(
+        layer = TokenLayer(
             cfg.hidden,
             cfg.heads,
             dim_feedforward=2 * cfg.hidden,
             dropout=cfg.dropout,
             batch_first=True,
         )
-        self.layers = (
-            nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
-            if cfg.layers
-            else None
-        )
+        if not cfg.layers:
+            self.layers = None
+        elif fused_kernels():
+            self.layers = TokenStack(layer, cfg.layers)
+        else:  # the general layer, attending over the length-1 sequence
+            self.layers = GeneralStack(layer, cfg.layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.proj(x)
-        s = self.layers(h.unsqueeze(1)).squeeze(1) if self.layers is not None else h
+        s = self.layers(h) if self.layers is not None else h
         return h, s
 
 
@@ -221,20 +362,23 @@ class MRCCL(nn.Module):
         """The six combinatorial terms, NEE's clean-vs-noised term per modality and, with
         loss.invariant_weight and the invariant codes `inv`, the codes' three pairs."""
         tau = self.temperatures(cfg)
-        pairs = [nt_xent(emb[p], emb[q], tau[k], ids) for k, (p, q) in enumerate(PAIRS)]
-        combos = []
-        for k, m in enumerate(MODALITIES):
+        views = [(emb[p], emb[q]) for p, q in PAIRS]
+        for m in MODALITIES:
             others = torch.cat([emb[o] for o in MODALITIES if o != m], dim=1)
-            combos.append(nt_xent(self.to_pair[m](emb[m]), others, tau[3 + k], ids))
+            views.append((self.to_pair[m](emb[m]), others))
+        with_nee = noisy_emb is not None and cfg.nee_weight > 0
+        if with_nee:
+            views += [(emb[m], noisy_emb[m]) for m in MODALITIES]
+        terms = nt_xent_terms(views, tau[: len(views)], ids)
+        pairs, combos, nee = terms[:3], terms[3:6], terms[6:]
         if cfg.weighting == "paper":
             # The released code: the six modality terms summed over 6.
             loss = (cfg.pair_weight * sum(pairs) + cfg.combo_weight * sum(combos)) / 6
         else:
             loss = (cfg.pair_weight * sum(pairs) + cfg.combo_weight * sum(combos)) / 3
-        if noisy_emb is not None and cfg.nee_weight > 0:
-            nee = [nt_xent(emb[m], noisy_emb[m], tau[6 + k], ids) for k, m in enumerate(MODALITIES)]
+        if with_nee:
             loss = loss + cfg.nee_weight * sum(nee) / 3
         if inv is not None and cfg.invariant_weight > 0:
-            codes = sum(nt_xent(inv[p], inv[q], cfg.temperature, ids) for p, q in PAIRS)
-            loss = loss + cfg.invariant_weight * codes / 3
+            codes = nt_xent_terms([(inv[p], inv[q]) for p, q in PAIRS], [cfg.temperature] * 3, ids)
+            loss = loss + cfg.invariant_weight * sum(codes) / 3
         return loss

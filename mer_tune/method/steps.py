@@ -22,6 +22,7 @@ import torch
 
 from mer_tune.errors import MerTuneError
 from mer_tune.method.config import OptimConfig
+from mer_tune.method.model import fused_kernels
 
 # loss_fn(standardised batch per modality, labels of the batch or None, the batch's
 # sample indices) -> scalar loss
@@ -73,6 +74,9 @@ class Stepper:
             lr=optim.lr,
             weight_decay=optim.weight_decay,
             capturable=self.graphed,  # Adam's step counter lives on the GPU inside a graph
+            # On the CPU one fused kernel updates every parameter, instead of a dozen
+            # small ones per parameter tensor.
+            fused=True if device.type == "cpu" and fused_kernels() else None,
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
