@@ -3,15 +3,16 @@ against the per-trial estimate that guards fractional GPUs, CUDA graphs against 
 steps, and 1, 2 and 4 trials sharing the card.
 
     python benchmarks/gpu_trial.py --pack /tmp/mer-full-pack --concurrency 1 2 4 \\
-        [--eager-set pretrain.epochs=1] [--deadline 480] [--log results.jsonl]
+        [--eager-set pretrain.epochs=1] [--compare-general] [--deadline 480] [--log results.jsonl]
 
 The full synthetic dataset (5,030 labelled + 115,595 unlabelled, dims 768/1024/5120) is
 generated in memory and packed into --pack when missing (the per-file layout and its
 load time are measured by full_scale.py). Every trial runs in a fresh process, as a
 Ray trial would; concurrent trials are separate processes on the same card, which is
 what fractional GPUs (`--gpus-per-trial 0.25`) give. The eager run (MER_TUNE_CUDA_GRAPHS=0)
-uses --eager-set to stay short; compare its stages per epoch. Steps that would not end
-before --deadline seconds are skipped and said so.
+uses --eager-set to stay short; compare its stages per epoch. --compare-general adds one
+trial with MER_TUNE_FUSED=0 (the general-purpose modules the fused step replaces), right
+after the first. Steps that would not end before --deadline seconds are skipped and said so.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--eager-set", action="append", default=None)
+    parser.add_argument("--compare-general", action="store_true")
     parser.add_argument("--deadline", type=float, default=480.0)
     parser.add_argument("--log")
     parser.add_argument("--device", default="cuda")
@@ -167,13 +169,17 @@ def main() -> None:
         _pack(Path(args.pack), args.scale)
 
     plan = [(f"graphs x{n}", n, args.sets, {}) for n in args.concurrency[:1]]
+    if args.compare_general:
+        plan.append(("general (MER_TUNE_FUSED=0) x1", 1, args.sets, {"MER_TUNE_FUSED": "0"}))
     if args.eager_set is not None:
         plan.append(("eager x1", 1, args.sets + args.eager_set, {"MER_TUNE_CUDA_GRAPHS": "0"}))
     plan += [(f"graphs x{n}", n, args.sets, {}) for n in args.concurrency[1:]]
     single = None
     for label, n, sets, extra in plan:
         left = args.deadline - (time.perf_counter() - start)
-        guess = (single or 0) * (1 + 0.5 * (n - 1)) * (0.5 if extra else 1)
+        guess = (
+            (single or 0) * (1 + 0.5 * (n - 1)) * (0.5 if "MER_TUNE_CUDA_GRAPHS" in extra else 1)
+        )
         if left < guess * 1.2 or left < 20:
             print(f"{label}: skipped, {left:.0f} s left of the deadline", flush=True)
             continue
