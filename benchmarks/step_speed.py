@@ -14,13 +14,21 @@ call per term, Adam's per-parameter loop. Both draw the same random numbers.
      weighted F1 (paired by seed), and every epoch's loss compared to 4 digits. Training
      is chaotic: rounding differences of 1e-7 grow over the finetuning epochs, so the F1
      of one seed may differ; the paired mean over seeds says whether the change is neutral.
+  3. With --commands: what a user times, each command run under both paths in turn:
+     `mer-tune run --data synthetic:tiny --folds 1` and `make run`'s search
+     (`mer-tune search --space thresholds`, 8 trials on the built-in tiny data).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import record
@@ -96,12 +104,40 @@ def tiny_trial(fused: bool, seed: int = 0) -> dict:
     }
 
 
+def commands() -> None:
+    exe = Path(sys.executable).with_name("mer-tune")
+    work = Path(tempfile.mkdtemp(prefix="mer-tune-step-bench-"))
+    jobs = {
+        "mer-tune run --data synthetic:tiny --folds 1": ["run", "--data", "synthetic:tiny"]
+        + ["--folds", "1", "--out", str(work / "run")],
+        "mer-tune search --space thresholds (make run)": ["search", "--space", "thresholds"]
+        + ["--storage", str(work / "runs"), "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"],
+    }
+    for label, args in jobs.items():
+        seconds = {}
+        for fused in (False, True):
+            env = os.environ | {"MER_TUNE_FUSED": "1" if fused else "0"}
+            t0 = time.perf_counter()
+            subprocess.run([str(exe), *args], env=env, check=True, capture_output=True)
+            seconds["fused" if fused else "general"] = time.perf_counter() - t0
+        ratio = seconds["general"] / seconds["fused"]
+        print(
+            f"{label}: general {seconds['general']:.1f} s, fused {seconds['fused']:.1f} s, "
+            f"ratio {ratio:.2f}x"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--commands", action="store_true", help="Only the user's commands.")
     args = parser.parse_args()
+    if args.commands:
+        commands()
+        return
 
     import torch
 
