@@ -60,7 +60,9 @@ def test_a_batched_search_records_every_trial(search_env, tiny_dir):
         assert run.data.metrics["weighted_f1"] == pytest.approx(row["weighted_f1"])
         text = float(run.data.params["voting.weights.text"])
         assert text == pytest.approx(row["voting.weights.text"])
-    assert "pretrain" in runs["batch_00004"].data.tags["mer_tune.cached_stages"]
+    # Trial 0 found nothing cached; the later ones reused every stage it ran.
+    assert runs["batch_00000"].data.tags["mer_tune.cached_stages"] == ""
+    assert runs["batch_00004"].data.tags["mer_tune.cached_stages"] == "finetune,pretrain,pseudo"
     # Selection, confirm step and verdict as in any search.
     assert res.best_score == pytest.approx(table["weighted_f1"].max())
     assert res.verdict is not None and len(res.confirm) >= 2
@@ -99,6 +101,12 @@ def test_a_batched_search_resumes_where_it_stopped(search_env, tiny_dir):
     assert list(again.results["weighted_f1"].head(3)) == list(table["weighted_f1"].head(3))
     ids = [r.data.tags["ray.trial_id"] for r in _children(search_env, again)]
     assert sorted(ids) == [f"batch_{n:05d}" for n in range(6)]  # one run each, no duplicate
+    # The resumed sampler does not replay the suggestions made before the stop.
+    weights = [c for c in again.results if c.startswith("voting.weights.")]
+    assert len(again.results.drop_duplicates(weights)) == 6
+    # Killed after its last batch was saved: a resume has nothing to run and finishes.
+    done = resume("r", storage=str(search_env / "runs"))
+    assert len(done.results) == 6 and done.verdict is not None
 
 
 def test_fold_models_that_cannot_train_stop_the_batches(search_env, tiny_dir):
@@ -120,3 +128,47 @@ def test_progress_prints_one_line_per_batch(capsys):
     progress("batch", row={"rows": rows})
     line = capsys.readouterr().err.strip()
     assert "trials 1-4" in line and "done 4/5" in line and "best 0.7000" in line
+
+
+def test_a_decision_search_on_one_class_is_refused_before_any_trial(search_env, tiny_dir):
+    from conftest import write_dataset
+
+    from mer_tune.errors import MerTuneError
+
+    one = write_dataset(search_env / "one", classes=["neutral"])
+    with pytest.raises(MerTuneError, match="no labelled sample of class 'angry'"):
+        tiny_search(search_env, one, space="decision", name="one")
+    with pytest.raises(UsageError, match="data.classes': List should have at least 2 items"):
+        tiny_search(search_env, tiny_dir, space="decision", overrides={"data.classes": ["sad"]})
+    assert not (search_env / "runs" / "one").exists()  # nothing was written
+
+
+def test_a_batched_search_with_two_objectives_and_a_conditional_parameter(search_env, tiny_dir):
+    (search_env / "cond.yaml").write_text(
+        "params:\n"
+        "  voting.mode: {type: categorical, choices: [probs, logits]}\n"
+        "  voting.weights.text: {type: float, low: 0.0, high: 1.0, when: {voting.mode: logits}}\n"
+    )
+    res = tiny_search(
+        search_env,
+        tiny_dir,
+        space=str(search_env / "cond.yaml"),
+        trials=8,
+        batch=4,
+        objectives=["weighted_f1", "min_class_f1"],
+        holdout=0,
+    )
+    table = res.results
+    assert (table["status"] == "FINISHED").all() and len(table) == 8
+    probs = table["voting.mode"] == "probs"
+    assert table.loc[probs, "voting.weights.text"].isna().all()  # not used there
+    assert table.loc[~probs, "voting.weights.text"].notna().all()
+    assert (res.path / "pareto.csv").exists()
+
+
+def test_a_staged_search_refuses_a_batch_it_cannot_take_before_any_step(tmp_path):
+    from mer_tune.hpo.staged import staged_search
+
+    with pytest.raises(UsageError, match="--batch 20 with --scheduler asha"):
+        staged_search("full", 6, storage=str(tmp_path / "runs"), batch=20, scheduler="asha")
+    assert not (tmp_path / "runs").exists()

@@ -206,10 +206,17 @@ def test_length_one_attention_is_the_general_layer_with_fewer_kernels():
         torch.manual_seed(3)
         b = general(x.unsqueeze(1)).squeeze(1)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        # The same gradients too (the query and key rows get none in either).
+        weight = torch.randn(50, 16)
+        got = torch.autograd.grad((a * weight).sum(), list(fused.parameters()))
+        want = torch.autograd.grad((b * weight).sum(), list(general.parameters()))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_batched_nt_xent_terms_equal_one_call_per_term_with_their_gradients():
-    from mer_tune.method.model import nt_xent_terms
+    """Against the general path's one-term NT-Xent (its own masks, plain products)."""
+    from mer_tune.method.model import _nt_xent_general, nt_xent_terms
 
     rng = torch.Generator().manual_seed(0)
     views = [
@@ -219,18 +226,18 @@ def test_batched_nt_xent_terms_equal_one_call_per_term_with_their_gradients():
     ids = torch.tensor([0, 1, 2, 2, 3, 4, 5, 5, 5, 6, 7, 8])
     taus = [torch.tensor(t, requires_grad=True) for t in (0.1, 0.2, 0.1, 0.5, 0.3)]
     batched = nt_xent_terms(views, taus, ids)
-    single = [nt_xent(a, b, t, ids) for (a, b), t in zip(views, taus, strict=True)]
+    single = [_nt_xent_general(a, b, t, ids) for (a, b), t in zip(views, taus, strict=True)]
     torch.testing.assert_close(torch.stack(batched), torch.stack(single))
     leaves = [a for a, _ in views] + taus
     got = torch.autograd.grad(sum(batched), leaves)
     want = torch.autograd.grad(sum(single), leaves)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    # One number for every term (the default): no tensor of temperatures is built.
-    same = nt_xent_terms(views[:2], [0.1, 0.1], ids)
-    torch.testing.assert_close(
-        torch.stack(same), torch.stack(single[:1] + [nt_xent(*views[1], 0.1, ids)])
-    )
+    # Plain numbers, one for all terms or one each: no tensor of temperatures is built.
+    for numbers in ([0.1] * 5, [0.1, 0.2, 0.1, 0.5, 0.3]):
+        got = nt_xent_terms(views, numbers, ids)
+        want = [_nt_xent_general(a, b, t, ids) for (a, b), t in zip(views, numbers, strict=True)]
+        torch.testing.assert_close(torch.stack(got), torch.stack(want))
 
 
 def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch):
@@ -242,7 +249,10 @@ def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch):
     from mer_tune.method.config import build_config, with_overrides
 
     data = synthetic.in_memory("tiny", seed=0)
-    cfg = with_overrides(build_config(), {"model.hidden": 32, "optim.batch_size": 64})
+    cfg = with_overrides(
+        build_config(),
+        {"model.hidden": 32, "optim.batch_size": 64, "loss.learn_temperature": True},
+    )
     losses = {}
     for flag in ("0", "1"):
         monkeypatch.setenv("MER_TUNE_FUSED", flag)

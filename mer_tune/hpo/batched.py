@@ -24,7 +24,7 @@ from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.hpo.objectives import OBJECTIVES, modes
 from mer_tune.hpo.spaces import Space, unused
 from mer_tune.hpo.tracking import SearchRecorder
-from mer_tune.method.stages import STAGES, VOTE_STEP, step_of
+from mer_tune.method.stages import VOTE_STEP, step_of
 
 DEFAULT_BATCH = 100  # trials per actor call: a batch's results are written together
 
@@ -72,9 +72,14 @@ class FoldModels:
         self.data, self.base, self.setup = data, build_config(base), setup
         self.space: Space = study["space"]
         self.goals: list[str] = study["goals"]
+        # A resumed search's sampler gets a seed of its own: the search's seed again would
+        # replay the random start-up draws of the trials already done.
+        seed = study["seed"]
+        if study["done"]:
+            seed = int(np.random.SeedSequence([seed, study["done"]]).generate_state(1)[0])
         self.study = optuna.create_study(
             directions=["maximize" if m == "max" else "minimize" for m in modes(self.goals)],
-            sampler=optuna.samplers.TPESampler(seed=study["seed"]),
+            sampler=optuna.samplers.TPESampler(seed=seed),
         )
         for values, scores in study["told"]:  # warm start and a resumed search's trials
             self.study.add_trial(
@@ -130,14 +135,16 @@ class FoldModels:
         try:
             keys = stage_keys(cfg, data.fingerprint, 0)
             if self.folds is None:
-                self.folds = self._train(cfg, predict_idx)
+                trained = self._train(cfg, predict_idx)
                 self.keys = keys
-                res = pipeline.score(data, cfg, self.folds)
-                # Later trials reuse these models in memory: they cost the vote alone.
-                reused = sorted(STAGES)
+                # Later trials reuse these models in memory: they cost the vote alone, and
+                # every stage that ran is a hit for them.
+                ran = {"self_training": "pseudo"}
+                reused = sorted({ran.get(k, k) for f in trained for k in f.seconds})
                 self.folds = [
-                    dataclasses.replace(f, seconds={}, cache_hits=reused) for f in self.folds
+                    dataclasses.replace(f, seconds={}, cache_hits=reused) for f in trained
                 ]
+                res = pipeline.score(data, cfg, trained)
             elif keys != self.keys:
                 raise MerTuneError("a batched trial changed a setting upstream of the vote")
             else:
@@ -218,6 +225,7 @@ def run_batches(
         "told": told,
         "first_point": first_point,
     }
+    study["done"] = len(rows)
     actor_class = ray.remote(FoldModels).options(
         num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"]
     )
@@ -225,6 +233,8 @@ def run_batches(
     total, size = state["trials"], state["batch"]
     number = len(rows)
     note = ""
+    if number >= total:  # a search killed after its last batch was saved: nothing to run
+        return note
     try:
         # The baseline trains the fold models alone, so its batch is one trial.
         pending = actor.run.remote(number, 1 if number == 0 else min(size, total - number))
@@ -234,7 +244,7 @@ def run_batches(
             pending = None
             if number < total and trained:
                 pending = actor.run.remote(number, min(size, total - number))
-            elif not trained:
+            elif not trained and number < total:
                 note = (
                     f"trial {batch[-1]['trial']} could not train the fold models every batched "
                     f"trial votes on; the other {total - number} trials were not run"

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mer_tune.hpo.batched import batch_size
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.spaces import load_space
@@ -63,6 +64,9 @@ def staged_search(
     result: SearchResult | None = None
     confirm_top = kwargs.pop("confirm_top", 3)
     batch = kwargs.pop("batch", None)  # the voting step's trials are batched (batched.py)
+    if VOTE_STEP in groups:  # a --batch the voting step cannot take fails before any step
+        vote_space = sp.subspace(list(groups[VOTE_STEP]), VOTE_STEP, fixed)
+        batch_size(batch, vote_space, kwargs.get("cache", True), kwargs.get("scheduler", "none"))
     cache_key = new_key()  # one key for the one cache all steps share
     for i, step in enumerate(steps):
         last = i == len(steps) - 1

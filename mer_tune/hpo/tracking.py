@@ -157,8 +157,17 @@ class SearchRecorder:
         self.client = MlflowClient(tracking_uri=self.uri)
 
     def child_runs(self) -> list:
+        """Every child run of the search, page by page (a batched search can have many)."""
         query = f"tags.mlflow.parentRunId = '{self.parent_id}'"
-        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000)
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=query, max_results=10000, page_token=token
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
 
     def start_child(self, trial_id: str, name: str, params: dict[str, Any]) -> str:
         if trial_id in self.children:  # a retried or restored trial keeps its run
@@ -186,14 +195,17 @@ class SearchRecorder:
         by a driver killed before it saved its results is replaced."""
         if trial_id in self.children:
             self.client.delete_run(self.children.pop(trial_id))
+        # Created with its parent tag: a run interrupted before its next write is still
+        # found (and dropped) by a resume.
         tags = {"mlflow.parentRunId": self.parent_id, "ray.trial_id": trial_id} | tags
-        run = self.client.create_run(self.experiment_id, run_name=name)
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={k: _text(v) for k, v in tags.items()}
+        )
         now = int(time.time() * 1000)
         self.client.log_batch(
             run.info.run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)],
             params=[Param(k, _text(v)) for k, v in params.items()],
-            tags=[RunTag(k, _text(v)) for k, v in tags.items()],
         )
         self.client.set_terminated(
             run.info.run_id, status="FINISHED" if status == "FINISHED" else "FAILED"

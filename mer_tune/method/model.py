@@ -113,16 +113,16 @@ def nt_xent_terms(
         for members in widths.values():
             z = torch.stack([torch.cat(views[k]) for k in members])
             z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
-            taus = [temperatures[k] for k in members]
-            if isinstance(taus[0], torch.Tensor):
-                tau = torch.stack(taus).to(z.dtype).view(-1, 1, 1)
-            elif len(set(taus)) == 1:
-                tau = float(taus[0])  # one number: no host-to-device copy
-            else:
-                tau = torch.tensor(taus, dtype=z.dtype).view(-1, 1, 1).to(z.device)
             # Scaling the embeddings by 1/sqrt(tau) divides their products by tau, on
             # a quarter of the numbers (2n x d, not 2n x 2n).
-            sim = _Gram.apply(z * tau**-0.5).masked_fill(drop, float("-inf"))
+            taus = [temperatures[k] for k in members]
+            if isinstance(taus[0], torch.Tensor):
+                z = z * torch.stack(taus).to(z.dtype).view(-1, 1, 1) ** -0.5
+            elif len(set(taus)) == 1:  # one plain number (the default)
+                z = z * float(taus[0]) ** -0.5
+            else:  # plain numbers: no tensor of them, so no host-to-device copy
+                z = torch.stack([z[j] * float(t) ** -0.5 for j, t in enumerate(taus)])
+            sim = _Gram.apply(z).masked_fill(drop, float("-inf"))
             t = len(members)
             loss = F.cross_entropy(
                 sim.reshape(t * 2 * n, 2 * n), targets.repeat(t), reduction="none"
