@@ -16,7 +16,7 @@ call per term, Adam's per-parameter loop. Both draw the same random numbers.
      of one seed may differ; the paired mean over seeds says whether the change is neutral.
   3. With --commands: what a user times, each command run under both paths in turn:
      `mer-tune run --data synthetic:tiny --folds 1` and `make run`'s search
-     (`mer-tune search --space thresholds`, 8 trials on the built-in tiny data).
+     (`mer-tune search --space thresholds`, 8 trials on the built-in data, synthetic:small).
 """
 
 from __future__ import annotations
