@@ -8,7 +8,8 @@
 thresholds: the thresholds space with --no-cache and with the cache; with --optuna-loop
   also a plain Optuna ask/tell loop running the same pipeline in this process (no Ray, no
   cache). At --concurrency 1 all arms run the very same trials (same sampler, same seed).
-voting: the voting space with the cache for all trials; without it, the first
+voting: the voting space with the cache for all trials, one Ray Tune trial each
+  (--batch 1; benchmarks/batched_trials.py measures batched trials); without it, the first
   --uncached-trials only (each reruns the whole pipeline), extrapolated per trial.
 staged: the full space, flat vs. staged strategy on the same trial budget.
 """
@@ -120,7 +121,13 @@ def main() -> None:
             )
     elif args.what == "voting":
         on, t_on = _run(
-            search, space="voting", trials=args.trials, cache=True, name="cache", **common
+            search,
+            space="voting",
+            trials=args.trials,
+            cache=True,
+            name="cache",
+            batch=1,  # a Tune trial per suggestion; batched_trials.py measures batches
+            **common,
         )
         off, t_off = _run(
             search,
