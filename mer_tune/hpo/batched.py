@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.hpo.objectives import OBJECTIVES, modes
-from mer_tune.hpo.spaces import Space, unused
+from mer_tune.hpo.callback import finished_fields
+from mer_tune.hpo.objectives import directions
+from mer_tune.hpo.spaces import Space, plain_value, unused
 from mer_tune.hpo.tracking import SearchRecorder
+from mer_tune.hpo.trial import METRIC
 from mer_tune.method.stages import VOTE_STEP, step_of
 
 DEFAULT_BATCH = 100  # trials per actor call: a batch's results are written together
@@ -78,7 +80,7 @@ class FoldModels:
         if study["done"]:
             seed = int(np.random.SeedSequence([seed, study["done"]]).generate_state(1)[0])
         self.study = optuna.create_study(
-            directions=["maximize" if m == "max" else "minimize" for m in modes(self.goals)],
+            directions=directions(self.goals),
             sampler=optuna.samplers.TPESampler(seed=seed),
         )
         for values, scores in study["told"]:  # warm start and a resumed search's trials
@@ -168,20 +170,16 @@ class FoldModels:
         import torch
 
         from mer_tune.hpo.cache import StageStore
-        from mer_tune.hpo.trial import TrialTimeout
+        from mer_tune.hpo.trial import deadline
         from mer_tune.method import pipeline
 
         setup = self.setup
         key = bytes.fromhex(setup["cache_key"]) if setup["cache_key"] else None
-        timeout = setup["timeout"]
-        cache = StageStore(setup["cache_dir"], key=key, timeout=timeout)
-        started = time.monotonic()
+        cache = StageStore(setup["cache_dir"], key=key, timeout=setup["timeout"])
+        check = deadline(setup["timeout"])
 
         def report(kind: str, **f: Any) -> None:
-            if timeout and time.monotonic() - started > timeout:
-                raise TrialTimeout(
-                    f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
-                )
+            check(f.get("stage", kind))
 
         device = "cuda" if setup["use_gpu"] and torch.cuda.is_available() else "cpu"
         folds, _ = pipeline.train_folds(self.data, cfg, cache, report, device, predict_idx)
@@ -218,23 +216,23 @@ def run_batches(
         "timeout": state.get("trial_timeout"),
         "outputs": str(folder.outputs),
     }
-    study = {
-        "space": sp,
-        "goals": state.get("objectives") or ["weighted_f1"],
-        "seed": int(state["seed"]),
-        "told": told,
-        "first_point": first_point,
-    }
-    study["done"] = len(rows)
-    actor_class = ray.remote(FoldModels).options(
-        num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"]
-    )
-    actor = actor_class.remote(ray.put(trial_data.shareable()), base, setup, study)
     total, size = state["trials"], state["batch"]
     number = len(rows)
     note = ""
     if number >= total:  # a search killed after its last batch was saved: nothing to run
         return note
+    study = {
+        "space": sp,
+        "goals": state.get("objectives") or [METRIC],
+        "seed": int(state["seed"]),
+        "told": told,
+        "first_point": first_point,
+        "done": number,
+    }
+    actor_class = ray.remote(FoldModels).options(
+        num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"]
+    )
+    actor = actor_class.remote(ray.put(trial_data.shareable()), base, setup, study)
     try:
         # The baseline trains the fold models alone, so its batch is one trial.
         pending = actor.run.remote(number, 1 if number == 0 else min(size, total - number))
@@ -257,6 +255,16 @@ def run_batches(
     return note
 
 
+def told_from(rows: dict, sp: Space, goals: list[str]) -> list[tuple[dict, list[float]]]:
+    """(values, scores) of a search's finished trials, for the study of a resumed search."""
+    told = []
+    for row in rows.values():
+        if row.get("status") == "FINISHED":
+            values = {k: plain_value(row[k]) for k in sp.params if not unused(row.get(k))}
+            told.append((values, [float(row[g]) for g in goals]))
+    return told
+
+
 def record_batch(recorder: SearchRecorder, sp: Space, rows: dict, batch: list[dict]) -> None:
     """Rows of results.csv and one finished MLflow child run per trial of a batch."""
     for result in batch:
@@ -271,18 +279,8 @@ def record_batch(recorder: SearchRecorder, sp: Space, rows: dict, batch: list[di
             tags["error"] = result["error"]
             metrics = {}
         else:
-            final = {
-                k: v
-                for k, v in result.items()
-                if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
-            }
-            objectives = {k: result[k] for k in OBJECTIVES if k in result}
-            metrics = final | objectives
-            row["pipeline_seconds"] = round(
-                sum(v for k, v in final.items() if k.startswith("seconds_")), 4
-            )
-            row |= {k: v for k, v in final.items() if k.startswith("pseudo_round")}
-            row |= objectives
+            metrics, fields = finished_fields(result)
+            row |= fields
             tags |= {
                 "ray.node_id": result.get("node_id", ""),
                 "mer_tune.cached_stages": result.get("cache_hits", ""),

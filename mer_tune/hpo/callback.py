@@ -82,18 +82,9 @@ def logger_callback(
             row, result = self._row(trial, trials), trial.last_result or {}
             row["seconds"] = round(time.time() - self.started.get(trial.trial_id, time.time()), 2)
             if result.get("final"):
-                final = {
-                    k: v
-                    for k, v in result.items()
-                    if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
-                }
-                objectives = {k: result.get(k) for k in OBJECTIVES if result.get(k) is not None}
-                recorder.log_metrics(trial.trial_id, final | objectives)
-                seconds = [v for k, v in final.items() if k.startswith("seconds_")]
-                row["pipeline_seconds"] = round(sum(seconds), 3)
-                # Pseudo-labels per class that each self-training round trained on.
-                row.update({k: v for k, v in final.items() if k.startswith("pseudo_round")})
-                row.update(status="FINISHED", **objectives)
+                metrics, fields = finished_fields(result)
+                recorder.log_metrics(trial.trial_id, metrics)
+                row.update(status="FINISHED", **fields)
                 status = "FINISHED"
             else:  # stopped early by the scheduler (ASHA, or the fold pruner)
                 row.update(status="PRUNED", weighted_f1=result.get(METRIC))
@@ -130,6 +121,20 @@ def logger_callback(
             on_event("error", row=row)
 
     return MlflowTrialLogger()
+
+
+def finished_fields(result: dict) -> tuple[dict, dict]:
+    """(the MLflow metrics, the results-row fields) of a finished trial's final report,
+    for a Tune trial and a batched one alike."""
+    final = {
+        k: v for k, v in result.items() if k.startswith(("f1_", "pseudo_", "seconds_", "fold"))
+    }
+    objectives = {k: result[k] for k in OBJECTIVES if result.get(k) is not None}
+    seconds = [v for k, v in final.items() if k.startswith("seconds_")]
+    fields = {"pipeline_seconds": round(sum(seconds), 4)}
+    # Pseudo-labels per class that each self-training round trained on.
+    fields |= {k: v for k, v in final.items() if k.startswith("pseudo_round")}
+    return final | objectives, fields | objectives
 
 
 def _trial_artifacts(recorder: SearchRecorder, trial, result: dict, base: Config) -> None:

@@ -69,6 +69,11 @@ def modes(objectives: list[str]) -> list[str]:
     return [OBJECTIVES[o] for o in objectives]
 
 
+def directions(objectives: list[str]) -> list[str]:
+    """Optuna's study directions of the objectives."""
+    return ["maximize" if m == "max" else "minimize" for m in modes(objectives)]
+
+
 def pareto_front(table: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
     """The finished trials no other finished trial dominates (at least as good on every
     objective and better on one), sorted by the first objective, best first."""

@@ -57,11 +57,16 @@ def unused(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def plain_value(value: Any) -> Any:
+    """A numpy scalar from a results table back to a plain Python value."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def trial_config(base: Config, values: dict[str, Any]) -> Config:
     """The config a trial runs: the base config with the values suggested for it (numpy
     scalars from a results table made plain first; a conditional parameter the trial did
     not use keeps the base value). The one place this is built."""
-    plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
+    plain = {k: plain_value(v) for k, v in values.items()}
     return with_overrides(base, {k: v for k, v in plain.items() if not unused(v)})
 
 

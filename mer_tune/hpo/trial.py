@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,18 @@ METRIC = "weighted_f1"
 
 class TrialTimeout(RuntimeError):
     """A trial ran past --trial-timeout (checked at every stage and epoch)."""
+
+
+def deadline(timeout: float | None) -> Callable[[str], None]:
+    """A check to call at every stage and epoch: raises TrialTimeout once `timeout`
+    seconds have passed since this call (never with no timeout)."""
+    started = time.monotonic()
+
+    def check(where: str) -> None:
+        if timeout and time.monotonic() - started > timeout:
+            raise TrialTimeout(f"trial exceeded --trial-timeout {timeout:g} s (in {where})")
+
+    return check
 
 
 def run_trial(
@@ -52,14 +65,12 @@ def run_trial(
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
     started = time.monotonic()
+    check = deadline(timeout)
     worst = [0.0]  # the best worst-class F1 of any epoch so far
     folds: list[float] = []  # the weighted F1 of each fold finished so far
 
     def report(kind: str, **f: Any) -> None:
-        if timeout and time.monotonic() - started > timeout:
-            raise TrialTimeout(
-                f"trial exceeded --trial-timeout {timeout:g} s (in {f.get('stage', kind)})"
-            )
+        check(f.get("stage", kind))
         if kind == "fold":
             # Each fold's score as it finishes, for the fold pruner (--scheduler folds).
             folds.append(f["weighted_f1"])

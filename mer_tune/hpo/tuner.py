@@ -23,14 +23,14 @@ from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
 from mer_tune.hpo import front
 from mer_tune.hpo import holdout as outer
 from mer_tune.hpo import objectives as objective
-from mer_tune.hpo.batched import batch_size, run_batches
+from mer_tune.hpo.batched import batch_size, run_batches, told_from
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
 from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.gpu import check_packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
-from mer_tune.hpo.spaces import Space, load_space, trial_config, unused
+from mer_tune.hpo.spaces import Space, load_space, plain_value, trial_config, unused
 from mer_tune.hpo.tracking import (
     SearchRecorder,
     check_reachable,
@@ -349,10 +349,7 @@ def resume(
                 sp,
                 goals,
             ).points
-        for row in rows.values():
-            if row.get("status") == "FINISHED":
-                values = {k: _plain(row[k]) for k in sp.params if not unused(row.get(k))}
-                told.append((values, [float(row[g]) for g in goals]))
+        told += told_from(rows, sp, goals)
         first = None if rows else sp.defaults(base)
         return _fit_batched(
             trial_data, base, state, path, sp, first, told, recorder, rows, on_event
@@ -637,7 +634,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
     study = optuna.create_study(
         storage=f"sqlite:///{db}",
         study_name=path.name,
-        directions=["maximize" if m == "max" else "minimize" for m in objective.modes(goals)],
+        directions=objective.directions(goals),
     )
     for row in table.to_dict("records"):
         state = states.get(row.get("status"))
@@ -647,7 +644,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
         if values is not None and any(unused(v) for v in values):
             continue  # a finished trial of an older search without every objective
         # A conditional parameter the trial did not use is left out, as Optuna does.
-        params = {k: _plain(row[k]) for k in sp.params if not unused(row.get(k))}
+        params = {k: plain_value(row[k]) for k in sp.params if not unused(row.get(k))}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
@@ -658,8 +655,3 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
             )
         )
     return study
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars from the results table back to plain Python values."""
-    return value.item() if hasattr(value, "item") else value

@@ -352,10 +352,13 @@ def train_folds(
     return results, notes
 
 
+def _offsets(cfg: Config, classes: list[str]) -> np.ndarray:
+    return np.asarray([cfg.offset_of(c) for c in classes])
+
+
 def _decision(logits: dict[str, np.ndarray], cfg: Config, classes: list[str]) -> np.ndarray:
     """The vote of the heads' logits, then the decision stage's offsets."""
-    offsets = np.asarray([cfg.offset_of(c) for c in classes])
-    return decide(vote(logits, cfg.voting.weights, cfg.voting.mode), offsets)
+    return decide(vote(logits, cfg.voting.weights, cfg.voting.mode), _offsets(cfg, classes))
 
 
 def score(data: MERData, cfg: Config, results: list[FoldResult]) -> RunResult:
@@ -380,9 +383,8 @@ def score(data: MERData, cfg: Config, results: list[FoldResult]) -> RunResult:
     extra = None
     if results and results[0].extra_logits is not None:
         # Vote probabilities averaged over the fold models, then the decision offsets.
-        offsets = np.asarray([cfg.offset_of(c) for c in data.classes])
         mean = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
-        extra = decide(mean / len(results), offsets)
+        extra = decide(mean / len(results), _offsets(cfg, data.classes))
     seconds: dict[str, float] = {}
     for res in results:
         for k, v in res.seconds.items():
