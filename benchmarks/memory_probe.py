@@ -1,6 +1,10 @@
 """Memory of one inference pass over a whole packed dataset: is the feature set held once?
 
     python benchmarks/memory_probe.py --dir /tmp/mer-full --batch-size 4096
+    python benchmarks/memory_probe.py --pack /tmp/mer-full-pack --malloc 1048576,131072
+
+--malloc sets glibc's mmap and trim thresholds as the entry points do (default: the
+values they use, mer_tune.method.train.tune_malloc); "none" leaves glibc's dynamic ones.
 
 Prints private (RssAnon) and file-backed (RssFile, the memory-mapped pack) resident
 memory and the peak (VmHWM), before and after the pass.
@@ -31,12 +35,21 @@ def memory() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default="/tmp/mer-full")
+    parser.add_argument("--pack", help="a pack folder (instead of --dir's default pack)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--malloc", default="tuned", help="tuned, none, or MMAP,TRIM bytes")
     args = parser.parse_args()
-    data = load_pack(default_pack_dir(Path(args.dir), DataOptions()))
+    if args.malloc == "tuned":
+        train.tune_malloc()
+    elif args.malloc != "none":
+        mmap, trim = (int(v) for v in args.malloc.split(","))
+        train.tune_malloc(mmap, trim)
+    print(f"malloc: {args.malloc}")
+    pack_dir = Path(args.pack) if args.pack else default_pack_dir(Path(args.dir), DataOptions())
+    data = load_pack(pack_dir)
     print(f"packed features: {data.nbytes() / 2**30:.2f} GiB; after loading: {memory()}")
     feats = train.Features(data, torch.device("cpu"))
-    model = train.make_model(data, build_config(), 0, torch.device("cpu"))
+    model = train.make_model(data, build_config().model, 0, torch.device("cpu"))
     t0 = time.perf_counter()
     train.predict(model, feats, np.arange(len(data.names)), batch_size=args.batch_size)
     print(

@@ -736,9 +736,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    from mer_tune.method.train import fix_mmap_threshold
+    from mer_tune.method.train import tune_malloc
 
-    fix_mmap_threshold()
+    tune_malloc()
     _quiet_libraries()
     try:
         cli.main(args=args, prog_name="mer-tune", standalone_mode=False)

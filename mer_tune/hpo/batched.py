@@ -69,7 +69,7 @@ class FoldModels:
         from mer_tune.method.config import build_config
 
         torch.set_num_threads(max(1, int(setup["threads"])))
-        train.fix_mmap_threshold()
+        train.tune_malloc()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.data, self.base, self.setup = data, build_config(base), setup
         self.space: Space = study["space"]

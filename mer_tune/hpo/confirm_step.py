@@ -239,7 +239,7 @@ def _retrain_one(
     from mer_tune.method import pipeline, train
 
     torch.set_num_threads(max(1, threads))
-    train.fix_mmap_threshold()
+    train.tune_malloc()
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key) if cache_dir else None

@@ -60,7 +60,7 @@ def run_trial(
     from ray import tune
 
     torch.set_num_threads(max(1, threads))
-    train.fix_mmap_threshold()
+    train.tune_malloc()
     cfg = trial_config(build_config(base), config)
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None

@@ -32,13 +32,43 @@ from mer_tune.method.steps import Stepper, autocast
 EpochHook = Callable[[str, int, dict], None]
 
 
-def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Serve every allocation above 1 MiB with its own mmap, returned to the OS on free.
-    glibc otherwise raises its mmap threshold after the first large frees, and the
-    feature batches (MBs each, every step) then fragment the heap (benchmarks/RESULTS.md,
-    "Memory"). Called by the entry points that train: the CLI, a trial, a retraining."""
+# glibc's malloc settings for training processes (benchmarks/RESULTS.md, "Memory" and
+# "The allocator"). Left dynamic, glibc raises its mmap threshold after the first large
+# frees, and the MB-sized feature batches of an inference pass then fragment the heap:
+# so inference maps every allocation above 1 MiB on its own. A training step instead
+# reuses the same few 3 to 6 MB NT-Xent matrices: mapped on their own, their pages would
+# fault in and be zeroed again every step (a third of a CPU step), so training keeps
+# allocations below 8 MiB in the heap. Fixing the mmap threshold also fixes the trim
+# threshold at its 128 KiB default, which would hand the heap's top back to the system
+# after every step: 64 MiB keeps a step's working set.
+MMAP_THRESHOLD = 8 << 20
+INFERENCE_MMAP_THRESHOLD = 1 << 20
+TRIM_THRESHOLD = 64 << 20
+_libc: ctypes.CDLL | None = None
+
+
+def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> None:
+    """Fix glibc's mmap and trim thresholds (see above). Called by the entry points that
+    train: the CLI, a trial, a retraining, the batched scorer."""
+    global _libc
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
+        _libc = libc
+
+
+@contextlib.contextmanager
+def _inference_malloc():
+    """Inference batches mapped on their own (see above), where tune_malloc was called."""
+    if _libc is None:
+        yield
+        return
+    _libc.mallopt(-3, INFERENCE_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        _libc.mallopt(-3, MMAP_THRESHOLD)
 
 
 class DivergedError(MerTuneError):
@@ -259,12 +289,13 @@ def predict(
     """Logits of the four heads, (len(idx), C) float32 each."""
     model.eval()
     parts: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
-    for start in range(0, len(idx), batch_size):
-        x = feats.batch(np.asarray(idx[start : start + batch_size]))
-        with autocast(feats.device):
-            out = model.logits(model.embed(x))
-        for h in HEADS:
-            parts[h].append(out[h].float().cpu().numpy())
+    with _inference_malloc():
+        for start in range(0, len(idx), batch_size):
+            x = feats.batch(np.asarray(idx[start : start + batch_size]))
+            with autocast(feats.device):
+                out = model.logits(model.embed(x))
+            for h in HEADS:
+                parts[h].append(out[h].float().cpu().numpy())
     n_cls = model.heads["fusion"][-1].out_features
     return {
         h: np.concatenate(parts[h]) if parts[h] else np.zeros((0, n_cls), np.float32) for h in HEADS
