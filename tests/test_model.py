@@ -273,3 +273,44 @@ def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch):
         losses[flag] = seen
     assert type(model.specific["audio"].layers).__name__ == "TokenStack"
     assert losses["0"] == pytest.approx(losses["1"], rel=5e-5)  # 4 digits and then some
+
+
+def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p():
+    """Dropout draws its CPU masks with torch.rand: the same keep rate and expectation
+    as nn.Dropout, identity in eval mode, and every dropout of the model is one."""
+    from mer_tune.method.config import build_config
+    from mer_tune.method.model import MRCCL, Dropout
+
+    drop = Dropout(0.3)
+    x = torch.ones(400, 500)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.005  # 200,000 draws: s.e. 0.001
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    model = MRCCL({"audio": 8, "visual": 8, "text": 8}, 3, build_config().model)
+    plain = [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert not plain and any(isinstance(m, Dropout) for m in model.modules())
+
+
+def test_nt_xent_rows_take_a_mask_or_its_flat_positions_and_refuse_a_second_backward():
+    """The GPU passes the (2n, 2n) mask (no host read-back inside a CUDA graph), the CPU
+    its flat positions: the same losses and gradients."""
+    from mer_tune.method.model import _NTXentRows, _positives_and_negatives
+
+    n = 10
+    targets, drop = _positives_and_negatives(n, torch.tensor([0, 1, 1, 2, 3, 4, 4, 4, 5, 6]), "cpu")
+    index = targets[None, :, None].expand(3, -1, -1)
+    out = []
+    for mask in (drop, drop.view(-1).nonzero().squeeze(1)):
+        z = torch.nn.functional.normalize(
+            torch.randn(3, 2 * n, 6, generator=torch.Generator().manual_seed(1)), dim=-1
+        ).requires_grad_()
+        loss = _NTXentRows.apply(z, index, mask)
+        (grad,) = torch.autograd.grad(loss.sum(), z, retain_graph=True)
+        out.append((loss.detach(), grad))
+        with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+            torch.autograd.grad(loss.sum(), z)
+    torch.testing.assert_close(out[0], out[1])

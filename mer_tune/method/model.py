@@ -60,19 +60,47 @@ def _nt_xent_general(
         return F.cross_entropy(sim.masked_fill(drop, float("-inf")), targets)
 
 
-class _Gram(torch.autograd.Function):
-    """z @ z.T over the last two dimensions. Its gradient (G + G.T) @ z is one matrix
-    product where autograd's generic rule for a product would take two."""
+class _NTXentRows(torch.autograd.Function):
+    """Per-row NT-Xent of stacked views z (terms, 2n, d), normalised and scaled by
+    1/sqrt(tau): row i's loss is logsumexp_j(s_ij) - s_i,target(i) over s = z @ z.T with
+    the `drop` columns at -inf (a (2n, 2n) mask, or the flat positions of its entries).
+    Returns each term's mean over its rows.
+
+    Written out because autograd's chain for it (product, masked copy, log-softmax,
+    cross-entropy and their backward) allocates and walks seven (terms, 2n, 2n) tensors a
+    step, half the time of a CPU step. Here the product's output is masked in place and
+    turned into the softmax P in place; the gradient is (P - onehot) scaled, and since
+    s is symmetric, dz = (dS + dS.T) @ z: one matrix product."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(z)
-        return z @ z.transpose(-1, -2)
+    def forward(ctx, z: torch.Tensor, targets: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        s = torch.bmm(z, z.transpose(1, 2))
+        if drop.dtype == torch.bool:
+            s.masked_fill_(drop, float("-inf"))
+        else:  # flat positions: a few per row, where a mask would walk every entry
+            s.view(s.shape[0], -1).index_fill_(1, drop, float("-inf"))
+        top, top_at = s.max(-1, keepdim=True)
+        positive = s.gather(-1, targets)
+        p = torch.softmax(s, -1)
+        del s
+        # logsumexp from the softmax's own pieces: P at the row's maximum is at least
+        # 1/(2n), so its log never underflows (P at the positive could, at tau 0.01).
+        rows = top - p.gather(-1, top_at).log() - positive
+        ctx.save_for_backward(z, targets, p)
+        return rows.squeeze(-1).mean(-1)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (z,) = ctx.saved_tensors
-        return (grad + grad.transpose(-1, -2)) @ z
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        if getattr(ctx, "spent", False):  # the softmax was overwritten by the first pass
+            raise RuntimeError("nt_xent_terms cannot be differentiated twice (retain_graph)")
+        ctx.spent = True
+        z, targets, p = ctx.saved_tensors
+        # The gradient of each row's loss on its logits: softmax minus the one-hot target,
+        # in place (the softmax is not needed again).
+        d = p.scatter_add_(-1, targets, torch.full_like(targets, -1, dtype=p.dtype))
+        d.mul_((grad / p.shape[1]).view(-1, 1, 1))
+        return torch.bmm(d + d.transpose(1, 2), z), None, None
 
 
 def _positives_and_negatives(
@@ -107,6 +135,9 @@ def nt_xent_terms(
     out: list[torch.Tensor | None] = [None] * len(views)
     with torch.autocast(z0.device.type, enabled=False):
         targets, drop = _positives_and_negatives(n, ids, z0.device)
+        if drop.device.type == "cpu":  # nonzero reads a count back: no CUDA graph could
+            drop = drop.view(-1).nonzero().squeeze(1)
+        rows_target = targets[None, :, None]
         widths: dict[int, list[int]] = {}
         for k, (a, _) in enumerate(views):
             widths.setdefault(a.shape[1], []).append(k)
@@ -122,13 +153,9 @@ def nt_xent_terms(
                 z = z * float(taus[0]) ** -0.5
             else:  # plain numbers: no tensor of them, so no host-to-device copy
                 z = torch.stack([z[j] * float(t) ** -0.5 for j, t in enumerate(taus)])
-            sim = _Gram.apply(z).masked_fill(drop, float("-inf"))
-            t = len(members)
-            loss = F.cross_entropy(
-                sim.reshape(t * 2 * n, 2 * n), targets.repeat(t), reduction="none"
-            ).view(t, 2 * n)
+            loss = _NTXentRows.apply(z, rows_target.expand(len(members), -1, -1), drop)
             for j, k in enumerate(members):
-                out[k] = loss[j].mean()
+                out[k] = loss[j]
     return out  # type: ignore[return-value]
 
 
@@ -198,6 +225,30 @@ def _noised(
 
 
 # ---------------------------------------------------------------- the model
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose masks on the CPU come from torch.rand: each element is kept with
+    probability 1 - p, as before, at a third of the cost. torch's CPU Bernoulli sampler
+    is vectorised (MKL) only on Intel CPUs; elsewhere it draws element by element, 300 us
+    for a 256 x 128 mask where torch.rand takes 110 us (benchmarks/RESULTS.md), which
+    with 44 masks a step was a sixth of a CPU step. On a GPU this is nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.p >= 1:
+            return super().forward(x)
+        keep = torch.rand(x.shape, dtype=x.dtype) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+def _with_fast_dropout(module: nn.Module) -> None:
+    """Every nn.Dropout below `module` replaced by Dropout (no parameters, so the state
+    dict is unchanged)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, Dropout(child.p, child.inplace))
+        else:
+            _with_fast_dropout(child)
 
 
 def _mlp_head(in_dim: int, dims: list[int], dropout: float, n_classes: int) -> nn.Sequential:
@@ -323,6 +374,7 @@ class MRCCL(nn.Module):
                 for head in HEADS
             }
         )
+        _with_fast_dropout(self)
 
     def encode(
         self, x: dict[str, torch.Tensor]

@@ -54,7 +54,7 @@ STAGES = {
             "pretrain",
             ("data", "model", "pretrain", "noise", "loss", "optim", "seed"),
             None,
-            4,
+            5,
             False,
             "upstream",
         ),
