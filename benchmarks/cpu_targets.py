@@ -36,6 +36,7 @@ def _mer_tune(tree: Path, args: list[str]) -> float:
     where = subprocess.run(
         [sys.executable, "-c", "import mer_tune; print(mer_tune.__file__)"],
         env=env,
+        cwd=tree,  # the working folder comes first on sys.path
         capture_output=True,
         text=True,
         check=True,
