@@ -50,6 +50,7 @@ def _mer_tune(tree: Path, args: list[str]) -> float:
 
 
 def _search(tree: Path, work: Path, extra: list[str]) -> tuple[float, pd.DataFrame]:
+    work.mkdir(parents=True)  # the sqlite store's folder must exist
     args = ["search", "--space", "thresholds", "--storage", str(work / "runs")]
     args += ["--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--name", "bench", *extra]
     seconds = _mer_tune(tree, args)
