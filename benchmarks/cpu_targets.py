@@ -43,10 +43,13 @@ def _mer_tune(tree: Path, args: list[str]) -> float:
     ).stdout.strip()
     assert Path(where).resolve().is_relative_to(tree.resolve()), f"{where} is not in {tree}"
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "mer_tune", *args], env=env, check=True, capture_output=True
-    )
-    return time.perf_counter() - t0
+    cmd = [sys.executable, "-m", "mer_tune", *args]
+    done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd[2:])} (in {tree}) failed:\n{done.stderr[-2000:]}")
+    seconds = time.perf_counter() - t0
+    print(f"  {tree.name}: mer-tune {' '.join(args[:3])}: {seconds:.1f} s", flush=True)
+    return seconds
 
 
 def _search(tree: Path, work: Path, extra: list[str]) -> tuple[float, pd.DataFrame]:
