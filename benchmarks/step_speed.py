@@ -141,6 +141,9 @@ def main() -> None:
 
     import torch
 
+    from mer_tune.method.train import tune_malloc
+
+    tune_malloc()  # as a trial's process does
     torch.set_num_threads(args.threads)
     ms = step_ms(args.steps)
     print(
