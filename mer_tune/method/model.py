@@ -68,9 +68,10 @@ class _NTXentRows(torch.autograd.Function):
 
     Written out because autograd's chain for it (product, masked copy, log-softmax,
     cross-entropy and their backward) allocates and walks seven (terms, 2n, 2n) tensors a
-    step, half the time of a CPU step. Here the product's output is masked in place and
-    turned into the softmax P in place; the gradient is (P - onehot) scaled, and since
-    s is symmetric, dz = (dS + dS.T) @ z: one matrix product."""
+    step, half the time of a CPU step. Here the product's output is masked in place, its
+    softmax P is the one such tensor kept for the backward pass, the gradient on the
+    similarities dS = (P - onehot) x scale is formed in P's place, and since s is
+    symmetric, dz = (dS + dS.T) @ z: one matrix product."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, targets: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,8 @@ class _NTXentRows(torch.autograd.Function):
         # in place (the softmax is not needed again).
         d = p.scatter_add_(-1, targets, torch.full_like(targets, -1, dtype=p.dtype))
         d.mul_((grad / p.shape[1]).view(-1, 1, 1))
-        return torch.bmm(d + d.transpose(1, 2), z), None, None
+        with torch.autocast(z.device.type, enabled=False):  # float32, as the forward
+            return torch.bmm(d + d.transpose(1, 2), z), None, None
 
 
 def _positives_and_negatives(
