@@ -290,6 +290,9 @@ def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p():
     assert abs(y.mean().item() - 1.0) < 0.01
     drop.eval()
     assert torch.equal(drop(x), x)
+    z = torch.ones(50, 40)
+    out = Dropout(0.3, inplace=True)(z)
+    assert out.data_ptr() == z.data_ptr() and (z == 0).any()  # in place, as asked
     model = MRCCL({"audio": 8, "visual": 8, "text": 8}, 3, build_config().model)
     plain = [m for m in model.modules() if type(m) is torch.nn.Dropout]
     assert not plain and any(isinstance(m, Dropout) for m in model.modules())

@@ -239,8 +239,10 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu" or self.p >= 1:
             return super().forward(x)
-        keep = torch.rand(x.shape, dtype=x.dtype) >= self.p
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # Drawn in float32 whatever x's dtype: bf16 steps of 1/256 would bias the rate.
+        scale = torch.rand(x.shape, device=x.device).ge_(self.p).to(x.dtype)
+        scale.mul_(1.0 / (1.0 - self.p))
+        return x.mul_(scale) if self.inplace else x * scale
 
 
 def _with_fast_dropout(module: nn.Module) -> None:

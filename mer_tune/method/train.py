@@ -45,30 +45,32 @@ MMAP_THRESHOLD = 8 << 20
 INFERENCE_MMAP_THRESHOLD = 1 << 20
 TRIM_THRESHOLD = 64 << 20
 _libc: ctypes.CDLL | None = None
+_training_mmap_threshold = MMAP_THRESHOLD  # what tune_malloc set, restored after inference
 
 
 def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> None:
     """Fix glibc's mmap and trim thresholds (see above). Called by the entry points that
     train: the CLI, a trial, a retraining, the batched scorer."""
-    global _libc
+    global _libc, _training_mmap_threshold
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
-        _libc = libc
+        _libc, _training_mmap_threshold = libc, mmap_threshold
 
 
 @contextlib.contextmanager
 def _inference_malloc():
-    """Inference batches mapped on their own (see above), where tune_malloc was called."""
+    """Inference batches mapped on their own (see above), where tune_malloc was called.
+    Training processes call predict from one thread, so there is no nesting to track."""
     if _libc is None:
         yield
         return
-    _libc.mallopt(-3, INFERENCE_MMAP_THRESHOLD)
+    _libc.mallopt(-3, min(INFERENCE_MMAP_THRESHOLD, _training_mmap_threshold))
     try:
         yield
     finally:
-        _libc.mallopt(-3, MMAP_THRESHOLD)
+        _libc.mallopt(-3, _training_mmap_threshold)
 
 
 class DivergedError(MerTuneError):
