@@ -15,23 +15,18 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import record
+from step_speed import finetune_step_ms, tiny_batches
 
 SETTINGS = {"none": None, "1mib": (1 << 20, 128 << 10), "tuned": "tuned"}
 
 
 def _child(setting: str, threads: int, steps: int) -> None:
     import torch
-    import torch.nn.functional as F
 
-    from mer_tune.data.layout import LABELLED
-    from mer_tune.data.resolve import resolve
     from mer_tune.method import train
-    from mer_tune.method.config import HEADS, build_config
-    from mer_tune.method.steps import Stepper
 
     value = SETTINGS[setting]
     if value == "tuned":
@@ -39,27 +34,8 @@ def _child(setting: str, threads: int, steps: int) -> None:
     elif value is not None:
         train.tune_malloc(*value)
     torch.set_num_threads(threads)
-    data, cfg = resolve("synthetic:tiny"), build_config()
-    rng = np.random.default_rng(0)
-    batches = [np.sort(rng.choice(data.indices(LABELLED), 256)) for _ in range(steps)]
-    feats = train.Features(data, torch.device("cpu"))
-    model = train.make_model(data, cfg.model, 0, feats.device)
-    st = train.Steps.of(cfg)
-    gen = torch.Generator().manual_seed(0)
-    y = torch.as_tensor(np.asarray(data.labels))
-
-    def loss_fn(x, _y, ids):
-        encoded = model.encode(x)
-        logits = model.logits(encoded[0])
-        loss = sum(F.cross_entropy(logits[h], y[ids]) for h in HEADS) / len(HEADS)
-        c = train._contrastive_loss(model, x, ids, st, feats, gen, True, encoded)
-        return loss + st.loss.finetune_contrastive * c
-
-    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device)
-    stepper.epoch(batches[:3])  # warm-up
-    t0 = time.perf_counter()
-    stepper.epoch(batches)
-    print(json.dumps({"ms": (time.perf_counter() - t0) / steps * 1000}))
+    data, cfg, batches = tiny_batches(steps)
+    print(json.dumps({"ms": finetune_step_ms(data, cfg, batches)}))
 
 
 def main() -> None:

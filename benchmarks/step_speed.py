@@ -38,41 +38,54 @@ def _mode(fused: bool) -> None:
     os.environ["MER_TUNE_FUSED"] = "1" if fused else "0"
 
 
-def step_ms(steps: int) -> dict[str, float]:
+def finetune_step_ms(data, cfg, batches: list[np.ndarray]) -> float:
+    """ms per finetuning step (the supervised loss with its contrastive terms) over
+    `batches`, after three warm-up steps, in the current MER_TUNE_FUSED mode."""
     import torch
     import torch.nn.functional as F
 
-    from mer_tune.data.layout import LABELLED
-    from mer_tune.data.resolve import resolve
     from mer_tune.method import train
-    from mer_tune.method.config import HEADS, build_config
+    from mer_tune.method.config import HEADS
     from mer_tune.method.steps import Stepper
 
+    feats = train.Features(data, torch.device("cpu"))
+    model = train.make_model(data, cfg.model, 0, feats.device)
+    st = train.Steps.of(cfg)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.as_tensor(np.asarray(data.labels))
+
+    def loss_fn(x, _y, ids):
+        encoded = model.encode(x)
+        logits = model.logits(encoded[0])
+        loss = sum(F.cross_entropy(logits[h], y[ids]) for h in HEADS) / len(HEADS)
+        c = train._contrastive_loss(model, x, ids, st, feats, gen, True, encoded)
+        return loss + st.loss.finetune_contrastive * c
+
+    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device)
+    stepper.epoch(batches[:3])  # warm-up
+    t0 = time.perf_counter()
+    stepper.epoch(batches)
+    return (time.perf_counter() - t0) / len(batches) * 1000
+
+
+def tiny_batches(steps: int):
+    """synthetic:tiny, the default config and `steps` seeded batches of labelled samples."""
+    from mer_tune.data.layout import LABELLED
+    from mer_tune.data.resolve import resolve
+    from mer_tune.method.config import build_config
+
     data, cfg = resolve("synthetic:tiny"), build_config()
-    lab = data.indices(LABELLED)
     rng = np.random.default_rng(0)
-    batches = [np.sort(rng.choice(lab, cfg.optim.batch_size)) for _ in range(steps)]
+    lab = data.indices(LABELLED)
+    return data, cfg, [np.sort(rng.choice(lab, cfg.optim.batch_size)) for _ in range(steps)]
+
+
+def step_ms(steps: int) -> dict[str, float]:
+    data, cfg, batches = tiny_batches(steps)
     out = {}
     for fused in (False, True, False, True):
         _mode(fused)
-        feats = train.Features(data, torch.device("cpu"))
-        model = train.make_model(data, cfg.model, 0, feats.device)
-        st = train.Steps.of(cfg)
-        gen = torch.Generator().manual_seed(0)
-        y = torch.as_tensor(data.labels)
-
-        def loss_fn(x, _y, ids, model=model, st=st, feats=feats, gen=gen, y=y):
-            encoded = model.encode(x)
-            logits = model.logits(encoded[0])
-            loss = sum(F.cross_entropy(logits[h], y[ids]) for h in HEADS) / len(HEADS)
-            c = train._contrastive_loss(model, x, ids, st, feats, gen, True, encoded)
-            return loss + st.loss.finetune_contrastive * c
-
-        stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device)
-        stepper.epoch(batches[:3])  # warm-up
-        t0 = time.perf_counter()
-        stepper.epoch(batches)
-        ms = (time.perf_counter() - t0) / steps * 1000
+        ms = finetune_step_ms(data, cfg, batches)
         key = "fused" if fused else "general"
         out[key] = min(out.get(key, ms), ms)  # the quieter of two tries
     return out
