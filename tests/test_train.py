@@ -58,3 +58,31 @@ def test_finetuning_contrastive_terms_leave_out_the_noise_terms_when_asked(tiny_
             1, train.Steps.of(cfg), seed=0, stage="finetune",
         )  # fmt: skip
         assert bool(calls) == finetune_noise
+
+
+def test_inference_maps_its_batches_and_restores_the_training_threshold(tiny_dir, monkeypatch):
+    """predict lowers glibc's mmap threshold to 1 MiB for its batches (full-scale memory)
+    and restores the one tune_malloc set for training, whatever that was."""
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(train.ctypes, "CDLL", lambda name: FakeLibc())
+    # Put back what this process had (a CLI test may have tuned it for real).
+    monkeypatch.setattr(train, "_training_mmap_threshold", train._training_mmap_threshold)
+    data = load(tiny_dir)
+    cfg = build_config({"model": {"hidden": 16, "heads": 2, "head_dims": [16]}})
+    feats = train.Features(data, torch.device("cpu"))
+    model = train.make_model(data, cfg.model, 0, feats.device)
+    for training in (train.MMAP_THRESHOLD, 2 << 20):
+        monkeypatch.setattr(train, "_libc", None)
+        train.tune_malloc(training, 64 << 20)
+        assert calls == [(-3, training), (-1, 64 << 20)]  # M_MMAP_ and M_TRIM_THRESHOLD
+        calls.clear()
+        logits = train.predict(model, feats, np.arange(10))
+        assert logits["fusion"].shape[0] == 10
+        assert calls == [(-3, 1 << 20), (-3, training)]
+        calls.clear()
