@@ -88,7 +88,9 @@ class SearchProgress:
         finished = [r for r in rows if r["status"] == "FINISHED"]
         self.done += len(finished)
         self.failed += len(rows) - len(finished)
-        scores = [r["weighted_f1"] for r in finished] + ([self.best] if self.best else [])
+        scores = [r["weighted_f1"] for r in finished] + (
+            [self.best] if self.best is not None else []
+        )
         self.best = max(scores) if scores else self.best
         best = f"{self.best:.4f}" if self.best is not None else "-"
         first, last = rows[0]["trial"], rows[-1]["trial"]

@@ -23,7 +23,7 @@ import numpy as np
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.hpo.callback import finished_fields
 from mer_tune.hpo.objectives import directions
-from mer_tune.hpo.spaces import Space, plain_value, unused
+from mer_tune.hpo.spaces import Space, unused
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.hpo.trial import METRIC
 from mer_tune.method.stages import VOTE_STEP, step_of
@@ -93,6 +93,10 @@ class FoldModels:
             )
         if study["first_point"] is not None:
             self.study.enqueue_trial(study["first_point"])
+        from mer_tune.data.layout import HOLDOUT, TEST
+
+        # Samples every trial's fold models predict (the confirm step's holdout and test).
+        self.predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST]))
         self.folds: list | None = None  # the trained fold models' results
         self.keys: dict | None = None  # their stage keys: every trial must share them
 
@@ -122,7 +126,6 @@ class FoldModels:
         return dict(trial.params)
 
     def _score(self, number: int, values: dict) -> dict:
-        from mer_tune.data.layout import HOLDOUT, TEST
         from mer_tune.hpo import confirm
         from mer_tune.hpo.spaces import trial_config
         from mer_tune.hpo.trial import final_metrics
@@ -132,8 +135,7 @@ class FoldModels:
         trial_id = f"batch_{number:05d}"
         started = time.perf_counter()
         cfg = trial_config(self.base, values)
-        data = self.data
-        predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST]))
+        data, predict_idx = self.data, self.predict_idx
         try:
             keys = stage_keys(cfg, data.fingerprint, 0)
             if self.folds is None:
@@ -260,8 +262,7 @@ def told_from(rows: dict, sp: Space, goals: list[str]) -> list[tuple[dict, list[
     told = []
     for row in rows.values():
         if row.get("status") == "FINISHED":
-            values = {k: plain_value(row[k]) for k in sp.params if not unused(row.get(k))}
-            told.append((values, [float(row[g]) for g in goals]))
+            told.append((sp.values_of(row), [float(row[g]) for g in goals]))
     return told
 
 

@@ -86,6 +86,11 @@ class Space:
         """Whether a trial with the suggested `values` so far uses parameter `key`."""
         return all(values.get(k) in allowed for k, allowed in self.conditions.get(key, {}).items())
 
+    def values_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The values a results row's trial used, as plain Python values (a conditional
+        parameter it did not use is left out, as Optuna does)."""
+        return {k: plain_value(row[k]) for k in self.params if not unused(row.get(k))}
+
     def base_config(self, base: Config | None = None) -> Config:
         return with_overrides(base or build_config(), self.fixed, source=f"{self.source}: fixed")
 

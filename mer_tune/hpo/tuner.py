@@ -30,7 +30,7 @@ from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.gpu import check_packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
-from mer_tune.hpo.spaces import Space, load_space, plain_value, trial_config, unused
+from mer_tune.hpo.spaces import Space, load_space, trial_config, unused
 from mer_tune.hpo.tracking import (
     SearchRecorder,
     check_reachable,
@@ -318,10 +318,10 @@ def resume(
     _tune_environment()
     folder = SearchFolder(storage_root(storage) / plain_name(name, "--resume"))
     path = folder.path
-    batched = folder.state_file.exists() and folder.state().get("batch", 1) > 1
-    if not folder.state_file.exists() or not (batched or folder.ray_dir.is_dir()):
+    state = folder.state() if folder.state_file.exists() else None
+    batched = state is not None and state.get("batch", 1) > 1
+    if state is None or not (batched or folder.ray_dir.is_dir()):
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
-    state = folder.state()
     base = folder.base()
     sp = folder.space(base)
     uri = stored_uri(state, path)
@@ -643,8 +643,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
         values = [row.get(g) for g in goals] if state == optuna.trial.TrialState.COMPLETE else None
         if values is not None and any(unused(v) for v in values):
             continue  # a finished trial of an older search without every objective
-        # A conditional parameter the trial did not use is left out, as Optuna does.
-        params = {k: plain_value(row[k]) for k in sp.params if not unused(row.get(k))}
+        params = sp.values_of(row)
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,

@@ -68,7 +68,7 @@ class _NTXentRows(torch.autograd.Function):
 
     Written out because autograd's chain for it (product, masked copy, log-softmax,
     cross-entropy and their backward) allocates and walks seven (terms, 2n, 2n) tensors a
-    step, half the time of a CPU step. Here the product's output is masked in place, its
+    step, which with the products took half of a CPU step. Here the product's output is masked in place, its
     softmax P is the one such tensor kept for the backward pass, the gradient on the
     similarities dS = (P - onehot) x scale is formed in P's place, and since s is
     symmetric, dz = (dS + dS.T) @ z: one matrix product."""

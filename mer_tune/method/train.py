@@ -33,11 +33,11 @@ EpochHook = Callable[[str, int, dict], None]
 
 
 # glibc's malloc settings for training processes (benchmarks/RESULTS.md, "Memory" and
-# "The allocator"). Left dynamic, glibc raises its mmap threshold after the first large
+# "The CPU step"). Left dynamic, glibc raises its mmap threshold after the first large
 # frees, and the MB-sized feature batches of an inference pass then fragment the heap:
 # so inference maps every allocation above 1 MiB on its own. A training step instead
 # reuses the same few 3 to 6 MB NT-Xent matrices: mapped on their own, their pages would
-# fault in and be zeroed again every step (a third of a CPU step), so training keeps
+# fault in and be zeroed again every step (a quarter of a CPU step), so training keeps
 # allocations below 8 MiB in the heap. Fixing the mmap threshold also fixes the trim
 # threshold at its 128 KiB default, which would hand the heap's top back to the system
 # after every step: 64 MiB keeps a step's working set.
