@@ -259,3 +259,18 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.get_or_compute("s", {"k": 1}, lambda: {"w": torch.ones(3)})
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_warming_the_shared_stages_leaves_only_the_searched_one_to_a_trial(
+    tmp_path, tiny_dir, fast_cfg
+):
+    data = load(tiny_dir)
+    pipeline.warm(data, fast_cfg, StageStore(tmp_path / "c"), "finetune")
+    names = StageStore(tmp_path / "c").files.names()
+    stored = {n.split("-")[0] for n in names if cache_module.ENTRY.fullmatch(n)}
+    assert stored == {"pretrain", "finetune"}  # nothing after the last shared stage
+    store = StageStore(tmp_path / "c")
+    trial = with_overrides(fast_cfg, {"self_training.thresholds.sad": 0.3})
+    warmed = pipeline.run(data, trial, cache=store)
+    assert set(warmed.cache_hits) == {"pretrain", "finetune"}  # in every fold
+    assert warmed.weighted_f1 == pipeline.run(data, trial).weighted_f1  # same as untouched

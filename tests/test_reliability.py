@@ -27,7 +27,9 @@ def _env():
 def _slow_search(tmp_path, tiny_dir, name: str, trials: int, finished: int, stderr=None):
     """`mer-tune search` in its own process group, slowed to a few seconds a trial, once
     `finished` of its trials have finished: (process, results.csv, tracking URI)."""
-    slow = FAST | {"finetune": {"epochs": 40}}  # a few seconds a trial: time to stop it
+    # A few seconds a trial, time to stop it: retraining is each trial's own (pretraining
+    # and finetuning are shared, trained once before the trials).
+    slow = FAST | {"self_training": FAST["self_training"] | {"epochs": 40}}
     (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
     (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -98,6 +100,28 @@ def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path,
     assert len(children) == trials
     assert len({c.data.tags["ray.trial_id"] for c in children}) == trials
     assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, monkeypatch):
+    from mer_tune.errors import SearchInterrupted
+    from mer_tune.hpo import tuner
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # Ctrl-C while the shared stages train
+        patch.setattr(tuner, "train_shared_stages", ctrl_c)
+        with pytest.raises(SearchInterrupted, match="--resume early"):
+            tiny_search(search_env, tiny_dir, trials=2, name="early")
+    assert not (search_env / "runs" / "early" / "ray").exists()  # no trial had started
+    res = tuner.resume("early", storage=search_env / "runs")
+    assert (res.results["status"] == "FINISHED").sum() == 2
+    client = MlflowClient(res.tracking_uri)
+    assert client.get_run(res.parent_run_id).info.status == "FINISHED"
+    children = client.search_runs(
+        [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
+    assert len(children) == 2
 
 
 def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):

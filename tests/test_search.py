@@ -80,9 +80,19 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
         assert child.data.tags["ray.node_ip"]
         # Per-epoch validation F1: every epoch a trial trained (cached stages train none).
         assert client.get_metric_history(child.info.run_id, "val_f1")
-    histories = [len(client.get_metric_history(c.info.run_id, "val_f1")) for c in children]
-    # finetuning's epochs (FAST: 4), in the trial that computed them
-    assert max(histories) >= FAST["finetune"]["epochs"]
+    # The space searches thresholds alone: pretraining and finetuning, which every trial
+    # shares, were trained once before the trials, and every trial found them cached.
+    assert "pretrain and finetune trained once for every trial" in stderr
+    for child in children:
+        cached = set(child.data.tags["mer_tune.cached_stages"].split(","))
+        assert cached == {"pretrain", "finetune"}, cached
+    # Their per-epoch curves are on the parent run: finetuning's epochs (FAST: 4).
+    finetune = client.get_metric_history(parents[0].info.run_id, "shared/fold0/finetune/val_f1")
+    assert len(finetune) == FAST["finetune"]["epochs"]
+    pretrain = client.get_metric_history(parents[0].info.run_id, "shared/pretrain/pretrain_loss")
+    assert len(pretrain) == FAST["pretrain"]["epochs"]
+    state = yaml.safe_load((path / "search.yaml").read_text())
+    assert state["shared_stages"]["stages"] == ["pretrain", "finetune"]
     scores = sorted(c.data.metrics["weighted_f1"] for c in children)
     assert scores == pytest.approx(sorted(results["weighted_f1"]))
 

@@ -222,3 +222,17 @@ def test_each_round_relabels_the_pool_with_the_retrained_model(tiny_dir, fast_cf
     assert len(res.pseudo_by_round) == 2
     assert res.pseudo_by_round[-1] == res.pseudo_added  # the last round's labels stay
     assert sum(res.pseudo_by_round[0].values()) > 0
+
+
+@pytest.mark.parametrize(
+    "searched, upto",
+    [
+        ({"self_training"}, "finetune"),  # thresholds: pretrain and finetune are shared
+        ({"voting", "decision"}, "pseudo"),  # every trained stage is shared
+        ({"oversample"}, "pretrain"),
+        ({"noise"}, None),  # pretraining reads the noise: nothing is shared
+        ({"self_training", "optim"}, None),
+    ],
+)
+def test_the_shared_stages_end_before_the_first_stage_a_searched_section_changes(searched, upto):
+    assert stages.shared_upto(searched) == upto

@@ -78,7 +78,7 @@ def confirm_search(
     state, base, sp = _folder_state(path)
     top = state.get("confirm_top", 3) if top is None else top
     seeds = state.get("confirm_seeds", 0) if seeds is None else seeds
-    results = pd.read_csv(SearchFolder(path).results_file)
+    results = SearchFolder(path).results()
     if not (results["status"] == "FINISHED").any():
         raise MerTuneError(f"{path.name}: no finished trial to confirm")
     if not state.get("holdout_size"):

@@ -77,7 +77,14 @@ class SearchFolder:
         return load_space(str(self.space_file), base)
 
     def results(self) -> pd.DataFrame | None:
-        return pd.read_csv(self.results_file) if self.results_file.exists() else None
+        """results.csv as a table (None: no such file). A search stopped before any
+        trial ended wrote it empty: a table of no rows then."""
+        if not self.results_file.exists():
+            return None
+        try:
+            return pd.read_csv(self.results_file)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame(columns=["trial", "trial_id", "status", "weighted_f1"])
 
     def cache_dir(self) -> str:
         """Where this search's stage cache is (its --cache-dir, a URI or a folder)."""

@@ -152,7 +152,7 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
     if not (SearchFolder(path).results_file).exists():
         raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
-    table = pd.read_csv(SearchFolder(path).results_file)
+    table = SearchFolder(path).results()
     state = (
         yaml.safe_load((SearchFolder(path).state_file).read_text())
         if (SearchFolder(path).state_file).exists()

@@ -246,6 +246,19 @@ class SearchRecorder:
         if batch and self.parent_id:
             self.client.log_batch(self.parent_id, metrics=batch)
 
+    def log_parent_history(self, series: dict[str, list[float]]) -> None:
+        """Curves on the parent run, one value per step (the shared stages' epochs)."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, values in series.items()
+            for step, v in enumerate(values)
+            if _finite(v)
+        ]
+        for start in range(0, len(batch), 1000):  # log_batch takes 1,000 metrics at most
+            if self.parent_id:
+                self.client.log_batch(self.parent_id, metrics=batch[start : start + 1000])
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
 

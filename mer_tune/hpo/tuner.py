@@ -30,6 +30,7 @@ from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.gpu import check_packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
+from mer_tune.hpo.shared_stages import train_shared_stages
 from mer_tune.hpo.spaces import Space, load_space, trial_config, unused
 from mer_tune.hpo.tracking import (
     SearchRecorder,
@@ -123,7 +124,6 @@ def search(
         res.results.sort_values("weighted_f1", ascending=False).head()
         res.confirm, res.verdict.text, res.best_config.to_yaml()
     """
-    from ray import tune
 
     _tune_environment()
     if trials < 1:
@@ -261,36 +261,84 @@ def search(
     notes += [batch_note] if batch_note else []
     for note in notes:
         on_event("note", row={"text": note})
+    _train_shared(trial_data, base, state, path, sp, recorder, rows, on_event)
     if batch > 1:
         result = _fit_batched(
             trial_data, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
         )
     else:
-        searcher = optuna_searcher(sp, sp.defaults(base), seed, name, warm, goals)
-        callback = logger_callback(recorder, sp, rows, on_event, path, base)
-        tuner = tune.Tuner(
-            _trainable(trial_data, base, state, path),
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                # The first objective is what Tune ranks and ASHA compares at its rungs.
-                metric=objective.rung(goals)[0],
-                mode=objective.rung(goals)[1],
-                num_samples=trials,
-                max_concurrent_trials=concurrency,
-                scheduler=_scheduler(scheduler),
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name="ray",
-                storage_path=str(path),
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                callbacks=[callback],
-            ),
-        )
+        tuner = _new_tuner(trial_data, base, state, path, sp, warm, recorder, rows, on_event)
         result = _fit(tuner, recorder, path, rows, sp, base, state)
     result.notes = notes + result.notes
     return result
+
+
+def _new_tuner(
+    trial_data: MERData,
+    base: Config,
+    state: dict,
+    path: Path,
+    sp: Space,
+    warm: list,
+    recorder: SearchRecorder,
+    rows: dict,
+    on_event: Callable[..., None],
+):
+    """The search's Tune run, from its settings in `state`; trial 0 is the baseline."""
+    from ray import tune
+
+    goals = state.get("objectives") or [METRIC]
+    searcher = optuna_searcher(sp, sp.defaults(base), state["seed"], path.name, warm, goals)
+    return tune.Tuner(
+        _trainable(trial_data, base, state, path),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            # The first objective is what Tune ranks and ASHA compares at its rungs.
+            metric=objective.rung(goals)[0],
+            mode=objective.rung(goals)[1],
+            num_samples=state["trials"],
+            max_concurrent_trials=state["concurrency"],
+            scheduler=_scheduler(state["scheduler"]),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="ray",
+            storage_path=str(path),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=state["max_failures"]),
+            callbacks=[logger_callback(recorder, sp, rows, on_event, path, base)],
+        ),
+    )
+
+
+def _train_shared(
+    trial_data: MERData,
+    base: Config,
+    state: dict,
+    path: Path,
+    sp: Space,
+    recorder: SearchRecorder,
+    rows: dict,
+    on_event: Callable[..., None],
+) -> None:
+    """The stages every trial shares, trained once first (shared_stages.py); recorded in
+    search.yaml. Ctrl-C here stops the search as it would during its trials."""
+    try:
+        done = train_shared_stages(
+            trial_data,
+            base,
+            state,
+            sp,
+            SearchFolder(path).cache_key(),
+            on_event,
+            recorder.log_parent_history,
+        )
+    except KeyboardInterrupt:
+        _interrupted(recorder, path, rows, sp, base)
+        raise SearchInterrupted(_resume_hint(path, "interrupted")) from None
+    if done:
+        state["shared_stages"] = done
+        write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
 
 
 def _scheduler(kind: str):
@@ -319,9 +367,9 @@ def resume(
     folder = SearchFolder(storage_root(storage) / plain_name(name, "--resume"))
     path = folder.path
     state = folder.state() if folder.state_file.exists() else None
-    batched = state is not None and state.get("batch", 1) > 1
-    if state is None or not (batched or folder.ray_dir.is_dir()):
+    if state is None:
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
+    batched = state.get("batch", 1) > 1
     base = folder.base()
     sp = folder.space(base)
     uri = stored_uri(state, path)
@@ -332,28 +380,32 @@ def resume(
     recorder.resume_parent(state["parent_run_id"])
     rows: dict[str, dict] = {}
     if (SearchFolder(path).results_file).exists():
-        for row in pd.read_csv(SearchFolder(path).results_file).to_dict("records"):
+        for row in SearchFolder(path).results().to_dict("records"):
             rows[row["trial_id"]] = row
     on_event = on_event or (lambda *a, **k: None)
+    goals = state.get("objectives") or [METRIC]
+    warm = []
+    if state.get("from_searches"):
+        warm = import_trials(
+            path.parent,
+            state["from_searches"],
+            dataset.fingerprint,
+            sorted(ho.names),
+            base,
+            sp,
+            goals,
+        ).points
+    _train_shared(trial_data, base, state, path, sp, recorder, rows, on_event)
     if batched:
         # The actor's study is rebuilt from the finished trials (and any warm start).
-        goals = state.get("objectives") or [METRIC]
-        told = []
-        if state.get("from_searches"):
-            told = import_trials(
-                path.parent,
-                state["from_searches"],
-                dataset.fingerprint,
-                sorted(ho.names),
-                base,
-                sp,
-                goals,
-            ).points
-        told += told_from(rows, sp, goals)
         first = None if rows else sp.defaults(base)
+        told = warm + told_from(rows, sp, goals)
         return _fit_batched(
             trial_data, base, state, path, sp, first, told, recorder, rows, on_event
         )
+    if not folder.ray_dir.is_dir():  # stopped before its first trial started
+        tuner = _new_tuner(trial_data, base, state, path, sp, warm, recorder, rows, on_event)
+        return _fit(tuner, recorder, path, rows, sp, base, state)
     tuner = tune.Tuner.restore(
         str(SearchFolder(path).ray_dir),
         trainable=_trainable(trial_data, base, state, path),

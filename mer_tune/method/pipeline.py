@@ -26,6 +26,7 @@ from mer_tune.errors import MerTuneError
 from mer_tune.method import train
 from mer_tune.method.config import Config
 from mer_tune.method.stages import (
+    STAGES,
     FoldSamples,
     decide,
     derive_seed,
@@ -212,6 +213,25 @@ def run_fold(
     """Train one fold model on the labelled positions `tr` (plus pseudo-labels) and give
     its final heads on the scored positions `va` (which may be empty). Each stage runs
     through the cache, computed from its own config sections inside its compute call."""
+    res = _fold(data, cfg, fold, tr, va, feats, cache, report, predict_idx)
+    assert res is not None  # only a partial fold (`upto`) returns nothing
+    return res
+
+
+def _fold(
+    data: MERData,
+    cfg: Config,
+    fold: int,
+    tr: np.ndarray,
+    va: np.ndarray,
+    feats: train.Features,
+    cache: StageCache,
+    report: Report,
+    predict_idx: np.ndarray | None = None,
+    upto: str | None = None,
+) -> FoldResult | None:
+    """run_fold; with `upto`, only the stages up to that one are computed (into the
+    cache), and nothing is returned."""
     lab = data.indices(LABELLED)
     y = data.labels[lab]
     keys = stage_keys(cfg, data.fingerprint, fold)
@@ -236,6 +256,8 @@ def run_fold(
             data, feats, cfg.data, cfg.model, cfg.pretrain, train.Steps.of(cfg), cfg.seed, hook
         ),
     )
+    if upto == "pretrain":
+        return None
     fine = cached(
         "finetune",
         lambda: finetune_stage(
@@ -252,6 +274,8 @@ def run_fold(
             hook,
         ),
     )
+    if upto == "finetune":
+        return None
     val_logits, final_state = fine["val"], fine["state"]
     added = {c: 0 for c in data.classes}
     precision = None
@@ -290,6 +314,8 @@ def run_fold(
                 precision = float((truth[known] == selftrain["labels"][known]).mean())
     elif st.enabled and st.rounds > 0:
         report("note", text="the unlabelled pool is empty: self-training skipped")
+    if upto is not None:
+        return None
     extra = None
     if predict_idx is not None:
         model = train.make_model(data, cfg.model, derive_seed(cfg.seed, "init"), feats.device)
@@ -350,6 +376,28 @@ def train_folds(
         f1 = evaluate(data.labels[results[-1].val_idx], pred, data.classes)["weighted_f1"]
         report("fold", fold=k, weighted_f1=f1, folds=len(folds))
     return results, notes
+
+
+def warm(
+    data: MERData,
+    cfg: Config,
+    cache: StageCache,
+    upto: str,
+    device: str | None = None,
+    report: Report | None = None,
+) -> None:
+    """Every fold's stages up to and including `upto` (a name in stages.STAGES),
+    computed into `cache` as `run` would, and nothing after them: what every trial of a
+    search shares, trained once before the trials start."""
+    if upto not in STAGES:
+        raise ValueError(f"upto={upto!r}: expected one of {', '.join(STAGES)}")
+    check_counts(data, cfg)
+    feats = train.Features(data, pick_device(device))
+    y = data.labels[data.indices(LABELLED)]
+    for k, (tr, va) in enumerate(fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)):
+        _fold(data, cfg, k, tr, va, feats, cache, report or (lambda *a, **f: None), upto=upto)
+        if upto == "pretrain":
+            break  # fold-independent: every fold shares it
 
 
 def _offsets(cfg: Config, classes: list[str]) -> np.ndarray:

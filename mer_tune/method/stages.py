@@ -82,6 +82,17 @@ def key_sections(stage: str) -> set[str]:
     return set(st.reads) | (key_sections(st.upstream) if st.upstream else set())
 
 
+def shared_upto(searched: set[str]) -> str | None:
+    """The last stage whose output no searched config section changes (None: even
+    pretraining's does): every trial of a search shares it and all stages before it."""
+    last = None
+    for st in STAGES.values():
+        if key_sections(st.name) & searched:
+            break
+        last = st.name
+    return last
+
+
 def stage_keys(cfg: Config, fingerprint: str, fold: int) -> dict[str, dict]:
     """What each stage's output depends on: the data, its config sections and its
     upstream stage's key (and the fold, for fold-dependent stages)."""

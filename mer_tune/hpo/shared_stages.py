@@ -1,0 +1,150 @@
+"""The stages every trial of a search shares, trained once before the trials start.
+
+In a thresholds search every trial reads pretraining and finetuning from the stage cache
+once one trial has trained them. Until then the other trials wait on the cache's lock,
+and on a CPU machine their cores stand idle beside the one that trains (in `make run`,
+half of the machine for the first half of the search). So when the searched parameters
+leave a prefix of the stages unchanged (stages.shared_upto) and the cache is on, one Ray
+task trains that prefix first, with a node's CPUs as its torch threads (a step is 1.47x
+faster on two threads than on one: benchmarks/RESULTS.md), and the trials then start
+with it cached.
+
+A failure here is only reported: the trials then train those stages themselves and fail
+or succeed as they would have without this step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mer_tune.data.layout import MERData
+from mer_tune.hpo.spaces import Space
+from mer_tune.method.config import Config
+from mer_tune.method.stages import STAGES, shared_upto
+
+
+def shared_stages(sp: Space) -> list[str]:
+    """The stages (in order) that no parameter of `sp` changes: every trial shares them."""
+    upto = shared_upto({key.split(".")[0] for key in sp.params})
+    names = list(STAGES)
+    return names[: names.index(upto) + 1] if upto else []
+
+
+def task_resources(state: dict[str, Any]) -> tuple[float, float]:
+    """(CPUs, GPUs) of the task. On a GPU, a trial's share: the card does the work. On
+    CPUs, the most CPUs one node has, up to what the search's concurrent trials hold."""
+    cpus, gpus = state["cpus_per_trial"], state["gpus_per_trial"]
+    if gpus > 0:
+        return cpus, gpus
+    import ray
+
+    node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    return max(cpus, min(node, state["concurrency"] * cpus)), 0.0
+
+
+def _train(
+    data: MERData,
+    base: dict[str, Any],
+    threads: int,
+    use_gpu: bool,
+    cache_dir: str,
+    cache_key: str | None,
+    timeout: float | None,
+    upto: str,
+) -> dict[str, list[float]]:
+    """Runs in the Ray task; returns the stages' per-epoch curves (for the parent run)."""
+    import torch
+
+    from mer_tune.hpo.cache import StageStore
+    from mer_tune.method import pipeline, train
+    from mer_tune.method.config import build_config
+
+    torch.set_num_threads(threads)
+    train.tune_malloc()
+    cache = StageStore(
+        cache_dir, key=bytes.fromhex(cache_key) if cache_key else None, timeout=timeout
+    )
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    curves: dict[str, list[float]] = {}
+
+    def report(kind: str, **f: Any) -> None:
+        if kind != "epoch":
+            return
+        where = "pretrain" if f["stage"] == "pretrain" else f"fold{f['fold']}/{f['stage']}"
+        for name, value in f.items():
+            if name not in ("fold", "stage", "epoch") and isinstance(value, int | float):
+                curves.setdefault(f"shared/{where}/{name}", []).append(float(value))
+
+    pipeline.warm(data, build_config(base), cache, upto, device, report)
+    return curves
+
+
+def train_shared_stages(
+    data: MERData,
+    base: Config,
+    state: dict[str, Any],
+    sp: Space,
+    cache_key: str | None,
+    on_event: Callable[..., None],
+    log_curves: Callable[[dict[str, list[float]]], None],
+) -> dict[str, Any] | None:
+    """Train the stages every trial shares into the search's stage cache, in one Ray
+    task, before any trial starts; their per-epoch curves go to `log_curves`. Returns
+    what was done (stages, threads, seconds), or None when nothing is shared, the cache
+    is off, or the task failed (said in a note)."""
+    stages = shared_stages(sp)
+    if not stages or not state.get("cache_dir"):
+        return None
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    cpus, gpus = task_resources(state)
+    threads = max(1, int(cpus))
+    task = ray.remote(_train).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    started = time.monotonic()
+    ref = task.remote(
+        data.shareable(),
+        base.to_dict(),
+        threads,
+        gpus > 0,
+        state["cache_dir"],
+        cache_key,
+        state.get("trial_timeout"),
+        stages[-1],
+    )
+    named = " and ".join(stages)
+    try:
+        curves = ray.get(ref, timeout=state.get("trial_timeout"))
+    except GetTimeoutError:
+        ray.cancel(ref, force=True)
+        why = f"took longer than --trial-timeout {state['trial_timeout']:g} s"
+    except RayError as err:
+        why = f"failed ({_first_line(err)})"
+    except BaseException:  # Ctrl-C: stop the task with the search
+        ray.cancel(ref, force=True)
+        raise
+    else:
+        seconds = time.monotonic() - started
+        log_curves(curves)
+        on_event(
+            "note",
+            row={
+                "text": f"{named} trained once for every trial "
+                f"({threads} thread{'s' if threads > 1 else ''}, {seconds:.1f} s)"
+            },
+        )
+        return {"stages": stages, "threads": threads, "seconds": round(seconds, 2)}
+    on_event(
+        "note",
+        row={"text": f"training {named} ahead of the trials {why}: each trial trains them itself"},
+    )
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """The task's own error, not Ray's wrapping of it."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__
