@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="an older checkout (a worktree)")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--skip-make-run", action="store_true")
+    parser.add_argument("--make-run-only", action="store_true")
     args = parser.parse_args()
     arms = {"baseline": Path(args.baseline), "current": HERE}
     work = Path(tempfile.mkdtemp(prefix="mer-tune-cpu-targets-"))
@@ -95,11 +96,11 @@ def main() -> None:
         warm = "from mer_tune.data.resolve import resolve; [resolve(f'synthetic:{s}') for s in ('tiny', 'small')]"
         env = os.environ | {"PYTHONPATH": str(tree)}
         subprocess.run([sys.executable, "-c", warm], env=env, cwd=tree, check=True)
-    for rep in range(args.reps):
+    for rep in range(0 if args.make_run_only else args.reps):
         for arm, tree in arms.items():
             run = ["run", "--data", "synthetic:tiny", "--folds", "1"]
             note(arm, "run", _mer_tune(tree, [*run, "--out", str(work / f"{arm}-run{rep}")]))
-    for arm, tree in arms.items():
+    for arm, tree in arms.items() if not args.make_run_only else ():
         folder = work / f"{arm}-tiny"
         tiny = ["--data", "synthetic:tiny", "--trials", "4", "--concurrency", "1"]
         wall, rows, shared = _search(tree, folder, tiny)
