@@ -41,3 +41,12 @@ def test_every_node_runs_ray_with_token_auth():
     assert any("ray get-auth-token --generate" in c for c in cfg["head_setup_commands"])
     assert cfg["cluster_synced_files"] == ["~/.ray/auth_token"]
     assert "auth_token" in " ".join(cfg["worker_start_ray_commands"])
+
+
+def test_gpu_workers_start_cuda_mps_before_ray_where_they_have_it():
+    starts = _config()["worker_start_ray_commands"]
+    mps = next(i for i, c in enumerate(starts) if "nvidia-cuda-mps-control -d" in c)
+    ray_start = next(i for i, c in enumerate(starts) if "ray start" in c)
+    assert mps < ray_start  # every trial's CUDA context is made through the daemon
+    assert "command -v nvidia-cuda-mps-control" in starts[mps]  # skipped where absent
+    assert not any("mps" in c for c in _config()["head_start_ray_commands"])  # CPU head
