@@ -470,6 +470,12 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     help="Trials per Ray task when every searched parameter is downstream of the stage "
     "cache (voting, decision): default 100 there; 1 = a Ray Tune trial each.",
 )
+@click.option(
+    "--share-features",
+    is_flag=True,
+    help="GPU trials on one card read one copy of the features (CUDA IPC from a holder "
+    "per card) instead of each uploading its own.",
+)
 @data_options
 def search(
     space,
@@ -503,6 +509,7 @@ def search(
     pick,
     from_searches,
     batch,
+    share_features,
     data_args,
 ) -> None:
     """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
@@ -557,6 +564,7 @@ def search(
         cache_dir=cache_dir,
         max_failures=max_failures,
         trial_timeout=trial_timeout,
+        share_features=share_features,
         data_options=opts,
         repeats=repeats,
         holdout=holdout,

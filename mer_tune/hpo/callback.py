@@ -96,6 +96,8 @@ def logger_callback(
                 "ray.hostname": result.get("hostname", ""),
                 "ray.node_id": result.get("node_id", ""),
                 "mer_tune.cached_stages": result.get("cache_hits", ""),
+                # Whether it read its card's one copy of the features (--share-features).
+                "mer_tune.shared_features": bool(result.get("shared_features")),
                 "mer_tune.status": row["status"],
             }
             _trial_artifacts(recorder, trial, result, base)

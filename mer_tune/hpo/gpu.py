@@ -46,11 +46,19 @@ def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Con
     return feature_bytes + model + train + max(train, infer) + RUNTIME + CUDA_CONTEXT
 
 
-def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int) -> None:
-    """Refuse a GPU fraction whose share of the card cannot hold a trial."""
-    share = gpus_per_trial * card_bytes
+def card_share(feature_bytes: int) -> int:
+    """What --share-features puts on a card once, whatever its trials: the one copy of
+    the features and the CUDA context of the process holding it (card_features.py). A
+    trial's own estimate is then trial_bytes less its features."""
+    return feature_bytes + CUDA_CONTEXT
+
+
+def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int, shared: int = 0) -> None:
+    """Refuse a GPU fraction whose share of the card cannot hold a trial; `shared`
+    bytes of the card (card_share) are held once for all its trials."""
+    share = gpus_per_trial * (card_bytes - shared)
     if 0 < gpus_per_trial < 1 and estimate > share:
-        fits = int(card_bytes // estimate)
+        fits = int((card_bytes - shared) // estimate)
         hint = f"use --gpus-per-trial {1 / fits:.3g} or more" if fits else "it needs a whole card"
         raise UsageError(
             f"--gpus-per-trial {gpus_per_trial:g}: a trial needs about {estimate / 2**30:.1f} GiB "

@@ -8,6 +8,7 @@ step. It writes nothing to MLflow: the driver does (callback.py).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ def deadline(timeout: float | None) -> Callable[[str], None]:
 
 def run_trial(
     config: dict[str, Any],
-    data: MERData,
+    data_ref: list,
     base: dict[str, Any],
     threads: int,
     use_gpu: bool,
@@ -52,13 +53,19 @@ def run_trial(
     timeout: float | None = None,
     outputs: str | None = None,
     cache_key: str | None = None,
+    share_features: str | None = None,
 ) -> None:
-    """One Ray Tune trial: the full pipeline on `base` + the suggested values. With
-    `outputs`, the fold models' predictions on the holdout and test names go to a file
-    there, out of sight of the search (no metric, no column) until the confirm step."""
+    """One Ray Tune trial: the full pipeline on `base` + the suggested values, on the
+    data in the object store at `data_ref[0]`. With `outputs`, the fold models'
+    predictions on the holdout and test names go to a file there, out of sight of the
+    search (no metric, no column) until the confirm step. With `share_features` (the
+    search's name), a GPU trial reads the one copy of the features on its card
+    (card_features.py)."""
+    import ray
     import torch
     from ray import tune
 
+    data: MERData = ray.get(data_ref[0])  # zero-copy views of the object store's arrays
     torch.set_num_threads(max(1, threads))
     train.tune_malloc()
     cfg = trial_config(build_config(base), config)
@@ -107,13 +114,12 @@ def run_trial(
             )
 
     predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST])) if outputs else None
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    feats = None
+    if share_features and device == "cuda":
+        feats = _card_features(data, data_ref, share_features)
     res = pipeline.run(
-        data,
-        cfg,
-        cache=cache,
-        report=report,
-        device="cuda" if use_gpu and torch.cuda.is_available() else "cpu",
-        predict_idx=predict_idx,
+        data, cfg, cache=cache, report=report, device=device, predict_idx=predict_idx, feats=feats
     )
     if outputs and res.extra_probs is not None and res.splits is not None:
         trial_id = tune.get_context().get_trial_id()
@@ -124,7 +130,23 @@ def run_trial(
     import ray
 
     final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
+    final["shared_features"] = feats is not None
     tune.report(final)
+
+
+def _card_features(data: MERData, data_ref: list, search: str) -> train.Features | None:
+    """The features on this trial's card from its holder; None (the trial then uploads
+    its own copy) when they cannot be opened, said in the trial's log."""
+    import torch
+
+    from mer_tune.hpo import card_features
+
+    try:
+        arrays = card_features.open_shared(data_ref, search)
+    except Exception as err:  # noqa: BLE001 - any failure leaves the trial its own copy
+        print(f"--share-features: {err}; this trial uploads its own copy", file=sys.stderr)
+        return None
+    return train.Features(data, torch.device("cuda"), arrays)
 
 
 def final_metrics(res: pipeline.RunResult, cfg: Config, data: MERData) -> dict[str, Any]:

@@ -20,14 +20,14 @@ import yaml
 from mer_tune.data.layout import DataOptions, MERData
 from mer_tune.data.resolve import describe, reopen, resolve
 from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
-from mer_tune.hpo import front
+from mer_tune.hpo import card_features, front
 from mer_tune.hpo import holdout as outer
 from mer_tune.hpo import objectives as objective
 from mer_tune.hpo.batched import batch_size, run_batches, told_from
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
 from mer_tune.hpo.folder import SearchFolder, storage_root
-from mer_tune.hpo.gpu import check_packing, trial_bytes
+from mer_tune.hpo.gpu import card_share, check_packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
 from mer_tune.hpo.shared_stages import train_shared_stages
@@ -101,6 +101,7 @@ def search(
     objectives: list[str] | tuple[str, ...] | str | None = None,
     pick: str | None = None,
     batch: int | None = None,
+    share_features: bool = False,
     on_event: Callable[..., None] | None = None,
 ) -> SearchResult:
     """Run a hyperparameter search and return its results table and best config.
@@ -116,6 +117,8 @@ def search(
     When every searched parameter lies downstream of the stage cache (voting weights,
     decision offsets), trials run `batch` at a time in one Ray actor (batched.py;
     None: 100 where the space allows it, 1: one Ray Tune trial each).
+    `share_features`: GPU trials on one card read one copy of the features
+    (card_features.py) rather than each uploading its own.
 
     Example (in a notebook)::
 
@@ -200,7 +203,8 @@ def search(
         gpu_estimate = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
         card = card_bytes(gpus)
         if card:
-            check_packing(gpu_estimate, gpus, card)
+            shared = card_share(dataset.nbytes()) if share_features else 0
+            check_packing(gpu_estimate - shared, gpus, card, shared)
 
     # Every check has passed: only now does anything get written.
     path = _reserve(root, name, given)
@@ -235,6 +239,7 @@ def search(
         "max_failures": max_failures,
         "trial_timeout": trial_timeout,
         "batch": batch,
+        "share_features": share_features,
     }
     tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
     parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
@@ -466,11 +471,15 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
 
 
 def _trainable(dataset: MERData, base: Config, state: dict[str, Any], path: Path):
+    import ray
     from ray import tune
 
+    # The data goes into the object store once, as a reference every trial (and, with
+    # --share-features, every card's holder) reads.
+    data_ref = ray.put(dataset.shareable())
     trainable = tune.with_parameters(
         run_trial,
-        data=dataset.shareable(),
+        data_ref=[data_ref],
         base=base.to_dict(),
         threads=max(1, int(state["cpus_per_trial"])),
         use_gpu=state["gpus_per_trial"] > 0,
@@ -478,6 +487,7 @@ def _trainable(dataset: MERData, base: Config, state: dict[str, Any], path: Path
         timeout=state.get("trial_timeout"),
         outputs=str(SearchFolder(path).outputs),
         cache_key=SearchFolder(path).cache_key(),
+        share_features=path.name if state.get("share_features") else None,
     )
     return tune.with_resources(
         trainable, {"cpu": state["cpus_per_trial"], "gpu": state["gpus_per_trial"]}
@@ -495,6 +505,9 @@ def _fit(
     except BaseException:
         _interrupted(recorder, path, rows, sp, base)
         raise
+    finally:
+        if state.get("share_features"):
+            card_features.release(path.name)  # the cards' copies of the features
     # Keep exactly the trials Ray recorded: a driver killed between a trial's end and the
     # next experiment checkpoint leaves rows and runs that a resumed search redid.
     from ray.tune import ExperimentAnalysis

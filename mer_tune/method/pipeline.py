@@ -353,13 +353,15 @@ def train_folds(
     report: Report | None = None,
     device: str | None = None,
     predict_idx: np.ndarray | None = None,
+    feats: train.Features | None = None,
 ) -> tuple[list[FoldResult], list[str]]:
     """Every fold model of one config (and their notes), reporting each fold's score as
-    it finishes: a fold-wise pruner may stop the run there."""
+    it finishes: a fold-wise pruner may stop the run there. `feats`: the features already
+    on the device (else uploaded here)."""
     check_counts(data, cfg)
     report = report or (lambda *a, **k: None)
     cache = cache or MemoryCache()
-    feats = train.Features(data, pick_device(device))
+    feats = feats or train.Features(data, pick_device(device))
     y = data.labels[data.indices(LABELLED)]
     notes: list[str] = []
 
@@ -472,11 +474,12 @@ def run(
     report: Report | None = None,
     device: str | None = None,
     predict_idx: np.ndarray | None = None,
+    feats: train.Features | None = None,
 ) -> RunResult:
     """Stratified k-fold evaluation of one config: weighted F1 per fold and their mean.
     With `predict_idx`, every fold model also predicts those samples (e.g. the test
     names), and their vote probabilities are averaged over the folds."""
-    results, notes = train_folds(data, cfg, cache, report, device, predict_idx)
+    results, notes = train_folds(data, cfg, cache, report, device, predict_idx, feats)
     out = score(data, cfg, results)
     out.notes = notes
     return out

@@ -81,14 +81,20 @@ class Features:
     """Standardised feature batches as float32 tensors on the target device.
 
     On a GPU the whole feature set is uploaded once (as stored, float16 or float32) and
-    batches are gathered there; on the CPU batches are gathered from the memory map."""
+    batches are gathered there; on the CPU batches are gathered from the memory map.
+    `arrays`: the feature set already on the device (one copy shared by several trials),
+    read and never written."""
 
-    def __init__(self, data: MERData, device: torch.device):
+    def __init__(
+        self, data: MERData, device: torch.device, arrays: dict[str, torch.Tensor] | None = None
+    ):
         self.device = device
         self.mean = {m: torch.as_tensor(data.mean[m], device=device) for m in MODALITIES}
         self.std = {m: torch.as_tensor(data.std[m], device=device) for m in MODALITIES}
         self.on_device = device.type != "cpu"
-        if self.on_device:
+        if arrays is not None:
+            self.arrays = arrays
+        elif self.on_device:
             self.arrays = {
                 m: torch.as_tensor(np.asarray(data.features[m]), device=device) for m in MODALITIES
             }
