@@ -17,7 +17,6 @@ a measurement of a card.
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 from pathlib import Path
@@ -87,7 +86,6 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=420.0)
     args = parser.parse_args()
     args.started = time.perf_counter()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private Ray for this benchmark
     import ray
 
     from mer_tune.data.pack import load_pack
