@@ -82,7 +82,7 @@ def _train(
 
 
 def train_shared_stages(
-    data: MERData,
+    data_ref: Any,
     base: Config,
     state: dict[str, Any],
     sp: Space,
@@ -91,7 +91,7 @@ def train_shared_stages(
     log_curves: Callable[[dict[str, list[float]]], None],
 ) -> dict[str, Any] | None:
     """Train the stages every trial shares into the search's stage cache, in one Ray
-    task, before any trial starts; their per-epoch curves go to `log_curves`. Returns
+    task, before any trial starts (`data_ref`: the trials' data in the object store); their per-epoch curves go to `log_curves`. Returns
     what was done (stages, threads, seconds), or None when nothing is shared, the cache
     is off, or the task failed (said in a note)."""
     stages = shared_stages(sp)
@@ -105,7 +105,7 @@ def train_shared_stages(
     task = ray.remote(_train).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     started = time.monotonic()
     ref = task.remote(
-        data.shareable(),
+        data_ref,  # Ray hands the task the data itself, read from the object store
         base.to_dict(),
         threads,
         gpus > 0,

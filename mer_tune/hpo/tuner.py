@@ -205,6 +205,8 @@ def search(
         if card:
             shared = card_share(dataset.nbytes()) if share_features else 0
             check_packing(gpu_estimate - shared, gpus, card, shared)
+        if share_features:  # the features are on the card once, not once per trial
+            gpu_estimate -= dataset.nbytes()
 
     # Every check has passed: only now does anything get written.
     path = _reserve(root, name, given)
@@ -266,20 +268,23 @@ def search(
     notes += [batch_note] if batch_note else []
     for note in notes:
         on_event("note", row={"text": note})
-    _train_shared(trial_data, base, state, path, sp, recorder, rows, on_event)
+    # The trials' data goes into the object store once: every trial, the shared stages'
+    # task and (with --share-features) every card's holder read this one copy.
+    data_ref = ray.put(trial_data.shareable())
+    _train_shared(data_ref, base, state, path, sp, recorder, rows, on_event)
     if batch > 1:
         result = _fit_batched(
             trial_data, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
         )
     else:
-        tuner = _new_tuner(trial_data, base, state, path, sp, warm, recorder, rows, on_event)
+        tuner = _new_tuner(data_ref, base, state, path, sp, warm, recorder, rows, on_event)
         result = _fit(tuner, recorder, path, rows, sp, base, state)
     result.notes = notes + result.notes
     return result
 
 
 def _new_tuner(
-    trial_data: MERData,
+    data_ref: Any,
     base: Config,
     state: dict,
     path: Path,
@@ -295,7 +300,7 @@ def _new_tuner(
     goals = state.get("objectives") or [METRIC]
     searcher = optuna_searcher(sp, sp.defaults(base), state["seed"], path.name, warm, goals)
     return tune.Tuner(
-        _trainable(trial_data, base, state, path),
+        _trainable(data_ref, base, state, path),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             # The first objective is what Tune ranks and ASHA compares at its rungs.
@@ -317,7 +322,7 @@ def _new_tuner(
 
 
 def _train_shared(
-    trial_data: MERData,
+    data_ref: Any,
     base: Config,
     state: dict,
     path: Path,
@@ -330,7 +335,7 @@ def _train_shared(
     search.yaml. Ctrl-C here stops the search as it would during its trials."""
     try:
         done = train_shared_stages(
-            trial_data,
+            data_ref,
             base,
             state,
             sp,
@@ -381,6 +386,8 @@ def resume(
     check_reachable(uri)
     dataset, ho, trial_data = search_data(path, state, base)
     init_ray(address)
+    import ray
+
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
     rows: dict[str, dict] = {}
@@ -400,7 +407,8 @@ def resume(
             sp,
             goals,
         ).points
-    _train_shared(trial_data, base, state, path, sp, recorder, rows, on_event)
+    data_ref = ray.put(trial_data.shareable())
+    _train_shared(data_ref, base, state, path, sp, recorder, rows, on_event)
     if batched:
         # The actor's study is rebuilt from the finished trials (and any warm start).
         first = None if rows else sp.defaults(base)
@@ -409,11 +417,11 @@ def resume(
             trial_data, base, state, path, sp, first, told, recorder, rows, on_event
         )
     if not folder.ray_dir.is_dir():  # stopped before its first trial started
-        tuner = _new_tuner(trial_data, base, state, path, sp, warm, recorder, rows, on_event)
+        tuner = _new_tuner(data_ref, base, state, path, sp, warm, recorder, rows, on_event)
         return _fit(tuner, recorder, path, rows, sp, base, state)
     tuner = tune.Tuner.restore(
         str(SearchFolder(path).ray_dir),
-        trainable=_trainable(trial_data, base, state, path),
+        trainable=_trainable(data_ref, base, state, path),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
@@ -470,13 +478,11 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
     return dataset, ho, outer.withhold(dataset, ho)
 
 
-def _trainable(dataset: MERData, base: Config, state: dict[str, Any], path: Path):
-    import ray
+def _trainable(data_ref: Any, base: Config, state: dict[str, Any], path: Path):
+    """The trial function with its fixed arguments; `data_ref` is the object-store
+    reference of the trials' data (a list around it, so that Tune stores the reference)."""
     from ray import tune
 
-    # The data goes into the object store once, as a reference every trial (and, with
-    # --share-features, every card's holder) reads.
-    data_ref = ray.put(dataset.shareable())
     trainable = tune.with_parameters(
         run_trial,
         data_ref=[data_ref],
