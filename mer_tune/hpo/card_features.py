@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mer_tune.data.layout import MODALITIES
+from mer_tune.data.layout import MODALITIES, MERData
 
 NAMESPACE = "mer-tune"
 PREFIX = "features-"
@@ -32,23 +32,22 @@ class FeatureHolder:
     """A Ray actor: the features of one search on one card (or, in tests, in shared CPU
     memory), and the handles that open them in another process."""
 
-    def __init__(self, data_ref: list, device: str, visible: str | None) -> None:
+    def __init__(self, data: MERData, device: str, visible: str | None) -> None:
         if visible is not None:
             # The trial's card, set before CUDA starts in this process: with no GPU of its
             # own, Ray shows this actor none.
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
-        import ray
         import torch
 
         if device == "cpu":  # by file name: any process can open it, not only a child
             torch.multiprocessing.set_sharing_strategy("file_system")
-        data = ray.get(data_ref[0])
         self.arrays = {}
         for m in MODALITIES:
-            array = torch.as_tensor(np.asarray(data.features[m]), device=device)
+            stored = np.asarray(data.features[m])
             if device == "cpu":  # a copy in shared memory (the object store's is read-only)
-                array = array.clone().share_memory_()
-            self.arrays[m] = array
+                self.arrays[m] = torch.tensor(stored).share_memory_()
+            else:
+                self.arrays[m] = torch.as_tensor(stored, device=device)
 
     def handles(self) -> dict[str, Any]:
         """Per modality, (rebuild function, its arguments): what opens the tensor elsewhere.
@@ -68,6 +67,11 @@ class FeatureHolder:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.arrays.values())
+
+
+def open_handles(handles: dict[str, Any]) -> dict[str, Any]:
+    """The tensors behind FeatureHolder.handles(), opened in this process."""
+    return {m: rebuild(*args) for m, (rebuild, args) in handles.items()}
 
 
 def _view(where: tuple, dtype: Any, shape: Any, stride: Any, offset: int) -> Any:
@@ -106,10 +110,9 @@ def open_shared(data_ref: list, search: str, device: str = "cuda") -> dict[str, 
             num_gpus=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
         )
-        .remote(data_ref, device, visible)
+        .remote(data_ref[0], device, visible)  # Ray hands the actor the data itself
     )
-    handles = ray.get(holder.handles.remote())
-    return {m: rebuild(*args) for m, (rebuild, args) in handles.items()}
+    return open_handles(ray.get(holder.handles.remote()))
 
 
 def release(search: str) -> int:
