@@ -1,7 +1,7 @@
 """--share-features: one holder per card uploads the features once; every trial on the
 card opens that copy. Driven here with CPU tensors in shared memory through the same
 reduce / rebuild calls a card uses (the CUDA path itself needs a GPU:
-benchmarks/gpu_trial.py --share-features)."""
+benchmarks/card_sharing.py, which leaves out the Ray actor)."""
 
 import numpy as np
 import pytest
@@ -48,7 +48,9 @@ def test_trials_on_one_card_open_the_one_copy_its_holder_uploaded(ray_session, t
         card_features.release("s2")
 
 
-def test_a_trial_that_cannot_open_its_cards_copy_uploads_its_own(ray_session, tiny_dir, capfd):
+def test_a_trial_that_cannot_tell_its_card_starts_no_holder_and_keeps_its_own(
+    ray_session, tiny_dir
+):
     import ray
 
     from mer_tune.hpo.trial import _card_features
@@ -60,7 +62,9 @@ def test_a_trial_that_cannot_open_its_cards_copy_uploads_its_own(ray_session, ti
     def trial():
         return _card_features(data, [ref], "s3")
 
-    assert ray.get(trial.remote()) is None  # two cards visible: not one card's holder
+    # Two cards visible: no holder is started, and no shared features come back (the
+    # trial then uploads its own, as without the flag).
+    assert ray.get(trial.remote()) is None
     assert _holders("s3") == []
 
 

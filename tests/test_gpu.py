@@ -3,7 +3,13 @@
 import pytest
 
 from mer_tune.errors import UsageError
-from mer_tune.hpo.gpu import CUDA_CONTEXT, card_share, check_packing, trial_bytes
+from mer_tune.hpo.gpu import (
+    CUDA_CONTEXT,
+    check_packing,
+    own_copy_fraction,
+    packing,
+    trial_bytes,
+)
 from mer_tune.method.config import build_config
 
 FULL_DIMS = {"audio": 1024, "visual": 768, "text": 5120}
@@ -31,14 +37,25 @@ def test_a_fraction_too_small_for_a_trial_is_refused_with_the_fraction_that_fits
 
 def test_shared_features_are_counted_once_per_card_not_once_per_trial():
     gib = 2**30
-    est = trial_bytes(FULL_DIMS, 6, FULL_FEATURES, build_config())
-    shared = card_share(FULL_FEATURES)
+    whole = trial_bytes(FULL_DIMS, 6, FULL_FEATURES, build_config())
+    own, none = packing(whole, FULL_FEATURES, share_features=False)
+    assert (own, none) == (whole, 0)
+    per_trial, shared = packing(whole, FULL_FEATURES, share_features=True)
+    # A trial keeps all but the features, its own CUDA context included.
+    assert per_trial == whole - FULL_FEATURES and per_trial > CUDA_CONTEXT
+    assert shared == FULL_FEATURES + CUDA_CONTEXT  # the copy and its holder's context
     # Eight full-scale trials on a 24 GiB card: each with its own copy they do not fit...
     with pytest.raises(UsageError, match="--gpus-per-trial 0.125"):
-        check_packing(est, 0.125, 24 * gib)
-    # ...with one copy of the features for the card, they do.
-    check_packing(est - FULL_FEATURES, 0.125, 24 * gib, shared)
-    assert shared + 8 * (est - FULL_FEATURES) <= 24 * gib < 8 * est
-    # The refusal's hint counts the shared copy once too.
-    with pytest.raises(UsageError, match=r"use --gpus-per-trial 0\.2 "):
-        check_packing(est - FULL_FEATURES, 0.125, 14 * gib, shared)
+        check_packing(whole, 0.125, 24 * gib)
+    # ...with one copy of the features for the card, they do...
+    check_packing(per_trial, 0.125, 24 * gib, shared)
+    assert shared + 8 * per_trial <= 24 * gib < 8 * whole
+    # ...but not on 16 GiB, and the hint counts the shared copy once.
+    with pytest.raises(UsageError, match=r"use --gpus-per-trial 0\.167 "):
+        check_packing(per_trial, 0.125, 16 * gib, shared)
+    assert shared + 6 * per_trial <= 16 * gib < shared + 7 * per_trial
+    # What uploads its own copy in such a search (the confirm step) gets a fraction that
+    # fits a whole trial: 6 of 3.7 GiB on 24 GiB.
+    assert own_copy_fraction(whole, 0.125, 24 * gib) == pytest.approx(1 / 6)
+    assert own_copy_fraction(whole, 0.5, 24 * gib) == 0.5  # already enough
+    assert own_copy_fraction(whole, 0.125, None) == 0.125  # card size unknown

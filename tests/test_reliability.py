@@ -122,6 +122,12 @@ def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, m
         [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
     )
     assert len(children) == 2
+    # Tune's state lost after trials ended: refused, not rerun over the recorded trials.
+    import shutil
+
+    shutil.rmtree(res.path / "ray")
+    with pytest.raises(MerTuneError, match="ray is missing while 2 trials are recorded"):
+        tuner.resume("early", storage=search_env / "runs")
 
 
 def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):

@@ -189,7 +189,7 @@ class FoldModels:
 
 
 def run_batches(
-    trial_data: Any,
+    data_ref: Any,
     base: dict,
     state: dict,
     path: Path,
@@ -234,7 +234,8 @@ def run_batches(
     actor_class = ray.remote(FoldModels).options(
         num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"]
     )
-    actor = actor_class.remote(ray.put(trial_data.shareable()), base, setup, study)
+    # The reference, not the data: Ray hands the actor the object store's one copy.
+    actor = actor_class.remote(data_ref, base, setup, study)
     try:
         # The baseline trains the fold models alone, so its batch is one trial.
         pending = actor.run.remote(number, 1 if number == 0 else min(size, total - number))

@@ -25,6 +25,7 @@ import numpy as np
 from mer_tune.data.layout import MODALITIES, MERData
 
 NAMESPACE = "mer-tune"
+OPEN_TIMEOUT = 300.0  # seconds for a holder to upload the features and answer
 PREFIX = "features-"
 
 
@@ -112,11 +113,13 @@ def open_shared(data_ref: list, search: str, device: str = "cuda") -> dict[str, 
         )
         .remote(data_ref[0], device, visible)  # Ray hands the actor the data itself
     )
-    return open_handles(ray.get(holder.handles.remote()))
+    # Bounded: a holder that cannot come up leaves the trial to upload its own copy.
+    return open_handles(ray.get(holder.handles.remote(), timeout=OPEN_TIMEOUT))
 
 
 def release(search: str) -> int:
-    """End every holder of `search` (on any node); returns how many there were."""
+    """End every holder of `search` (its holders' key: name and run, on any node);
+    returns how many there were."""
     import ray
 
     ended = 0

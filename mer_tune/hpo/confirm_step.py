@@ -253,9 +253,10 @@ def ray_retrain(trial_data: Any, state: dict, cache_key: str | None) -> step.Ret
         import ray
 
         ref = ray.put(trial_data.shareable())
-        task = ray.remote(num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"])(
-            _retrain_one
-        )
+        # A retraining uploads its own features: with --share-features the trials'
+        # fraction of a card may hold only the part beside the card's shared copy.
+        gpus = state.get("own_copy_gpus", state["gpus_per_trial"])
+        task = ray.remote(num_cpus=state["cpus_per_trial"], num_gpus=gpus)(_retrain_one)
         refs = [
             task.remote(
                 ref,

@@ -48,9 +48,27 @@ def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Con
 
 def card_share(feature_bytes: int) -> int:
     """What --share-features puts on a card once, whatever its trials: the one copy of
-    the features and the CUDA context of the process holding it (card_features.py). A
-    trial's own estimate is then trial_bytes less its features."""
+    the features and the CUDA context of the process holding it (card_features.py)."""
     return feature_bytes + CUDA_CONTEXT
+
+
+def packing(estimate: int, feature_bytes: int, share_features: bool) -> tuple[int, int]:
+    """(bytes per trial, bytes per card held once for all its trials) for check_packing:
+    with --share-features a trial holds everything but the features (its own CUDA
+    context included), and the card holds the shared copy once."""
+    if not share_features:
+        return estimate, 0
+    return estimate - feature_bytes, card_share(feature_bytes)
+
+
+def own_copy_fraction(estimate: int, gpus_per_trial: float, card_bytes: int | None) -> float:
+    """The GPU fraction for a process that uploads its own copy of the features (the
+    confirm step's retraining) in a search whose trials share one: at least the trials'
+    fraction, and one that fits a whole trial's estimate."""
+    if not card_bytes or gpus_per_trial >= 1:
+        return gpus_per_trial
+    fits = int(card_bytes // estimate)
+    return max(gpus_per_trial, 1 / fits) if fits else 1.0
 
 
 def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int, shared: int = 0) -> None:

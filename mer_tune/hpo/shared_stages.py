@@ -34,14 +34,17 @@ def shared_stages(sp: Space) -> list[str]:
 
 def task_resources(state: dict[str, Any]) -> tuple[float, float]:
     """(CPUs, GPUs) of the task. On a GPU, a trial's share: the card does the work. On
-    CPUs, the most CPUs one node has, up to what the search's concurrent trials hold."""
+    CPUs, the most CPUs one node has, up to what the search's concurrent trials hold and
+    what the cluster has free now (other work may hold some: the task must not wait for
+    CPUs the trials could start without)."""
     cpus, gpus = state["cpus_per_trial"], state["gpus_per_trial"]
     if gpus > 0:
         return cpus, gpus
     import ray
 
     node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-    return max(cpus, min(node, state["concurrency"] * cpus)), 0.0
+    free = ray.available_resources().get("CPU", 0)
+    return max(cpus, min(node, free, state["concurrency"] * cpus)), 0.0
 
 
 def _train(
@@ -78,7 +81,7 @@ def _train(
                 curves.setdefault(f"shared/{where}/{name}", []).append(float(value))
 
     pipeline.warm(data, build_config(base), cache, upto, device, report)
-    return curves
+    return curves  # empty when every stage was in the cache already (a resumed search)
 
 
 def train_shared_stages(
@@ -126,6 +129,9 @@ def train_shared_stages(
         ray.cancel(ref, force=True)
         raise
     else:
+        if not curves:  # all in the cache already: the record of their training stands
+            on_event("note", row={"text": f"{named}: in the stage cache already"})
+            return None
         seconds = time.monotonic() - started
         log_curves(curves)
         on_event(

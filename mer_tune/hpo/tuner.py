@@ -8,6 +8,7 @@ store (`tune.with_parameters`).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +28,7 @@ from mer_tune.hpo.batched import batch_size, run_batches, told_from
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
 from mer_tune.hpo.folder import SearchFolder, storage_root
-from mer_tune.hpo.gpu import card_share, check_packing, trial_bytes
+from mer_tune.hpo.gpu import check_packing, own_copy_fraction, packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
 from mer_tune.hpo.shared_stages import train_shared_stages
@@ -198,15 +199,15 @@ def search(
             f"--cpus-per-trial {cpus_per_trial:g}: the cluster has {total_cpus:g} CPUs"
         )
     concurrency = concurrency or max(1, int(total_cpus // max(cpus_per_trial, 1)))
-    gpu_estimate = None
+    gpu_estimate, own_copy_gpus = None, gpus
     if gpus > 0:
-        gpu_estimate = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
+        whole = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
+        gpu_estimate, shared = packing(whole, dataset.nbytes(), share_features)
         card = card_bytes(gpus)
         if card:
-            shared = card_share(dataset.nbytes()) if share_features else 0
-            check_packing(gpu_estimate - shared, gpus, card, shared)
-        if share_features:  # the features are on the card once, not once per trial
-            gpu_estimate -= dataset.nbytes()
+            check_packing(gpu_estimate, gpus, card, shared)
+        # What uploads its own copy even so (the confirm step's retraining) needs room for it.
+        own_copy_gpus = own_copy_fraction(whole, gpus, card) if share_features else gpus
 
     # Every check has passed: only now does anything get written.
     path = _reserve(root, name, given)
@@ -242,6 +243,7 @@ def search(
         "trial_timeout": trial_timeout,
         "batch": batch,
         "share_features": share_features,
+        "own_copy_gpus": own_copy_gpus,
     }
     tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
     parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
@@ -268,13 +270,10 @@ def search(
     notes += [batch_note] if batch_note else []
     for note in notes:
         on_event("note", row={"text": note})
-    # The trials' data goes into the object store once: every trial, the shared stages'
-    # task and (with --share-features) every card's holder read this one copy.
-    data_ref = ray.put(trial_data.shareable())
-    _train_shared(data_ref, base, state, path, sp, recorder, rows, on_event)
+    data_ref = _before_trials(trial_data, base, state, path, sp, recorder, rows, on_event)
     if batch > 1:
         result = _fit_batched(
-            trial_data, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
+            data_ref, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
         )
     else:
         tuner = _new_tuner(data_ref, base, state, path, sp, warm, recorder, rows, on_event)
@@ -321,8 +320,8 @@ def _new_tuner(
     )
 
 
-def _train_shared(
-    data_ref: Any,
+def _before_trials(
+    trial_data: MERData,
     base: Config,
     state: dict,
     path: Path,
@@ -330,10 +329,16 @@ def _train_shared(
     recorder: SearchRecorder,
     rows: dict,
     on_event: Callable[..., None],
-) -> None:
-    """The stages every trial shares, trained once first (shared_stages.py); recorded in
-    search.yaml. Ctrl-C here stops the search as it would during its trials."""
+) -> Any:
+    """The trials' data put in the object store once (every trial, the shared stages'
+    task and, with --share-features, every card's holder read that one copy; its
+    reference is returned), and the stages every trial shares trained once
+    (shared_stages.py), recorded in search.yaml. Ctrl-C here stops the search as it
+    would during its trials."""
+    import ray
+
     try:
+        data_ref = ray.put(trial_data.shareable())
         done = train_shared_stages(
             data_ref,
             base,
@@ -343,12 +348,13 @@ def _train_shared(
             on_event,
             recorder.log_parent_history,
         )
+        if done:
+            state["shared_stages"] = done
+            write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
     except KeyboardInterrupt:
         _interrupted(recorder, path, rows, sp, base)
         raise SearchInterrupted(_resume_hint(path, "interrupted")) from None
-    if done:
-        state["shared_stages"] = done
-        write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
+    return data_ref
 
 
 def _scheduler(kind: str):
@@ -386,7 +392,6 @@ def resume(
     check_reachable(uri)
     dataset, ho, trial_data = search_data(path, state, base)
     init_ray(address)
-    import ray
 
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
@@ -407,15 +412,17 @@ def resume(
             sp,
             goals,
         ).points
-    data_ref = ray.put(trial_data.shareable())
-    _train_shared(data_ref, base, state, path, sp, recorder, rows, on_event)
+    if not batched and not folder.ray_dir.is_dir() and rows:
+        raise MerTuneError(
+            f"--resume {name}: {folder.ray_dir} is missing while {len(rows)} trials are "
+            "recorded in results.csv; Tune's run cannot be continued without it"
+        )
+    data_ref = _before_trials(trial_data, base, state, path, sp, recorder, rows, on_event)
     if batched:
         # The actor's study is rebuilt from the finished trials (and any warm start).
         first = None if rows else sp.defaults(base)
         told = warm + told_from(rows, sp, goals)
-        return _fit_batched(
-            trial_data, base, state, path, sp, first, told, recorder, rows, on_event
-        )
+        return _fit_batched(data_ref, base, state, path, sp, first, told, recorder, rows, on_event)
     if not folder.ray_dir.is_dir():  # stopped before its first trial started
         tuner = _new_tuner(data_ref, base, state, path, sp, warm, recorder, rows, on_event)
         return _fit(tuner, recorder, path, rows, sp, base, state)
@@ -478,6 +485,21 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
     return dataset, ho, outer.withhold(dataset, ho)
 
 
+def _holders(path: Path, state: dict) -> str:
+    """What names this search's card holders: its name and parent run, so that no other
+    search (another --storage, or an earlier search of the same name) shares them."""
+    return f"{path.name}.{state['parent_run_id']}"
+
+
+def _release_cards(path: Path, state: dict) -> None:
+    """End the search's card holders; a failure here only warns (the search's own
+    outcome, or its interruption, is what the user needs to see)."""
+    try:
+        card_features.release(_holders(path, state))
+    except Exception as err:  # noqa: BLE001
+        print(f"note: could not end the cards' feature holders ({err})", file=sys.stderr)
+
+
 def _trainable(data_ref: Any, base: Config, state: dict[str, Any], path: Path):
     """The trial function with its fixed arguments; `data_ref` is the object-store
     reference of the trials' data (a list around it, so that Tune stores the reference)."""
@@ -493,7 +515,7 @@ def _trainable(data_ref: Any, base: Config, state: dict[str, Any], path: Path):
         timeout=state.get("trial_timeout"),
         outputs=str(SearchFolder(path).outputs),
         cache_key=SearchFolder(path).cache_key(),
-        share_features=path.name if state.get("share_features") else None,
+        share_features=_holders(path, state) if state.get("share_features") else None,
     )
     return tune.with_resources(
         trainable, {"cpu": state["cpus_per_trial"], "gpu": state["gpus_per_trial"]}
@@ -513,7 +535,7 @@ def _fit(
         raise
     finally:
         if state.get("share_features"):
-            card_features.release(path.name)  # the cards' copies of the features
+            _release_cards(path, state)
     # Keep exactly the trials Ray recorded: a driver killed between a trial's end and the
     # next experiment checkpoint leaves rows and runs that a resumed search redid.
     from ray.tune import ExperimentAnalysis
@@ -533,7 +555,7 @@ def _fit(
 
 
 def _fit_batched(
-    trial_data: MERData,
+    data_ref: Any,
     base: Config,
     state: dict,
     path: Path,
@@ -547,7 +569,7 @@ def _fit_batched(
     """The batched search (batched.py), with the same ending as a Tune search."""
     try:
         note = run_batches(
-            trial_data,
+            data_ref,
             base.to_dict(),
             state,
             path,
