@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import record
-from gpu_trial import _card_used_bytes, _pack
+from gpu_trial import _pack, _run_trials, card_peak
 
 
 def _child(pack_dir: str, sets: list[str], device: str, handles: str | None) -> None:
@@ -60,34 +59,9 @@ def _arm(n: int, args: argparse.Namespace, handles: str | None) -> dict:
     for s in args.sets:
         cmd += ["--set", s]
     cmd += ["--handles", handles] if handles else []
-    peak, stop = [0], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _card_used_bytes())
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(n)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            left = args.deadline - (time.perf_counter() - args.started)
-            stdout, stderr = p.communicate(timeout=max(1.0, left))
-            if p.returncode != 0:
-                raise RuntimeError(f"trial failed: {stderr[-3000:]}")
-            outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            p.kill()
-        stop.set()
-        sampler.join()
-    return {"wall": time.perf_counter() - t0, "peak": peak[0], "trials": outs}
+    left = args.deadline - (time.perf_counter() - args.started)
+    with card_peak() as peak:
+        return _run_trials(cmd, n, dict(os.environ), left) | {"peak": peak[0]}
 
 
 def _holder(args: argparse.Namespace):

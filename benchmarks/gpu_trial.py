@@ -18,12 +18,14 @@ after the first. Steps that would not end before --deadline seconds are skipped 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import record
@@ -73,11 +75,9 @@ def _card_used_bytes() -> int:
         return 0
 
 
-def _trials(pack: str, n: int, sets: list[str], device: str, env: dict, timeout: float) -> dict:
-    """n trials at once on the card; the card's peak memory sampled every 0.25 s."""
-    cmd = [sys.executable, __file__, "--child", "--pack", pack, "--device", device]
-    for s in sets:
-        cmd += ["--set", s]
+@contextlib.contextmanager
+def card_peak() -> Iterator[list[int]]:
+    """[the card's peak used bytes] while the block runs, sampled every 0.25 s."""
     peak, stop = [0], threading.Event()
 
     def sample() -> None:
@@ -87,6 +87,23 @@ def _trials(pack: str, n: int, sets: list[str], device: str, env: dict, timeout:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+
+
+def _trials(pack: str, n: int, sets: list[str], device: str, env: dict, timeout: float) -> dict:
+    """n trials at once on the card; the card's peak memory sampled every 0.25 s."""
+    cmd = [sys.executable, __file__, "--child", "--pack", pack, "--device", device]
+    for s in sets:
+        cmd += ["--set", s]
+    with card_peak() as peak:
+        return _run_trials(cmd, n, env, timeout) | {"card_peak": peak[0]}
+
+
+def _run_trials(cmd: list[str], n: int, env: dict, timeout: float) -> dict:
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -105,10 +122,8 @@ def _trials(pack: str, n: int, sets: list[str], device: str, env: dict, timeout:
     finally:
         for p in procs:
             p.kill()
-        stop.set()
-        sampler.join()
     wall = time.perf_counter() - t0
-    return {"n": n, "wall": wall, "card_peak": peak[0], "trials": outs}
+    return {"n": n, "wall": wall, "trials": outs}
 
 
 def _pack(pack_dir: Path, scale: str) -> None:

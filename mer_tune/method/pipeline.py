@@ -209,29 +209,13 @@ def run_fold(
     cache: StageCache,
     report: Report,
     predict_idx: np.ndarray | None = None,
-) -> FoldResult:
-    """Train one fold model on the labelled positions `tr` (plus pseudo-labels) and give
-    its final heads on the scored positions `va` (which may be empty). Each stage runs
-    through the cache, computed from its own config sections inside its compute call."""
-    res = _fold(data, cfg, fold, tr, va, feats, cache, report, predict_idx)
-    assert res is not None  # only a partial fold (`upto`) returns nothing
-    return res
-
-
-def _fold(
-    data: MERData,
-    cfg: Config,
-    fold: int,
-    tr: np.ndarray,
-    va: np.ndarray,
-    feats: train.Features,
-    cache: StageCache,
-    report: Report,
-    predict_idx: np.ndarray | None = None,
     upto: str | None = None,
 ) -> FoldResult | None:
-    """run_fold; with `upto`, only the stages up to that one are computed (into the
-    cache), and nothing is returned."""
+    """Train one fold model on the labelled positions `tr` (plus pseudo-labels) and give
+    its final heads on the scored positions `va` (which may be empty). Each stage runs
+    through the cache, computed from its own config sections inside its compute call.
+    With `upto`, only the stages up to that one are computed (into the cache), and
+    nothing is returned."""
     lab = data.indices(LABELLED)
     y = data.labels[lab]
     keys = stage_keys(cfg, data.fingerprint, fold)
@@ -373,7 +357,9 @@ def train_folds(
     folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)
     results: list[FoldResult] = []
     for k, (tr, va) in enumerate(folds):
-        results.append(run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx))
+        res = run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx)
+        assert res is not None  # a whole fold (no `upto`)
+        results.append(res)
         pred = _decision(results[-1].logits, cfg, data.classes).argmax(1)
         f1 = evaluate(data.labels[results[-1].val_idx], pred, data.classes)["weighted_f1"]
         report("fold", fold=k, weighted_f1=f1, folds=len(folds))
@@ -397,7 +383,7 @@ def warm(
     feats = train.Features(data, pick_device(device))
     y = data.labels[data.indices(LABELLED)]
     for k, (tr, va) in enumerate(fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)):
-        _fold(data, cfg, k, tr, va, feats, cache, report or (lambda *a, **f: None), upto=upto)
+        run_fold(data, cfg, k, tr, va, feats, cache, report or (lambda *a, **f: None), upto=upto)
         if upto == "pretrain":
             break  # fold-independent: every fold shares it
 
@@ -509,7 +495,7 @@ def fit_all(
         report,
         predict_idx,
     )
-    assert res.extra_logits is not None
+    assert res is not None and res.extra_logits is not None
     return _decision(res.extra_logits, cfg, data.classes)
 
 
