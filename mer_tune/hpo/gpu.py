@@ -46,19 +46,14 @@ def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Con
     return feature_bytes + model + train + max(train, infer) + RUNTIME + CUDA_CONTEXT
 
 
-def card_share(feature_bytes: int) -> int:
-    """What --share-features puts on a card once, whatever its trials: the one copy of
-    the features and the CUDA context of the process holding it (card_features.py)."""
-    return feature_bytes + CUDA_CONTEXT
-
-
 def packing(estimate: int, feature_bytes: int, share_features: bool) -> tuple[int, int]:
     """(bytes per trial, bytes per card held once for all its trials) for check_packing:
     with --share-features a trial holds everything but the features (its own CUDA
-    context included), and the card holds the shared copy once."""
+    context included), and the card holds the one copy of the features and the CUDA
+    context of the process holding it (card_features.py)."""
     if not share_features:
         return estimate, 0
-    return estimate - feature_bytes, card_share(feature_bytes)
+    return estimate - feature_bytes, feature_bytes + CUDA_CONTEXT
 
 
 def own_copy_fraction(estimate: int, gpus_per_trial: float, card_bytes: int | None) -> float:
@@ -73,7 +68,7 @@ def own_copy_fraction(estimate: int, gpus_per_trial: float, card_bytes: int | No
 
 def check_packing(estimate: int, gpus_per_trial: float, card_bytes: int, shared: int = 0) -> None:
     """Refuse a GPU fraction whose share of the card cannot hold a trial; `shared`
-    bytes of the card (card_share) are held once for all its trials."""
+    bytes of the card (packing's second value) are held once for all its trials."""
     share = gpus_per_trial * (card_bytes - shared)
     if 0 < gpus_per_trial < 1 and estimate > share:
         fits = int((card_bytes - shared) // estimate)

@@ -94,9 +94,10 @@ def train_shared_stages(
     log_curves: Callable[[dict[str, list[float]]], None],
 ) -> dict[str, Any] | None:
     """Train the stages every trial shares into the search's stage cache, in one Ray
-    task, before any trial starts (`data_ref`: the trials' data in the object store); their per-epoch curves go to `log_curves`. Returns
-    what was done (stages, threads, seconds), or None when nothing is shared, the cache
-    is off, or the task failed (said in a note)."""
+    task, before any trial starts (`data_ref`: the trials' data in the object store);
+    their per-epoch curves go to `log_curves`. Returns what was done (stages, threads,
+    seconds), or None when nothing is shared, the cache is off, the stages were in the
+    cache already, or the task failed (each said in a note)."""
     stages = shared_stages(sp)
     if not stages or not state.get("cache_dir"):
         return None

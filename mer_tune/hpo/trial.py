@@ -127,8 +127,6 @@ def run_trial(
             Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
         )
     final = final_metrics(res, cfg, data)
-    import ray
-
     final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
     final["shared_features"] = feats is not None
     tune.report(final)

@@ -392,13 +392,12 @@ def resume(
     check_reachable(uri)
     dataset, ho, trial_data = search_data(path, state, base)
     init_ray(address)
-
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
+    recorded = folder.results()
     rows: dict[str, dict] = {}
-    if (SearchFolder(path).results_file).exists():
-        for row in SearchFolder(path).results().to_dict("records"):
-            rows[row["trial_id"]] = row
+    for row in recorded.to_dict("records") if recorded is not None else []:
+        rows[row["trial_id"]] = row
     on_event = on_event or (lambda *a, **k: None)
     goals = state.get("objectives") or [METRIC]
     warm = []
