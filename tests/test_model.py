@@ -240,7 +240,79 @@ def test_batched_nt_xent_terms_equal_one_call_per_term_with_their_gradients():
         torch.testing.assert_close(torch.stack(got), torch.stack(want))
 
 
-def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch):
+def _model_views(n: int, seed: int):
+    """The nine terms' views as the model builds them: each modality's embedding in
+    three terms, a projection against the other two, and a noised copy."""
+    rng = torch.Generator().manual_seed(seed)
+    emb = {m: torch.randn(n, 8, generator=rng, requires_grad=True) for m in "avt"}
+    noisy = {m: emb[m] + 0.3 * torch.randn(n, 8, generator=rng) for m in "avt"}
+    weight = torch.randn(8, 16, generator=rng, requires_grad=True)
+    views = [(emb["a"], emb["v"]), (emb["a"], emb["t"]), (emb["v"], emb["t"])]
+    for m in "avt":
+        views.append((emb[m] @ weight, torch.cat([emb[o] for o in "avt" if o != m], 1)))
+    views += [(emb[m], noisy[m]) for m in "avt"]
+    return views, [*emb.values(), weight]
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_shared_blocks_equal_one_call_per_term_with_their_gradients(with_ids):
+    """The model's nine terms share each view's own block and each pair's cross block
+    (_SharedBlocksNTXent): the general path's losses and gradients, duplicates or not."""
+    from mer_tune.method.model import _nt_xent_general, _shared_blocks, nt_xent_terms
+
+    views, leaves = _model_views(12, seed=1)
+    ids = torch.tensor([0, 1, 2, 2, 3, 4, 5, 5, 5, 6, 7, 8]) if with_ids else None
+    uniques, xs, ys, _ = _shared_blocks(views, [0.1] * 9)
+    assert len(uniques) == 12 and xs[:3] == (0, 0, 1)  # audio's own block serves three terms
+    got = nt_xent_terms(views, [0.1] * 9, ids)
+    want = [_nt_xent_general(a, b, 0.1, ids) for a, b in views]
+    torch.testing.assert_close(torch.stack(got), torch.stack(want))
+    weights = torch.linspace(0.5, 1.5, 9)  # unequal term weights reach every coefficient
+    g_got = torch.autograd.grad((torch.stack(got) * weights).sum(), leaves, retain_graph=True)
+    g_want = torch.autograd.grad((torch.stack(want) * weights).sum(), leaves)
+    for g, w in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_blocks_take_a_mask_or_its_flat_positions_and_refuse_a_second_backward():
+    """The GPU passes (n, n) masks (no read-back inside a CUDA graph), the CPU their flat
+    positions: the same losses and gradients."""
+    from mer_tune.method.model import _block_masks, _SharedBlocksNTXent
+
+    own, cross = _block_masks(10, torch.tensor([0, 1, 1, 2, 3, 4, 4, 4, 5, 6]), "cpu")
+    out = []
+    for masks in ((own, cross), tuple(m.view(-1).nonzero().squeeze(1) for m in (own, cross))):
+        u = torch.nn.functional.normalize(
+            torch.randn(3, 10, 6, generator=torch.Generator().manual_seed(1)), dim=-1
+        ).requires_grad_()
+        loss = _SharedBlocksNTXent.apply(u * 10**0.5, (0, 0, 1), (1, 2, 2), 10.0, *masks)
+        (grad,) = torch.autograd.grad(loss.sum(), u, retain_graph=True)
+        out.append((loss.detach(), grad))
+        with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+            torch.autograd.grad(loss.sum(), u)
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_terms_that_cannot_share_blocks_take_the_row_maximum_path():
+    """Learned or differing temperatures, one below 2/80 (whose fixed shift could
+    underflow a row) and a view paired with itself keep _NTXentRows, which still
+    equals the general path, at tau 0.01 too."""
+    from mer_tune.method.model import _nt_xent_general, _shared_blocks, nt_xent_terms
+
+    views, _ = _model_views(12, seed=2)
+    assert _shared_blocks(views, [torch.tensor(0.1)] * 9) is None
+    assert _shared_blocks(views, [0.1] * 8 + [0.2]) is None
+    assert _shared_blocks(views, [0.01] * 9) is None
+    assert _shared_blocks([(views[0][0], views[0][0])], [0.1]) is None
+    assert _shared_blocks(views, [0.025] * 9) is not None
+    got = nt_xent_terms(views, [0.01] * 9)
+    want = [_nt_xent_general(a, b, 0.01, None) for a, b in views]
+    assert torch.isfinite(torch.stack(got)).all()
+    torch.testing.assert_close(torch.stack(got), torch.stack(want))
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch, learned):
     """MER_TUNE_FUSED=0 builds the general-purpose modules; both paths start from the
     same weights and draw the same random numbers, so their epoch losses agree."""
     from mer_tune.data import synthetic
@@ -251,7 +323,7 @@ def test_fused_and_general_steps_give_the_same_epoch_losses(monkeypatch):
     data = synthetic.in_memory("tiny", seed=0)
     cfg = with_overrides(
         build_config(),
-        {"model.hidden": 32, "optim.batch_size": 64, "loss.learn_temperature": True},
+        {"model.hidden": 32, "optim.batch_size": 64, "loss.learn_temperature": learned},
     )
     losses = {}
     for flag in ("0", "1"):

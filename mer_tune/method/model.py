@@ -105,6 +105,98 @@ class _NTXentRows(torch.autograd.Function):
             return torch.bmm(d + d.transpose(1, 2), z), None, None
 
 
+# A view's own block is shifted by the largest possible similarity, 1/tau (unit vectors
+# scaled by 1/sqrt(tau)), so no exp overflows; every entry is then at least -2/tau, and
+# up to a spread of 80 its exp is a normal float32 (exp(-87) is the smallest), so no row
+# sum underflows either. Below that temperature the terms take _NTXentRows, which shifts
+# each row by its own maximum.
+MAX_SHIFTED_SPREAD = 80.0
+
+
+class _SharedBlocksNTXent(torch.autograd.Function):
+    """NT-Xent of several terms over one stack of views u (views, n, d), each row
+    normalised and scaled by 1/sqrt(tau), one tau for all: term t pairs view xs[t] with
+    view ys[t]. Returns each term's mean over its 2n rows, as _NTXentRows does.
+
+    Term t's similarities are the blocks [[X X', X Y'], [Y X', Y Y']]. A view's own block
+    X X' is the same in every term that holds it (the audio embedding is in three), and
+    Y X' is X Y' transposed, so each is computed once: one block per view and one per
+    term, 21 n x n blocks for the model's nine terms instead of 36. The blocks hold exp(s
+    - 1/tau) with the excluded entries at 0; a row's log-sum-exp is 1/tau plus the log of
+    its blocks' sums. The gradient on a block is its exp times a coefficient per row (and,
+    for X Y', per column, from the rows of Y), minus the positives on X Y''s diagonal."""
+
+    @staticmethod
+    def forward(ctx, u, xs, ys, shift, own_drop, cross_drop):
+        own = torch.bmm(u, u.transpose(1, 2)).sub_(shift).exp_()
+        _zero(own, own_drop)
+        # Whole views picked by plain indices: no index tensor to copy to a GPU.
+        x = torch.stack([u[k] for k in xs])
+        y = torch.stack([u[k] for k in ys])
+        cross = torch.bmm(x, y.transpose(1, 2)).sub_(shift).exp_()
+        _zero(cross, cross_drop)
+        own_sums = own.sum(-1)
+        zx = torch.stack([own_sums[k] for k in xs]).add_(cross.sum(-1))
+        zy = torch.stack([own_sums[k] for k in ys]).add_(cross.sum(-2))
+        n = u.shape[1]
+        logs = zx.log().sum(-1).add_(zy.log().sum(-1)).div_(2 * n)
+        ctx.save_for_backward(u, x, y, own, cross, zx, zy)
+        ctx.xs, ctx.ys = xs, ys
+        return logs.add_(shift).sub_((x * y).sum(-1).mean(-1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        if getattr(ctx, "spent", False):  # the blocks were overwritten by the first pass
+            raise RuntimeError("nt_xent_terms cannot be differentiated twice (retain_graph)")
+        ctx.spent = True
+        u, x, y, own, cross, zx, zy = ctx.saved_tensors
+        n = u.shape[1]
+        # d(row's loss)/d(its entry) = exp(entry - shift) / (row sum) x grad / 2n.
+        row_x = (grad / (2 * n)).view(-1, 1) / zx
+        row_y = (grad / (2 * n)).view(-1, 1) / zy
+        own_rows = torch.zeros(u.shape[:2], dtype=u.dtype, device=u.device)
+        for t, (i, j) in enumerate(zip(ctx.xs, ctx.ys, strict=True)):
+            own_rows[i] += row_x[t]
+            own_rows[j] += row_y[t]
+        # An own block is symmetric: entry (i, j) is in row i and row j.
+        own.mul_(own_rows[:, :, None] + own_rows[:, None, :])
+        cross.mul_(row_x[:, :, None] + row_y[:, None, :])
+        # Each positive is in two rows (x_i's and y_i's), each weighing it 1/2n.
+        cross.diagonal(dim1=1, dim2=2).sub_((grad / n).view(-1, 1))
+        with torch.autocast(u.device.type, enabled=False):  # float32, as the forward
+            du = torch.bmm(own, u)
+            dx = torch.bmm(cross, y)
+            dy = torch.bmm(cross.transpose(1, 2), x)
+        for t, (i, j) in enumerate(zip(ctx.xs, ctx.ys, strict=True)):
+            du[i] += dx[t]
+            du[j] += dy[t]
+        return du, None, None, None, None, None
+
+
+def _zero(blocks: torch.Tensor, drop: torch.Tensor | None) -> None:
+    """Entries of (k, n, n) blocks that are no negative, set to 0: by a (n, n) mask, or
+    by the flat positions of its entries (on the CPU, where a mask walks every entry)."""
+    if drop is None:
+        return
+    if drop.dtype == torch.bool:
+        blocks.masked_fill_(drop, 0.0)
+    else:
+        blocks.view(blocks.shape[0], -1).index_fill_(1, drop, 0.0)
+
+
+def _block_masks(
+    n: int, ids: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(a view's own block's excluded entries: itself and, with `ids`, its duplicates;
+    a pair's cross block's: the other rows of the same sample, never the positive)."""
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    if ids is None:
+        return eye, None
+    same = ids[:, None] == ids[None, :]
+    return same, same & ~eye
+
+
 def _positives_and_negatives(
     n: int, ids: torch.Tensor | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +218,10 @@ def nt_xent_terms(
     ids: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """NT-Xent of several pairs of views of the same batch, as `nt_xent` of each: the
-    masks are built once, and the terms of one width share one batched similarity
-    product and one cross-entropy (fewer, larger kernels than a call per term)."""
+    masks are built once, and the terms of one width share their similarity blocks
+    (_SharedBlocksNTXent: each view's own block once, each pair's cross block once) or,
+    under learned or differing temperatures, one batched product and one cross-entropy
+    (_NTXentRows). Fewer, larger kernels than a call per term."""
     if not fused_kernels():
         return [
             _nt_xent_general(a, b, t, ids) for (a, b), t in zip(views, temperatures, strict=True)
@@ -137,13 +231,26 @@ def nt_xent_terms(
     out: list[torch.Tensor | None] = [None] * len(views)
     with torch.autocast(z0.device.type, enabled=False):
         targets, drop = _positives_and_negatives(n, ids, z0.device)
+        block_drops = _block_masks(n, ids, z0.device)
         if drop.device.type == "cpu":  # nonzero reads a count back: no CUDA graph could
             drop = drop.view(-1).nonzero().squeeze(1)
+            block_drops = tuple(
+                m if m is None else m.view(-1).nonzero().squeeze(1) for m in block_drops
+            )
         rows_target = targets[None, :, None]
         widths: dict[int, list[int]] = {}
         for k, (a, _) in enumerate(views):
             widths.setdefault(a.shape[1], []).append(k)
         for members in widths.values():
+            shared = _shared_blocks([views[k] for k in members], [temperatures[k] for k in members])
+            if shared is not None:
+                uniques, xs, ys, tau = shared
+                u = torch.stack(uniques)
+                u = F.normalize(u.to(torch.promote_types(u.dtype, torch.float32)), dim=-1)
+                loss = _SharedBlocksNTXent.apply(u * tau**-0.5, xs, ys, 1 / tau, *block_drops)
+                for j, k in enumerate(members):
+                    out[k] = loss[j]
+                continue
             z = torch.stack([torch.cat(views[k]) for k in members])
             z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
             # Scaling the embeddings by 1/sqrt(tau) divides their products by tau, on
@@ -159,6 +266,34 @@ def nt_xent_terms(
             for j, k in enumerate(members):
                 out[k] = loss[j]
     return out  # type: ignore[return-value]
+
+
+def _shared_blocks(
+    views: list[tuple[torch.Tensor, torch.Tensor]], temperatures: list
+) -> tuple[list[torch.Tensor], tuple[int, ...], tuple[int, ...], float] | None:
+    """(the distinct view tensors, each term's two positions among them, the one
+    temperature) when the terms can share their blocks (_SharedBlocksNTXent): one plain
+    temperature for all, not below 2 / MAX_SHIFTED_SPREAD, and no term pairing a tensor
+    with itself. None otherwise (learned temperatures, for one)."""
+    tau = temperatures[0]
+    if any(isinstance(t, torch.Tensor) for t in temperatures) or any(
+        t != tau for t in temperatures
+    ):
+        return None
+    if 2 / float(tau) > MAX_SHIFTED_SPREAD or any(a is b for a, b in views):
+        return None
+    uniques: list[torch.Tensor] = []
+
+    def position(view: torch.Tensor) -> int:
+        for k, seen in enumerate(uniques):
+            if seen is view:
+                return k
+        uniques.append(view)
+        return len(uniques) - 1
+
+    xs = tuple(position(a) for a, _ in views)
+    ys = tuple(position(b) for _, b in views)
+    return uniques, xs, ys, float(tau)
 
 
 # ---------------------------------------------------------------- noise embedding enhancement
