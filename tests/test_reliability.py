@@ -104,13 +104,14 @@ def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path,
 
 def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, monkeypatch):
     from mer_tune.errors import SearchInterrupted
-    from mer_tune.hpo import tuner
+    from mer_tune.hpo import shared_stages, tuner
 
-    def ctrl_c(*args, **kwargs):
+    def ctrl_c(task, *args, **kwargs):
+        task.cancel()  # as wait does on Ctrl-C
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:  # Ctrl-C while the shared stages train
-        patch.setattr(tuner, "train_shared_stages", ctrl_c)
+        patch.setattr(shared_stages.SharedStagesTask, "wait", ctrl_c)
         with pytest.raises(SearchInterrupted, match="--resume early"):
             tiny_search(search_env, tiny_dir, trials=2, name="early")
     assert not (search_env / "runs" / "early" / "ray").exists()  # no trial had started
@@ -128,6 +129,32 @@ def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, m
     shutil.rmtree(res.path / "ray")
     with pytest.raises(MerTuneError, match="ray is missing while 2 trials are recorded"):
         tuner.resume("early", storage=search_env / "runs")
+
+
+def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
+    search_env, tiny_dir, monkeypatch
+):
+    """The shared stages' task starts before the MLflow store opens: when opening it
+    fails, the task is stopped and the search folder is gone, with the store's error."""
+    from mer_tune.hpo import shared_stages, tuner
+
+    stopped = []
+    cancel = shared_stages.SharedStagesTask.cancel
+
+    def record_cancel(task):
+        stopped.append(task.stages)
+        cancel(task)
+
+    class BrokenStore:
+        def __init__(self, *args, **kwargs):
+            raise MerTuneError("the tracking store broke")
+
+    monkeypatch.setattr(tuner, "SearchRecorder", BrokenStore)
+    monkeypatch.setattr(shared_stages.SharedStagesTask, "cancel", record_cancel)
+    with pytest.raises(MerTuneError, match="the tracking store broke"):
+        tiny_search(search_env, tiny_dir, trials=1, name="broken")
+    assert stopped == [["pretrain", "finetune"]]
+    assert not (search_env / "runs" / "broken").exists()
 
 
 def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):

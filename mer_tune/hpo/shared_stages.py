@@ -84,30 +84,78 @@ def _train(
     return curves  # empty when every stage was in the cache already (a resumed search)
 
 
-def train_shared_stages(
-    data_ref: Any,
-    base: Config,
-    state: dict[str, Any],
-    sp: Space,
-    cache_key: str | None,
-    on_event: Callable[..., None],
-    log_curves: Callable[[dict[str, list[float]]], None],
-) -> dict[str, Any] | None:
-    """Train the stages every trial shares into the search's stage cache, in one Ray
-    task, before any trial starts (`data_ref`: the trials' data in the object store);
-    their per-epoch curves go to `log_curves`. Returns what was done (stages, threads,
-    seconds), or None when nothing is shared, the cache is off, the stages were in the
-    cache already, or the task failed (each said in a note)."""
+class SharedStagesTask:
+    """The shared stages' Ray task, started: the search opens its MLflow runs meanwhile,
+    then waits for it (`wait`), or stops it (`cancel`)."""
+
+    def __init__(self, ref: Any, stages: list[str], threads: int, timeout: float | None):
+        self.ref, self.stages, self.threads, self.timeout = ref, stages, threads, timeout
+        self.started = time.monotonic()
+
+    def cancel(self) -> None:
+        import ray
+
+        ray.cancel(self.ref, force=True)
+
+    def wait(
+        self,
+        on_event: Callable[..., None],
+        log_curves: Callable[[dict[str, list[float]]], None],
+    ) -> dict[str, Any] | None:
+        """Wait for the task; its per-epoch curves go to `log_curves`. Returns what was
+        done (stages, threads, seconds), or None when the stages were in the cache
+        already or the task failed (each said in a note)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        named = " and ".join(self.stages)
+        try:
+            # The timeout counts from the task's start, as a trial's does.
+            left = self.timeout - (time.monotonic() - self.started) if self.timeout else None
+            curves = ray.get(self.ref, timeout=max(left, 0.0) if left is not None else None)
+        except GetTimeoutError:
+            self.cancel()
+            why = f"took longer than --trial-timeout {self.timeout:g} s"
+        except RayError as err:
+            why = f"failed ({_first_line(err)})"
+        except BaseException:  # Ctrl-C: stop the task with the search
+            self.cancel()
+            raise
+        else:
+            if not curves:  # all in the cache already: the record of their training stands
+                on_event("note", row={"text": f"{named}: in the stage cache already"})
+                return None
+            seconds = time.monotonic() - self.started
+            log_curves(curves)
+            threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+            on_event(
+                "note",
+                row={"text": f"{named} trained once for every trial ({threads}, {seconds:.1f} s)"},
+            )
+            return {"stages": self.stages, "threads": self.threads, "seconds": round(seconds, 2)}
+        on_event(
+            "note",
+            row={
+                "text": f"training {named} ahead of the trials {why}: each trial trains them itself"
+            },
+        )
+        return None
+
+
+def start_shared_stages(
+    data_ref: Any, base: Config, state: dict[str, Any], sp: Space, cache_key: str | None
+) -> SharedStagesTask | None:
+    """Start training the stages every trial shares into the search's stage cache, in
+    one Ray task (`data_ref`: the trials' data in the object store). None when nothing
+    is shared or the cache is off."""
     stages = shared_stages(sp)
     if not stages or not state.get("cache_dir"):
         return None
     import ray
-    from ray.exceptions import GetTimeoutError, RayError
 
     cpus, gpus = task_resources(state)
     threads = max(1, int(cpus))
     task = ray.remote(_train).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    started = time.monotonic()
     ref = task.remote(
         data_ref,  # Ray hands the task the data itself, read from the object store
         base.to_dict(),
@@ -118,36 +166,7 @@ def train_shared_stages(
         state.get("trial_timeout"),
         stages[-1],
     )
-    named = " and ".join(stages)
-    try:
-        curves = ray.get(ref, timeout=state.get("trial_timeout"))
-    except GetTimeoutError:
-        ray.cancel(ref, force=True)
-        why = f"took longer than --trial-timeout {state['trial_timeout']:g} s"
-    except RayError as err:
-        why = f"failed ({_first_line(err)})"
-    except BaseException:  # Ctrl-C: stop the task with the search
-        ray.cancel(ref, force=True)
-        raise
-    else:
-        if not curves:  # all in the cache already: the record of their training stands
-            on_event("note", row={"text": f"{named}: in the stage cache already"})
-            return None
-        seconds = time.monotonic() - started
-        log_curves(curves)
-        on_event(
-            "note",
-            row={
-                "text": f"{named} trained once for every trial "
-                f"({threads} thread{'s' if threads > 1 else ''}, {seconds:.1f} s)"
-            },
-        )
-        return {"stages": stages, "threads": threads, "seconds": round(seconds, 2)}
-    on_event(
-        "note",
-        row={"text": f"training {named} ahead of the trials {why}: each trial trains them itself"},
-    )
-    return None
+    return SharedStagesTask(ref, stages, threads, state.get("trial_timeout"))
 
 
 def _first_line(err: BaseException) -> str:

@@ -8,6 +8,7 @@ store (`tune.with_parameters`).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from mer_tune.hpo.folder import SearchFolder, storage_root
 from mer_tune.hpo.gpu import check_packing, own_copy_fraction, packing, trial_bytes
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
-from mer_tune.hpo.shared_stages import train_shared_stages
+from mer_tune.hpo.shared_stages import SharedStagesTask, start_shared_stages
 from mer_tune.hpo.spaces import Space, load_space, trial_config, unused
 from mer_tune.hpo.tracking import (
     SearchRecorder,
@@ -219,7 +220,6 @@ def search(
     write_secret(SearchFolder(path).key_file, (cache_key or new_key()).hex())
     if len(ho):
         outer.write_csv(SearchFolder(path).holdout_file, dataset, ho)
-    recorder = SearchRecorder(uri, experiment)
     settings = {
         "space": sp.name,
         "trials": trials,
@@ -245,15 +245,26 @@ def search(
         "share_features": share_features,
         "own_copy_gpus": own_copy_gpus,
     }
-    tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
-    parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
-    if len(ho):
-        recorder.log_artifact(parent, SearchFolder(path).holdout_file)
+    settings["cache_dir"] = cache_location
+    # The shared stages train while the MLflow store opens and the parent run starts.
+    task, parent = None, None
+    try:
+        data_ref, task = _start_before_trials(trial_data, base, settings, path, sp)
+        recorder = SearchRecorder(uri, experiment)
+        tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
+        parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
+        if len(ho):
+            recorder.log_artifact(parent, SearchFolder(path).holdout_file)
+    except BaseException:  # an error or Ctrl-C before the search is recorded anywhere
+        if task is not None:
+            task.cancel()
+        if parent is None:  # no half-made search is left behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     state = settings | {
         "parent_run_id": parent,
         "tracking_uri": redact(uri),  # a password is never written down
         "experiment": experiment,
-        "cache_dir": cache_location,
         "dataset": describe(data, opts, dataset),
         "baseline_search": baseline_search,
         "from_searches": list(from_searches),
@@ -270,7 +281,7 @@ def search(
     notes += [batch_note] if batch_note else []
     for note in notes:
         on_event("note", row={"text": note})
-    data_ref = _before_trials(trial_data, base, state, path, sp, recorder, rows, on_event)
+    _before_trials(task, state, path, sp, base, recorder, rows, on_event)
     if batch > 1:
         result = _fit_batched(
             data_ref, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
@@ -320,41 +331,41 @@ def _new_tuner(
     )
 
 
+def _start_before_trials(
+    trial_data: MERData, base: Config, state: dict, path: Path, sp: Space
+) -> tuple[Any, SharedStagesTask | None]:
+    """The trials' data put in the object store once (every trial, the shared stages'
+    task and, with --share-features, every card's holder read that one copy; its
+    reference is returned), and the task that trains the stages every trial shares
+    (shared_stages.py) started."""
+    import ray
+
+    data_ref = ray.put(trial_data.shareable())
+    return data_ref, start_shared_stages(data_ref, base, state, sp, SearchFolder(path).cache_key())
+
+
 def _before_trials(
-    trial_data: MERData,
-    base: Config,
+    task: SharedStagesTask | None,
     state: dict,
     path: Path,
     sp: Space,
+    base: Config,
     recorder: SearchRecorder,
     rows: dict,
     on_event: Callable[..., None],
-) -> Any:
-    """The trials' data put in the object store once (every trial, the shared stages'
-    task and, with --share-features, every card's holder read that one copy; its
-    reference is returned), and the stages every trial shares trained once
-    (shared_stages.py), recorded in search.yaml. Ctrl-C here stops the search as it
-    would during its trials."""
-    import ray
-
+) -> None:
+    """Wait for the shared stages' task (its curves go to the parent run), recorded in
+    search.yaml. Ctrl-C here stops the search as it would during its trials."""
+    if task is None:
+        return
     try:
-        data_ref = ray.put(trial_data.shareable())
-        done = train_shared_stages(
-            data_ref,
-            base,
-            state,
-            sp,
-            SearchFolder(path).cache_key(),
-            on_event,
-            recorder.log_parent_history,
-        )
+        done = task.wait(on_event, recorder.log_parent_history)
         if done:
             state["shared_stages"] = done
             write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
     except KeyboardInterrupt:
         _interrupted(recorder, path, rows, sp, base)
         raise SearchInterrupted(_resume_hint(path, "interrupted")) from None
-    return data_ref
 
 
 def _scheduler(kind: str):
@@ -416,7 +427,8 @@ def resume(
             f"--resume {name}: {folder.ray_dir} is missing while {len(rows)} trials are "
             "recorded in results.csv; Tune's run cannot be continued without it"
         )
-    data_ref = _before_trials(trial_data, base, state, path, sp, recorder, rows, on_event)
+    data_ref, task = _start_before_trials(trial_data, base, state, path, sp)
+    _before_trials(task, state, path, sp, base, recorder, rows, on_event)
     if batched:
         # The actor's study is rebuilt from the finished trials (and any warm start).
         first = None if rows else sp.defaults(base)
