@@ -245,11 +245,12 @@ def search(
         "share_features": share_features,
         "own_copy_gpus": own_copy_gpus,
     }
-    settings["cache_dir"] = cache_location
     # The shared stages train while the MLflow store opens and the parent run starts.
     task, parent = None, None
     try:
-        data_ref, task = _start_before_trials(trial_data, base, settings, path, sp)
+        data_ref, task = _start_before_trials(
+            trial_data, base, settings | {"cache_dir": cache_location}, path, sp
+        )
         recorder = SearchRecorder(uri, experiment)
         tags = {"mer_tune.data_fingerprint": dataset.fingerprint, "mer_tune.storage": str(path)}
         parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
@@ -265,6 +266,7 @@ def search(
         "parent_run_id": parent,
         "tracking_uri": redact(uri),  # a password is never written down
         "experiment": experiment,
+        "cache_dir": cache_location,
         "dataset": describe(data, opts, dataset),
         "baseline_search": baseline_search,
         "from_searches": list(from_searches),
