@@ -255,10 +255,12 @@ def _model_views(n: int, seed: int):
 
 
 @pytest.mark.parametrize("with_ids", [False, True])
-def test_shared_blocks_equal_one_call_per_term_with_their_gradients(with_ids):
+def test_shared_blocks_equal_one_call_per_term_with_their_gradients(with_ids, monkeypatch):
     """The model's nine terms share each view's own block and each pair's cross block
     (_SharedBlocksNTXent): the general path's losses and gradients, duplicates or not."""
     from mer_tune.method.model import _nt_xent_general, _shared_blocks, nt_xent_terms
+
+    monkeypatch.setenv("MER_TUNE_FUSED", "1")  # the fused path, whatever the caller's setting
 
     views, leaves = _model_views(12, seed=1)
     ids = torch.tensor([0, 1, 2, 2, 3, 4, 5, 5, 5, 6, 7, 8]) if with_ids else None
@@ -293,11 +295,13 @@ def test_shared_blocks_take_a_mask_or_its_flat_positions_and_refuse_a_second_bac
     torch.testing.assert_close(out[0], out[1])
 
 
-def test_terms_that_cannot_share_blocks_take_the_row_maximum_path():
+def test_terms_that_cannot_share_blocks_take_the_row_maximum_path(monkeypatch):
     """Learned or differing temperatures, one below 2/80 (whose fixed shift could
     underflow a row) and a view paired with itself keep _NTXentRows, which still
     equals the general path, at tau 0.01 too."""
     from mer_tune.method.model import _nt_xent_general, _shared_blocks, nt_xent_terms
+
+    monkeypatch.setenv("MER_TUNE_FUSED", "1")
 
     views, _ = _model_views(12, seed=2)
     assert _shared_blocks(views, [torch.tensor(0.1)] * 9) is None

@@ -115,6 +115,17 @@ def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, m
         with pytest.raises(SearchInterrupted, match="--resume early"):
             tiny_search(search_env, tiny_dir, trials=2, name="early")
     assert not (search_env / "runs" / "early" / "ray").exists()  # no trial had started
+
+    def ctrl_c_at_start(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # Ctrl-C while a resume puts the data
+        patch.setattr(tuner, "_start_before_trials", ctrl_c_at_start)
+        with pytest.raises(SearchInterrupted, match="--resume early"):
+            tuner.resume("early", storage=search_env / "runs")
+    state = yaml.safe_load((search_env / "runs" / "early" / "search.yaml").read_text())
+    store = MlflowClient(f"sqlite:///{search_env / 'mlflow.db'}")
+    assert store.get_run(state["parent_run_id"]).info.status == "KILLED"
     res = tuner.resume("early", storage=search_env / "runs")
     assert (res.results["status"] == "FINISHED").sum() == 2
     client = MlflowClient(res.tracking_uri)
@@ -142,7 +153,7 @@ def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
     cancel = shared_stages.SharedStagesTask.cancel
 
     def record_cancel(task):
-        stopped.append(task.stages)
+        stopped.append(task)
         cancel(task)
 
     class BrokenStore:
@@ -153,7 +164,11 @@ def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
     monkeypatch.setattr(shared_stages.SharedStagesTask, "cancel", record_cancel)
     with pytest.raises(MerTuneError, match="the tracking store broke"):
         tiny_search(search_env, tiny_dir, trials=1, name="broken")
-    assert stopped == [["pretrain", "finetune"]]
+    import ray
+
+    assert [task.stages for task in stopped] == [["pretrain", "finetune"]]
+    ready, _ = ray.wait([stopped[0].ref], timeout=0)
+    assert ready  # the task has stopped, not just been asked to
     assert not (search_env / "runs" / "broken").exists()
 
 

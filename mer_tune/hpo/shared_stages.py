@@ -84,6 +84,9 @@ def _train(
     return curves  # empty when every stage was in the cache already (a resumed search)
 
 
+CANCEL_WAIT_S = 10.0
+
+
 class SharedStagesTask:
     """The shared stages' Ray task, started: the search opens its MLflow runs meanwhile,
     then waits for it (`wait`), or stops it (`cancel`)."""
@@ -93,9 +96,12 @@ class SharedStagesTask:
         self.started = time.monotonic()
 
     def cancel(self) -> None:
+        """Stop the task, and wait until its worker is gone (up to CANCEL_WAIT_S): it
+        must not write into the stage cache after the search has given up on it."""
         import ray
 
         ray.cancel(self.ref, force=True)
+        ray.wait([self.ref], timeout=CANCEL_WAIT_S)
 
     def wait(
         self,

@@ -7,10 +7,11 @@ store (`tune.with_parameters`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -246,7 +247,7 @@ def search(
         "own_copy_gpus": own_copy_gpus,
     }
     # The shared stages train while the MLflow store opens and the parent run starts.
-    task, parent = None, None
+    task, recorder = None, None
     try:
         data_ref, task = _start_before_trials(
             trial_data, base, settings | {"cache_dir": cache_location}, path, sp
@@ -256,34 +257,35 @@ def search(
         parent = recorder.start_parent(name, settings, tags | {"mer_tune.kind": "search"})
         if len(ho):
             recorder.log_artifact(parent, SearchFolder(path).holdout_file)
-    except BaseException:  # an error or Ctrl-C before the search is recorded anywhere
+        state = settings | {
+            "parent_run_id": parent,
+            "tracking_uri": redact(uri),  # a password is never written down
+            "experiment": experiment,
+            "cache_dir": cache_location,
+            "dataset": describe(data, opts, dataset),
+            "baseline_search": baseline_search,
+            "from_searches": list(from_searches),
+            "warm_start_trials": len(imported.points) if imported else 0,
+            "objectives": goals,
+            "pick": pick,
+        }
+        write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
+        write_text(SearchFolder(path).base_file, base.to_yaml())
+
+        warm = imported.points if imported else []
+        rows: dict[str, dict] = {}
+        notes = [imported.line()] if imported else []
+        notes += [batch_note] if batch_note else []
+        for note in notes:
+            on_event("note", row={"text": note})
+        _before_trials(task, state, path, sp, base, recorder, rows, on_event)
+    except BaseException:  # an error or Ctrl-C before the trials: the task stops too
         if task is not None:
             task.cancel()
-        if parent is None:  # no half-made search is left behind
+        if recorder is None or recorder.parent_id is None:
+            # Recorded nowhere yet (no MLflow run): no half-made search is left behind.
             shutil.rmtree(path, ignore_errors=True)
         raise
-    state = settings | {
-        "parent_run_id": parent,
-        "tracking_uri": redact(uri),  # a password is never written down
-        "experiment": experiment,
-        "cache_dir": cache_location,
-        "dataset": describe(data, opts, dataset),
-        "baseline_search": baseline_search,
-        "from_searches": list(from_searches),
-        "warm_start_trials": len(imported.points) if imported else 0,
-        "objectives": goals,
-        "pick": pick,
-    }
-    write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
-    write_text(SearchFolder(path).base_file, base.to_yaml())
-
-    warm = imported.points if imported else []
-    rows: dict[str, dict] = {}
-    notes = [imported.line()] if imported else []
-    notes += [batch_note] if batch_note else []
-    for note in notes:
-        on_event("note", row={"text": note})
-    _before_trials(task, state, path, sp, base, recorder, rows, on_event)
     if batch > 1:
         result = _fit_batched(
             data_ref, base, state, path, sp, sp.defaults(base), warm, recorder, rows, on_event
@@ -360,11 +362,21 @@ def _before_trials(
     search.yaml. Ctrl-C here stops the search as it would during its trials."""
     if task is None:
         return
-    try:
+    with _stopped_as_interrupted(recorder, path, rows, sp, base):
         done = task.wait(on_event, recorder.log_parent_history)
         if done:
             state["shared_stages"] = done
             write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
+
+
+@contextlib.contextmanager
+def _stopped_as_interrupted(
+    recorder: SearchRecorder, path: Path, rows: dict, sp: Space, base: Config
+) -> Iterator[None]:
+    """Ctrl-C in the block stops the search as it would during its trials: the truth
+    recorded (_interrupted), and the resume hint raised."""
+    try:
+        yield
     except KeyboardInterrupt:
         _interrupted(recorder, path, rows, sp, base)
         raise SearchInterrupted(_resume_hint(path, "interrupted")) from None
@@ -429,7 +441,8 @@ def resume(
             f"--resume {name}: {folder.ray_dir} is missing while {len(rows)} trials are "
             "recorded in results.csv; Tune's run cannot be continued without it"
         )
-    data_ref, task = _start_before_trials(trial_data, base, state, path, sp)
+    with _stopped_as_interrupted(recorder, path, rows, sp, base):
+        data_ref, task = _start_before_trials(trial_data, base, state, path, sp)
     _before_trials(task, state, path, sp, base, recorder, rows, on_event)
     if batched:
         # The actor's study is rebuilt from the finished trials (and any warm start).
