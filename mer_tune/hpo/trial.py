@@ -59,8 +59,8 @@ def run_trial(
     data in the object store at `data_ref[0]`. With `outputs`, the fold models'
     predictions on the holdout and test names go to a file there, out of sight of the
     search (no metric, no column) until the confirm step. With `share_features` (the
-    search's name), a GPU trial reads the one copy of the features on its card
-    (card_features.py)."""
+    name of the search's card holders), a GPU trial reads the one copy of the features
+    on its card (card_features.py)."""
     import ray
     import torch
     from ray import tune

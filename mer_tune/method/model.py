@@ -185,6 +185,15 @@ def _zero(blocks: torch.Tensor, drop: torch.Tensor | None) -> None:
         blocks.view(blocks.shape[0], -1).index_fill_(1, drop, 0.0)
 
 
+def _as_taken(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A mask as _NTXentRows and _zero take it: on the CPU the flat positions of its
+    entries (a few per row, where the mask would walk every entry), elsewhere the mask
+    itself (nonzero reads a count back to the host, which no CUDA graph could)."""
+    if mask is None or mask.device.type != "cpu":
+        return mask
+    return mask.view(-1).nonzero().squeeze(1)
+
+
 def _block_masks(
     n: int, ids: torch.Tensor | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -227,42 +236,45 @@ def nt_xent_terms(
             _nt_xent_general(a, b, t, ids) for (a, b), t in zip(views, temperatures, strict=True)
         ]
     z0 = views[0][0]
-    n = z0.shape[0]
+    n, device = z0.shape[0], z0.device
+
+    # Each path's masks, built once when a width group first takes that path (the
+    # default config takes only the shared blocks' path).
+    @functools.cache
+    def block_masks() -> tuple[torch.Tensor | None, ...]:
+        return tuple(_as_taken(m) for m in _block_masks(n, ids, device))
+
+    @functools.cache
+    def row_masks() -> tuple[torch.Tensor, torch.Tensor]:
+        targets, drop = _positives_and_negatives(n, ids, device)
+        return targets[None, :, None], _as_taken(drop)
+
     out: list[torch.Tensor | None] = [None] * len(views)
-    with torch.autocast(z0.device.type, enabled=False):
-        targets, drop = _positives_and_negatives(n, ids, z0.device)
-        block_drops = _block_masks(n, ids, z0.device)
-        if drop.device.type == "cpu":  # nonzero reads a count back: no CUDA graph could
-            drop = drop.view(-1).nonzero().squeeze(1)
-            block_drops = tuple(
-                m if m is None else m.view(-1).nonzero().squeeze(1) for m in block_drops
-            )
-        rows_target = targets[None, :, None]
+    with torch.autocast(device.type, enabled=False):
         widths: dict[int, list[int]] = {}
         for k, (a, _) in enumerate(views):
             widths.setdefault(a.shape[1], []).append(k)
         for members in widths.values():
-            shared = _shared_blocks([views[k] for k in members], [temperatures[k] for k in members])
+            taus = [temperatures[k] for k in members]
+            shared = _shared_blocks([views[k] for k in members], taus)
             if shared is not None:
                 uniques, xs, ys, tau = shared
                 u = torch.stack(uniques)
                 u = F.normalize(u.to(torch.promote_types(u.dtype, torch.float32)), dim=-1)
-                loss = _SharedBlocksNTXent.apply(u * tau**-0.5, xs, ys, 1 / tau, *block_drops)
-                for j, k in enumerate(members):
-                    out[k] = loss[j]
-                continue
-            z = torch.stack([torch.cat(views[k]) for k in members])
-            z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
-            # Scaling the embeddings by 1/sqrt(tau) divides their products by tau, on
-            # a quarter of the numbers (2n x d, not 2n x 2n).
-            taus = [temperatures[k] for k in members]
-            if isinstance(taus[0], torch.Tensor):
-                z = z * torch.stack(taus).to(z.dtype).view(-1, 1, 1) ** -0.5
-            elif len(set(taus)) == 1:  # one plain number (the default)
-                z = z * float(taus[0]) ** -0.5
-            else:  # plain numbers: no tensor of them, so no host-to-device copy
-                z = torch.stack([z[j] * float(t) ** -0.5 for j, t in enumerate(taus)])
-            loss = _NTXentRows.apply(z, rows_target.expand(len(members), -1, -1), drop)
+                loss = _SharedBlocksNTXent.apply(u * tau**-0.5, xs, ys, 1 / tau, *block_masks())
+            else:
+                z = torch.stack([torch.cat(views[k]) for k in members])
+                z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+                # Scaling the embeddings by 1/sqrt(tau) divides their products by tau,
+                # on a quarter of the numbers (2n x d, not 2n x 2n).
+                if isinstance(taus[0], torch.Tensor):
+                    z = z * torch.stack(taus).to(z.dtype).view(-1, 1, 1) ** -0.5
+                elif len(set(taus)) == 1:  # one plain number
+                    z = z * float(taus[0]) ** -0.5
+                else:  # plain numbers: no tensor of them, so no host-to-device copy
+                    z = torch.stack([z[j] * float(t) ** -0.5 for j, t in enumerate(taus)])
+                targets, drop = row_masks()
+                loss = _NTXentRows.apply(z, targets.expand(len(members), -1, -1), drop)
             for j, k in enumerate(members):
                 out[k] = loss[j]
     return out  # type: ignore[return-value]

@@ -384,8 +384,8 @@ def warm(
     y = data.labels[data.indices(LABELLED)]
     for k, (tr, va) in enumerate(fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)):
         run_fold(data, cfg, k, tr, va, feats, cache, report or (lambda *a, **f: None), upto=upto)
-        if upto == "pretrain":
-            break  # fold-independent: every fold shares it
+        if not STAGES[upto].fold_dependent:
+            break  # every fold shares it (and every stage before it)
 
 
 def _offsets(cfg: Config, classes: list[str]) -> np.ndarray:
