@@ -1,5 +1,6 @@
 """Interrupted searches resume cleanly; failures and timeouts are recorded; bad input fails early."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -170,6 +171,36 @@ def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
     ready, _ = ray.wait([stopped[0].ref], timeout=0)
     assert ready  # the task has stopped, not just been asked to
     assert not (search_env / "runs" / "broken").exists()
+
+
+def test_a_search_run_as_a_program_exits_cleanly_and_leaves_no_ray_process(tmp_path, tiny_dir):
+    """The program stops the Ray it started itself, and skips the interpreter's last
+    garbage collection (cli._fast_exit): its results are complete all the same."""
+    import psutil
+
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(FAST))
+    (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)
+    cmd = [sys.executable, "-m", "mer_tune", "search", "--space", "space.yaml", "--trials", "2",
+           "--data", str(tiny_dir), "--config", "fast.yaml", "--name", "p",
+           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", "runs"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "verdict:" in out
+    left = []
+    for p in psutil.process_iter(["name"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(p.pid) == proc.pid:  # started by the search: Ray's processes
+                left.append(p.info["name"])
+    assert left == []
+    table = pd.read_csv(tmp_path / "runs" / "p" / "results.csv")
+    assert (table["status"] == "FINISHED").sum() == 2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mer-tune").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # the parent and 2 trials
 
 
 def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):
