@@ -10,8 +10,8 @@ Each arm runs the commands a user runs, in a subprocess with PYTHONPATH at its t
      trial 0 trains everything; trials 1-3 find pretraining and finetuning in the stage
      cache (a cached thresholds trial). Per-trial seconds are results.csv's `seconds`.
   3. `make run`'s search (`mer-tune search --space thresholds`: 8 trials on the built-in
-     synthetic:small): wall time, and trial 0's seconds over the cached trials' mean (the
-     cache's saving per trial at small scale).
+     synthetic:small), --reps times: wall time, and trial 0's seconds over the cached
+     trials' mean (the cache's saving per trial at small scale).
 Where a search trains the stages every trial shares before its trials (search.yaml's
 shared_stages), every trial is a cached one: that step's seconds are shown in trial 0's
 place, and no trial-0 ratio is given for that arm.
@@ -109,9 +109,9 @@ def main() -> None:
         note(arm, "tiny_search", wall)
         note(arm, "tiny_trial0", first)
         note(arm, "tiny_cached", cached)
-    if not args.skip_make_run:
+    for rep in range(0 if args.skip_make_run else args.reps):
         for arm, tree in arms.items():
-            wall, rows, shared = _search(tree, work / f"{arm}-make-run", [])
+            wall, rows, shared = _search(tree, work / f"{arm}-make-run{rep}", [])
             first, cached = _cached(rows, shared)
             shared_arms.update({arm: shared.get("threads")} if shared else {})
             note(arm, "make_run", wall)
@@ -124,7 +124,7 @@ def main() -> None:
         "tiny_search": "thresholds search, tiny, 4 trials (wall)",
         "tiny_trial0": "  its trial 0 (everything trained), or its shared stages first",
         "tiny_cached": "  a cached thresholds trial (median of trials 1-3)",
-        "make_run": "make run's search (thresholds, 8 trials, synthetic:small; wall)",
+        "make_run": "make run's search (thresholds, 8 trials, synthetic:small; wall, mean of reps)",
         "small_trial0": "  its trial 0 (everything trained), or its shared stages first",
         "small_cached": "  a cached thresholds trial (median of trials 1-7)",
     }
