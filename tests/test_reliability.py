@@ -173,6 +173,7 @@ def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
     assert not (search_env / "runs" / "broken").exists()
 
 
+@pytest.mark.services  # starts Ray, in the program it runs
 def test_a_search_run_as_a_program_exits_cleanly_and_leaves_no_ray_process(tmp_path, tiny_dir):
     """The program stops the Ray it started itself, and skips the interpreter's last
     garbage collection (cli._fast_exit): its results are complete all the same."""
