@@ -5,7 +5,7 @@
 
 none: glibc's dynamic thresholds. 1mib: the mmap threshold fixed at 1 MiB (the setting
 before; trim threshold left at its default). tuned: what the entry points set now
-(mer_tune.method.train.tune_malloc: 8 MiB in the heap while training, 64 MiB trim).
+(mer_tune.method.malloc.tune_malloc: 8 MiB in the heap while training, 64 MiB trim).
 benchmarks/memory_probe.py --malloc measures the memory side of the same settings.
 """
 
@@ -26,13 +26,13 @@ SETTINGS = {"none": None, "1mib": (1 << 20, 128 << 10), "tuned": "tuned"}
 def _child(setting: str, threads: int, steps: int) -> None:
     import torch
 
-    from mer_tune.method import train
+    from mer_tune.method import malloc
 
     value = SETTINGS[setting]
     if value == "tuned":
-        train.tune_malloc()
+        malloc.tune_malloc()
     elif value is not None:
-        train.tune_malloc(*value)
+        malloc.tune_malloc(*value)
     torch.set_num_threads(threads)
     data, cfg, batches = tiny_batches(steps)
     print(json.dumps({"ms": finetune_step_ms(data, cfg, batches)}))

@@ -38,11 +38,11 @@ def _child(pack_dir: str, sets: list[str], device: str, handles: str | None) -> 
 
     from mer_tune.data.pack import load_pack
     from mer_tune.hpo import card_features
-    from mer_tune.method import pipeline, train
+    from mer_tune.method import malloc, pipeline, train
     from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
     t0 = time.perf_counter()
-    train.tune_malloc()
+    malloc.tune_malloc()
     torch.set_num_threads(1)
     data = load_pack(Path(pack_dir))
     feats = None

@@ -46,13 +46,13 @@ def _pack_dir(root: str) -> Path:
 def _child(step: str, root: str, device: str, sets: list[str], malloc: str) -> None:
     from mer_tune.data.layout import read_folders
     from mer_tune.data.pack import load_pack
-    from mer_tune.method import pipeline, train
+    from mer_tune.method import malloc, pipeline
     from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
     if malloc == "tuned":
-        train.tune_malloc()  # as a trial's process does
+        malloc.tune_malloc()  # as a trial's process does
     elif malloc != "none":
-        train.tune_malloc(*(int(v) for v in malloc.split(",")))
+        malloc.tune_malloc(*(int(v) for v in malloc.split(",")))
 
     t0 = time.perf_counter()
     out: dict = {}

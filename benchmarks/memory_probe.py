@@ -4,7 +4,7 @@
     python benchmarks/memory_probe.py --pack /tmp/mer-full-pack --malloc 1048576,131072
 
 --malloc sets glibc's mmap and trim thresholds as the entry points do (default: the
-values they use, mer_tune.method.train.tune_malloc); "none" leaves glibc's dynamic ones.
+values they use, mer_tune.method.malloc.tune_malloc); "none" leaves glibc's dynamic ones.
 
 Prints private (RssAnon) and file-backed (RssFile, the memory-mapped pack) resident
 memory and the peak (VmHWM), before and after the pass.
@@ -22,7 +22,7 @@ import torch
 
 from mer_tune.data.layout import DataOptions
 from mer_tune.data.pack import default_pack_dir, load_pack
-from mer_tune.method import train
+from mer_tune.method import malloc, train
 from mer_tune.method.config import build_config
 
 
@@ -40,10 +40,10 @@ def main() -> None:
     parser.add_argument("--malloc", default="tuned", help="tuned, none, or MMAP,TRIM bytes")
     args = parser.parse_args()
     if args.malloc == "tuned":
-        train.tune_malloc()
+        malloc.tune_malloc()
     elif args.malloc != "none":
         mmap, trim = (int(v) for v in args.malloc.split(","))
-        train.tune_malloc(mmap, trim)
+        malloc.tune_malloc(mmap, trim)
     print(f"malloc: {args.malloc}")
     pack_dir = Path(args.pack) if args.pack else default_pack_dir(Path(args.dir), DataOptions())
     data = load_pack(pack_dir)

@@ -154,7 +154,7 @@ def main() -> None:
 
     import torch
 
-    from mer_tune.method.train import tune_malloc
+    from mer_tune.method.malloc import tune_malloc
 
     tune_malloc()  # as a trial's process does
     torch.set_num_threads(args.threads)

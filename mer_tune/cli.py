@@ -770,7 +770,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if argv is None:  # the program itself, not a caller in the same process
         _fast_exit()
-    from mer_tune.method.train import tune_malloc
+    from mer_tune.method.malloc import tune_malloc
 
     tune_malloc()
     _quiet_libraries()

@@ -204,3 +204,22 @@ def test_the_confirm_lines_fit_80_columns(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line) for line in lines) <= 80, lines
     assert "  trial 0 (baseline, adopted)" in lines
+
+
+@pytest.mark.parametrize("args", [["--help"], ["spaces"], ["config", "--help"]])
+def test_commands_that_train_nothing_start_without_torch(args):
+    """Help, the space list and the config reference answer at once: they import neither
+    PyTorch nor scikit-learn (about 2 s of imports on a laptop core)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom mer_tune.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "[]"

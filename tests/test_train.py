@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mer_tune.data.pack import load
-from mer_tune.method import train
+from mer_tune.method import malloc, train
 from mer_tune.method.config import build_config
 
 
@@ -70,16 +70,16 @@ def test_inference_maps_its_batches_and_restores_the_training_threshold(tiny_dir
             calls.append((param, value))
             return 1
 
-    monkeypatch.setattr(train.ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: FakeLibc())
     # Put back what this process had (a CLI test may have tuned it for real).
-    monkeypatch.setattr(train, "_training_mmap_threshold", train._training_mmap_threshold)
+    monkeypatch.setattr(malloc, "_training_mmap_threshold", malloc._training_mmap_threshold)
     data = load(tiny_dir)
     cfg = build_config({"model": {"hidden": 16, "heads": 2, "head_dims": [16]}})
     feats = train.Features(data, torch.device("cpu"))
     model = train.make_model(data, cfg.model, 0, feats.device)
-    for training in (train.MMAP_THRESHOLD, 2 << 20):
-        monkeypatch.setattr(train, "_libc", None)
-        train.tune_malloc(training, 64 << 20)
+    for training in (malloc.MMAP_THRESHOLD, 2 << 20):
+        monkeypatch.setattr(malloc, "_libc", None)
+        malloc.tune_malloc(training, 64 << 20)
         assert calls == [(-3, training), (-1, 64 << 20)]  # M_MMAP_ and M_TRIM_THRESHOLD
         calls.clear()
         logits = train.predict(model, feats, np.arange(10))

@@ -65,11 +65,11 @@ class FoldModels:
         import optuna
         import torch
 
-        from mer_tune.method import train
+        from mer_tune.method import malloc
         from mer_tune.method.config import build_config
 
         torch.set_num_threads(max(1, int(setup["threads"])))
-        train.tune_malloc()
+        malloc.tune_malloc()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.data, self.base, self.setup = data, build_config(base), setup
         self.space: Space = study["space"]

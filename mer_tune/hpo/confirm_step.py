@@ -236,10 +236,10 @@ def _retrain_one(
     import torch
 
     from mer_tune.hpo.cache import StageStore
-    from mer_tune.method import pipeline, train
+    from mer_tune.method import malloc, pipeline
 
     torch.set_num_threads(max(1, threads))
-    train.tune_malloc()
+    malloc.tune_malloc()
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key) if cache_dir else None

@@ -61,11 +61,11 @@ def _train(
     import torch
 
     from mer_tune.hpo.cache import StageStore
-    from mer_tune.method import pipeline, train
+    from mer_tune.method import malloc, pipeline
     from mer_tune.method.config import build_config
 
     torch.set_num_threads(threads)
-    train.tune_malloc()
+    malloc.tune_malloc()
     cache = StageStore(
         cache_dir, key=bytes.fromhex(cache_key) if cache_key else None, timeout=timeout
     )

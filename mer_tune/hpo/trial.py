@@ -21,7 +21,7 @@ from mer_tune.data.layout import HOLDOUT, TEST, MERData
 from mer_tune.hpo import confirm as confirm_step
 from mer_tune.hpo.cache import StageStore
 from mer_tune.hpo.spaces import trial_config
-from mer_tune.method import pipeline, train
+from mer_tune.method import malloc, pipeline, train
 from mer_tune.method.config import Config, build_config
 
 METRIC = "weighted_f1"
@@ -67,7 +67,7 @@ def run_trial(
 
     data: MERData = ray.get(data_ref[0])  # zero-copy views of the object store's arrays
     torch.set_num_threads(max(1, threads))
-    train.tune_malloc()
+    malloc.tune_malloc()
     cfg = trial_config(build_config(base), config)
     key = bytes.fromhex(cache_key) if cache_key else None
     cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None

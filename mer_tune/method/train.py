@@ -4,9 +4,7 @@ the scored fold under eval.select_on=scored), and batched inference."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,51 +24,11 @@ from mer_tune.method.config import (
     OptimConfig,
     PretrainConfig,
 )
+from mer_tune.method.malloc import inference_malloc
 from mer_tune.method.model import MRCCL, add_noise
 from mer_tune.method.steps import Stepper, autocast
 
 EpochHook = Callable[[str, int, dict], None]
-
-
-# glibc's malloc settings for training processes (benchmarks/RESULTS.md, "Memory" and
-# "The CPU step"). Left dynamic, glibc raises its mmap threshold after the first large
-# frees, and the MB-sized feature batches of an inference pass then fragment the heap:
-# so inference maps every allocation above 1 MiB on its own. A training step instead
-# reuses the same few 3 to 6 MB NT-Xent matrices: mapped on their own, their pages would
-# fault in and be zeroed again every step (a quarter of a CPU step), so training keeps
-# allocations below 8 MiB in the heap. Fixing the mmap threshold also fixes the trim
-# threshold at its 128 KiB default, which would hand the heap's top back to the system
-# after every step: 64 MiB keeps a step's working set.
-MMAP_THRESHOLD = 8 << 20
-INFERENCE_MMAP_THRESHOLD = 1 << 20
-TRIM_THRESHOLD = 64 << 20
-_libc: ctypes.CDLL | None = None
-_training_mmap_threshold = MMAP_THRESHOLD  # what tune_malloc set, restored after inference
-
-
-def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> None:
-    """Fix glibc's mmap and trim thresholds (see above). Called by the entry points that
-    train: the CLI, a trial, a retraining, the batched scorer."""
-    global _libc, _training_mmap_threshold
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
-        _libc, _training_mmap_threshold = libc, mmap_threshold
-
-
-@contextlib.contextmanager
-def _inference_malloc():
-    """Inference batches mapped on their own (see above), where tune_malloc was called.
-    Training processes call predict from one thread, so there is no nesting to track."""
-    if _libc is None:
-        yield
-        return
-    _libc.mallopt(-3, min(INFERENCE_MMAP_THRESHOLD, _training_mmap_threshold))
-    try:
-        yield
-    finally:
-        _libc.mallopt(-3, _training_mmap_threshold)
 
 
 class DivergedError(MerTuneError):
@@ -297,7 +255,7 @@ def predict(
     """Logits of the four heads, (len(idx), C) float32 each."""
     model.eval()
     parts: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
-    with _inference_malloc():
+    with inference_malloc():
         for start in range(0, len(idx), batch_size):
             x = feats.batch(np.asarray(idx[start : start + batch_size]))
             with autocast(feats.device):
