@@ -38,33 +38,32 @@ def _mode(fused: bool) -> None:
     os.environ["MER_TUNE_FUSED"] = "1" if fused else "0"
 
 
-def finetune_step_ms(data, cfg, batches: list[np.ndarray]) -> float:
-    """ms per finetuning step (the supervised loss with its contrastive terms) over
-    `batches`, after three warm-up steps, in the current MER_TUNE_FUSED mode."""
+def finetune_steps(data, cfg):
+    """A function running one finetuning step (train.supervised_loss: the heads'
+    cross-entropy plus the contrastive terms) per batch of labelled samples it is given,
+    on a fresh model, in the current MER_TUNE_FUSED mode."""
     import torch
-    import torch.nn.functional as F
 
     from mer_tune.method import train
-    from mer_tune.method.config import HEADS
     from mer_tune.method.steps import Stepper
 
     feats = train.Features(data, torch.device("cpu"))
     model = train.make_model(data, cfg.model, 0, feats.device)
-    st = train.Steps.of(cfg)
-    gen = torch.Generator().manual_seed(0)
-    y = torch.as_tensor(np.asarray(data.labels))
+    loss_fn = train.supervised_loss(
+        model, feats, train.Steps.of(cfg), torch.Generator().manual_seed(0)
+    )
+    labels = torch.as_tensor(np.asarray(data.labels))
+    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, labels)
+    return lambda batches: stepper.epoch(batches, batches)  # a sample's label at its index
 
-    def loss_fn(x, _y, ids):
-        encoded = model.encode(x)
-        logits = model.logits(encoded[0])
-        loss = sum(F.cross_entropy(logits[h], y[ids]) for h in HEADS) / len(HEADS)
-        c = train._contrastive_loss(model, x, ids, st, feats, gen, True, encoded)
-        return loss + st.loss.finetune_contrastive * c
 
-    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device)
-    stepper.epoch(batches[:3])  # warm-up
+def finetune_step_ms(data, cfg, batches: list[np.ndarray]) -> float:
+    """ms per finetuning step over `batches`, after three warm-up steps, in the current
+    MER_TUNE_FUSED mode."""
+    steps = finetune_steps(data, cfg)
+    steps(batches[:3])  # warm-up
     t0 = time.perf_counter()
-    stepper.epoch(batches)
+    steps(batches)
     return (time.perf_counter() - t0) / len(batches) * 1000
 
 

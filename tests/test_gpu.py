@@ -59,3 +59,55 @@ def test_shared_features_are_counted_once_per_card_not_once_per_trial():
     assert own_copy_fraction(whole, 0.125, 24 * gib) == pytest.approx(1 / 6)
     assert own_copy_fraction(whole, 0.5, 24 * gib) == 0.5  # already enough
     assert own_copy_fraction(whole, 0.125, None) == 0.125  # card size unknown
+
+
+def _peak_tensor_bytes(step) -> int:
+    """The most bytes of live CPU tensors at any moment of `step()`, from the PyTorch
+    profiler's memory timeline (weights, gradients, Adam's moments, batch, activations)."""
+    import json
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return int(np.asarray(sizes, dtype=np.int64).sum(axis=1).max())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(tiny_dir, fused, monkeypatch):
+    """At a batch of 1,024 a step's NT-Xent similarity blocks (n x n each) outweigh the
+    rest: the estimate's model and batch terms still hold every tensor of the step."""
+    import numpy as np
+    import torch
+
+    from mer_tune.data.layout import LABELLED
+    from mer_tune.data.pack import load
+    from mer_tune.hpo.gpu import step_terms
+    from mer_tune.method import train
+    from mer_tune.method.steps import Stepper
+
+    monkeypatch.setenv("MER_TUNE_FUSED", "1" if fused else "0")
+    data = load(tiny_dir)
+    cfg = build_config({"optim": {"batch_size": 1024}})
+    feats = train.Features(data, torch.device("cpu"))
+    model = train.make_model(data, cfg.model, 0, feats.device)
+    loss_fn = train.supervised_loss(model, feats, train.Steps.of(cfg), torch.Generator())
+    labels = torch.as_tensor(np.asarray(data.labels))
+    stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, labels)
+    batch = np.sort(np.random.default_rng(0).choice(data.indices(LABELLED), 1024))
+    stepper.epoch([batch], [batch])  # Adam's moments exist from here on
+    measured = _peak_tensor_bytes(lambda: stepper.epoch([batch], [batch]))
+    model_bytes, batch_bytes = step_terms(data.dims, len(data.classes), cfg)
+    assert measured <= model_bytes + batch_bytes
+    assert measured > 0.5 * (model_bytes + batch_bytes)  # the measurement saw the step

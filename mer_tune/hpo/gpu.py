@@ -12,6 +12,11 @@ Calibration (benchmarks/RESULTS.md, H100, full MER2024-SEMI scale, default confi
 card showed 3.43 GiB for one trial: 1.55 GiB of features, 0.79 GiB more allocated by
 PyTorch at the peak, 0.56 GiB more held in its allocator cache, 0.53 GiB of context.
 The batch sizes explain 0.17 GiB of the 0.79; RUNTIME covers the rest with a margin.
+Measured on the CPU (benchmarks/step_memory.py, float32, the peak of a step's live
+tensors at batches of 256 to 4,096): a sample's activations take about 100 KB at hidden
+128, and a step holds NT-Xent similarity blocks, n x n float32 arrays for a batch of n
+(float32 under autocast too): 27 of them at the fused step's peak, 53 at the general's. Negligible at the default batch of
+256 (7 MiB), they are most of a step's memory at 4,096 (1.7 GiB fused).
 """
 
 from __future__ import annotations
@@ -20,27 +25,38 @@ import torch
 
 from mer_tune.errors import UsageError
 from mer_tune.method.config import Config
-from mer_tune.method.model import MRCCL
+from mer_tune.method.model import MRCCL, fused_kernels
 
 CUDA_CONTEXT = 640 * 2**20  # CUDA context and cuBLAS workspaces, per process (0.53 GiB seen)
 RUNTIME = 1280 * 2**20  # graph pools, allocator cache, gathers (1.18 GiB seen beyond batches)
 INFERENCE_BATCH = 4096  # train.predict's batch size
+# n x n float32 arrays at a step's peak, fused and general path (27 and 53 measured).
+SIMILARITY_ARRAYS = {True: 36, False: 64}
+
+
+def step_terms(dims: dict[str, int], classes: int, cfg: Config) -> tuple[int, int]:
+    """The estimate's bytes for the model (weights, gradients, two Adam moments and a
+    best-epoch copy) and for one training batch in flight (benchmarks/step_memory.py
+    checks both against a step's measured tensors)."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        params = sum(p.numel() for p in MRCCL(dims, classes, cfg.model).parameters())
+    width = sum(dims.values())
+    # Training: gathered + standardised batch, two noisy views, float32, plus encoder
+    # and head activations kept for the backward pass (about 100 KB a sample at hidden
+    # 128 measured, counted as 112 hidden-wide float32 rows per layer), plus the NT-Xent
+    # similarity blocks.
+    n = cfg.optim.batch_size
+    train = n * (width * 4 * 4 + cfg.model.hidden * 4 * 112 * (1 + cfg.model.layers))
+    train += SIMILARITY_ARRAYS[fused_kernels()] * n * n * 4
+    return params * 4 * 5, train
 
 
 def trial_bytes(dims: dict[str, int], classes: int, feature_bytes: int, cfg: Config) -> int:
     """Upper bound on one trial's GPU memory, in bytes."""
-    with torch.device("meta"):  # shapes only: nothing allocated
-        params = sum(p.numel() for p in MRCCL(dims, classes, cfg.model).parameters())
-    model = params * 4 * 5  # weights, gradients, two Adam moments, best-epoch copy
-    width = sum(dims.values())
-    # Training: gathered + standardised batch, two noisy views, float32, plus encoder
-    # activations (hidden wide, per layer) kept for the backward pass.
-    train = cfg.optim.batch_size * (
-        width * 4 * 4 + cfg.model.hidden * 4 * 64 * (1 + cfg.model.layers)
-    )
+    model, train = step_terms(dims, classes, cfg)
     # Inference: the gathered batch as stored (float16, float32 at most) plus its float32
     # copy, standardised in place.
-    infer = INFERENCE_BATCH * width * (4 + 4)
+    infer = INFERENCE_BATCH * sum(dims.values()) * (4 + 4)
     # The stage's CUDA graph keeps one training step's memory in its own pool, beside
     # whatever the eager odd-size batch or the validation pass needs.
     return feature_bytes + model + train + max(train, infer) + RUNTIME + CUDA_CONTEXT

@@ -194,6 +194,27 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def supervised_loss(
+    model: MRCCL, feats: Features, steps: Steps, gen: torch.Generator | None
+) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of a (re)training step, as Stepper calls it with a batch's features, its
+    labels and its sample indices: cross-entropy on the four heads plus the contrastive
+    terms (with the noised views where loss.finetune_noise says)."""
+
+    def loss_fn(x: dict[str, torch.Tensor], y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        encoded = model.encode(x)
+        logits = model.logits(encoded[0])
+        loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
+        if steps.loss.finetune_contrastive > 0:
+            contrastive = _contrastive_loss(
+                model, x, ids, steps, feats, gen, steps.loss.finetune_noise, encoded
+            )
+            loss = loss + steps.loss.finetune_contrastive * contrastive
+        return loss
+
+    return loss_fn
+
+
 def supervised(
     model: MRCCL,
     feats: Features,
@@ -211,21 +232,7 @@ def supervised(
     scores best on the samples `val_idx` (the selection samples: they pick, never train).
     Returns (best state, {best_epoch, best_f1, history})."""
     rng = np.random.default_rng(seed)
-    gen = _noise_generator(feats.device, seed)
-
-    def loss_fn(
-        x: dict[str, torch.Tensor], y: torch.Tensor | None, ids: torch.Tensor
-    ) -> torch.Tensor:
-        encoded = model.encode(x)
-        logits = model.logits(encoded[0])
-        loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
-        if steps.loss.finetune_contrastive > 0:
-            contrastive = _contrastive_loss(
-                model, x, ids, steps, feats, gen, steps.loss.finetune_noise, encoded
-            )
-            loss = loss + steps.loss.finetune_contrastive * contrastive
-        return loss
-
+    loss_fn = supervised_loss(model, feats, steps, _noise_generator(feats.device, seed))
     targets = torch.as_tensor(train_y, device=feats.device)
     best_state, best = copy.deepcopy(model.state_dict()), {"best_epoch": -1, "best_f1": -1.0}
     history = []
