@@ -1,7 +1,7 @@
 """Tensor memory of one finetuning step, the general path against the fused one, beside
 what the GPU estimate (`mer_tune.hpo.gpu.step_terms`) counts for the same things.
 
-    python benchmarks/step_memory.py --batch-sizes 256 4096
+    python benchmarks/step_memory.py --batch-sizes 256 4096 [--set loss.learn_temperature=true]
 
 The estimate guarding --gpus-per-trial was calibrated on an H100 with the general path
 (nn.TransformerEncoderLayer, one NT-Xent call per term). Its model and batch terms must
@@ -31,17 +31,18 @@ from step_speed import _mode, finetune_steps
 MiB = 2**20
 
 
-def _child(fused: bool, batch_size: int, spec: str) -> None:
+def _child(fused: bool, batch_size: int, spec: str, sets: list[str]) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from mer_tune.data.layout import LABELLED
     from mer_tune.data.resolve import resolve
     from mer_tune.hpo.gpu import step_terms
-    from mer_tune.method.config import build_config
+    from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
     _mode(fused)
     data = resolve(spec)
     cfg = build_config({"optim": {"batch_size": batch_size}})
+    cfg = with_overrides(cfg, parse_set_options(sets))
     rng = np.random.default_rng(0)
     labelled = data.indices(LABELLED)
     batches = [np.sort(rng.choice(labelled, batch_size)) for _ in range(3)]
@@ -79,15 +80,16 @@ def main() -> None:
     parser.add_argument("--child", choices=["general", "fused"])
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--data", default="synthetic:small")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE, as mer-tune's")
     args = parser.parse_args()
     if args.child:
-        _child(args.child == "fused", args.batch_size, args.data)
+        _child(args.child == "fused", args.batch_size, args.data, args.set)
         return
     for batch_size in args.batch_sizes:
         seen = {}
         for path in ("general", "fused"):
             cmd = [sys.executable, __file__, "--child", path, "--batch-size", str(batch_size)]
-            cmd += ["--data", args.data]
+            cmd += ["--data", args.data] + [f"--set={kv}" for kv in args.set]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-2000:])

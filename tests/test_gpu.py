@@ -6,10 +6,13 @@ from mer_tune.errors import UsageError
 from mer_tune.hpo.gpu import (
     CUDA_CONTEXT,
     check_packing,
+    contrastive_path,
+    largest_config,
     own_copy_fraction,
     packing,
     trial_bytes,
 )
+from mer_tune.hpo.spaces import load_space, space_from_dict
 from mer_tune.method.config import build_config
 
 FULL_DIMS = {"audio": 1024, "visual": 768, "text": 5120}
@@ -103,7 +106,7 @@ def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(tiny_dir, 
     feats = train.Features(data, torch.device("cpu"))
     model = train.make_model(data, cfg.model, 0, feats.device)
     loss_fn = train.supervised_loss(model, feats, train.Steps.of(cfg), torch.Generator())
-    labels = torch.as_tensor(np.asarray(data.labels))
+    labels = torch.from_numpy(np.array(data.labels))
     stepper = Stepper(model, feats.batch, loss_fn, cfg.optim, feats.device, labels)
     batch = np.sort(np.random.default_rng(0).choice(data.indices(LABELLED), 1024))
     stepper.epoch([batch], [batch])  # Adam's moments exist from here on
@@ -111,3 +114,21 @@ def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(tiny_dir, 
     model_bytes, batch_bytes = step_terms(data.dims, len(data.classes), cfg)
     assert measured <= model_bytes + batch_bytes
     assert measured > 0.5 * (model_bytes + batch_bytes)  # the measurement saw the step
+
+
+def test_a_search_is_packed_for_the_largest_trial_its_space_can_draw():
+    """The full space draws model.hidden up to 256, 2 layers and learned temperatures
+    (the row-wise NT-Xent): its estimate is that trial's, above the base config's. A space
+    that draws no size keeps the base config."""
+    base = build_config()
+    largest = largest_config(base, load_space("full", base).params)
+    assert (largest.model.hidden, largest.model.layers) == (256, 2)
+    assert largest.loss.learn_temperature and contrastive_path(largest) == "rows"
+    assert contrastive_path(base) == "blocks"
+    assert trial_bytes(FULL_DIMS, 6, FULL_FEATURES, largest) > trial_bytes(
+        FULL_DIMS, 6, FULL_FEATURES, base
+    )
+    assert largest_config(base, load_space("thresholds", base).params) == base
+    spec = {"optim.batch_size": {"type": "categorical", "choices": [256, 2048]}}
+    batch = space_from_dict({"description": "batch", "params": spec}, base, "batch", "test")
+    assert largest_config(base, batch.params).optim.batch_size == 2048

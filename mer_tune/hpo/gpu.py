@@ -14,24 +14,67 @@ PyTorch at the peak, 0.56 GiB more held in its allocator cache, 0.53 GiB of cont
 The batch sizes explain 0.17 GiB of the 0.79; RUNTIME covers the rest with a margin.
 Measured on the CPU (benchmarks/step_memory.py, float32, the peak of a step's live
 tensors at batches of 256 to 4,096): a sample's activations take about 100 KB at hidden
-128, and a step holds NT-Xent similarity blocks, n x n float32 arrays for a batch of n
-(float32 under autocast too): 27 of them at the fused step's peak, 53 at the general's. Negligible at the default batch of
-256 (7 MiB), they are most of a step's memory at 4,096 (1.7 GiB fused).
+128, and a step holds NT-Xent similarity arrays, n x n float32 each for a batch of n
+(float32 under autocast too), how many depends on the path the loss takes (see
+SIMILARITY_ARRAYS). Negligible at the default batch of 256 (7 MiB on the fused step's
+shared blocks), they are most of a step's memory at 4,096 (1.7 GiB).
+
+The estimate is taken at the largest sizes a search space can draw (largest_config), so
+that a space searching `model.hidden` or `optim.batch_size` is packed for its largest
+trial, not its base config.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from mer_tune.errors import UsageError
+from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.hpo.spaces import trial_config
 from mer_tune.method.config import Config
-from mer_tune.method.model import MRCCL, fused_kernels
+from mer_tune.method.model import MAX_SHIFTED_SPREAD, MRCCL, fused_kernels
 
 CUDA_CONTEXT = 640 * 2**20  # CUDA context and cuBLAS workspaces, per process (0.53 GiB seen)
 RUNTIME = 1280 * 2**20  # graph pools, allocator cache, gathers (1.18 GiB seen beyond batches)
 INFERENCE_BATCH = 4096  # train.predict's batch size
-# n x n float32 arrays at a step's peak, fused and general path (27 and 53 measured).
-SIMILARITY_ARRAYS = {True: 36, False: 64}
+# n x n float32 arrays at a step's peak, by the path the NT-Xent terms take, with a
+# margin over what benchmarks/step_memory.py measured: the fused step's shared blocks
+# (one fixed temperature) 27, its row-wise path (learned temperatures, or one below
+# 2 / MAX_SHIFTED_SPREAD) 49, the general path (MER_TUNE_FUSED=0) 53, and about 95 with
+# learned temperatures.
+SIMILARITY_ARRAYS = {"blocks": 36, "rows": 64, "general": 128}
+# Searched keys whose largest value needs the most memory: the model's width and depth,
+# the batch (largest_config also takes a learned or the smallest temperature).
+SIZE_KEYS = ("model.hidden", "model.layers", "optim.batch_size")
+
+
+def contrastive_path(cfg: Config) -> str:
+    """Which NT-Xent path a trial of `cfg` trains with (model.nt_xent_terms)."""
+    if not fused_kernels():
+        return "general"
+    if cfg.loss.learn_temperature or 2 / cfg.loss.temperature > MAX_SHIFTED_SPREAD:
+        return "rows"
+    return "blocks"
+
+
+def largest_config(base: Config, params: dict[str, Any]) -> Config:
+    """The config of the space's most memory-hungry trial: every searched size at its
+    largest, and the NT-Xent path that holds the most arrays when the space can take it.
+    The base config where those values do not validate together."""
+    values: dict[str, Any] = {}
+    for key, dist in params.items():
+        choices = getattr(dist, "choices", None)
+        if key in SIZE_KEYS:
+            values[key] = max(choices) if choices else dist.high
+        elif key == "loss.learn_temperature" and True in (choices or ()):
+            values[key] = True
+        elif key == "loss.temperature":
+            values[key] = min(choices) if choices else dist.low
+    try:
+        return trial_config(base, values)
+    except MerTuneError:
+        return base
 
 
 def step_terms(dims: dict[str, int], classes: int, cfg: Config) -> tuple[int, int]:
@@ -47,7 +90,7 @@ def step_terms(dims: dict[str, int], classes: int, cfg: Config) -> tuple[int, in
     # similarity blocks.
     n = cfg.optim.batch_size
     train = n * (width * 4 * 4 + cfg.model.hidden * 4 * 112 * (1 + cfg.model.layers))
-    train += SIMILARITY_ARRAYS[fused_kernels()] * n * n * 4
+    train += SIMILARITY_ARRAYS[contrastive_path(cfg)] * n * n * 4
     return params * 4 * 5, train
 
 

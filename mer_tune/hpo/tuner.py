@@ -30,7 +30,13 @@ from mer_tune.hpo.batched import batch_size, run_batches, told_from
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
 from mer_tune.hpo.folder import SearchFolder, storage_root
-from mer_tune.hpo.gpu import check_packing, own_copy_fraction, packing, trial_bytes
+from mer_tune.hpo.gpu import (
+    check_packing,
+    largest_config,
+    own_copy_fraction,
+    packing,
+    trial_bytes,
+)
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
 from mer_tune.hpo.shared_stages import SharedStagesTask, start_shared_stages
@@ -203,7 +209,10 @@ def search(
     concurrency = concurrency or max(1, int(total_cpus // max(cpus_per_trial, 1)))
     gpu_estimate, own_copy_gpus = None, gpus
     if gpus > 0:
-        whole = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), base)
+        # The space's largest trial: a search that draws model.hidden or optim.batch_size
+        # is packed for the largest it can draw.
+        largest = largest_config(base, sp.params)
+        whole = trial_bytes(dataset.dims, len(dataset.classes), dataset.nbytes(), largest)
         gpu_estimate, shared = packing(whole, dataset.nbytes(), share_features)
         card = card_bytes(gpus)
         if card:
