@@ -46,13 +46,14 @@ def _pack_dir(root: str) -> Path:
 def _child(step: str, root: str, device: str, sets: list[str], malloc: str) -> None:
     from mer_tune.data.layout import read_folders
     from mer_tune.data.pack import load_pack
-    from mer_tune.method import malloc, pipeline
+    from mer_tune.method import pipeline
     from mer_tune.method.config import build_config, parse_set_options, with_overrides
+    from mer_tune.method.malloc import tune_malloc
 
     if malloc == "tuned":
-        malloc.tune_malloc()  # as a trial's process does
+        tune_malloc()  # as a trial's process does
     elif malloc != "none":
-        malloc.tune_malloc(*(int(v) for v in malloc.split(",")))
+        tune_malloc(*(int(v) for v in malloc.split(",")))
 
     t0 = time.perf_counter()
     out: dict = {}

@@ -1,5 +1,6 @@
 """The per-trial GPU memory estimate that guards fractional GPUs."""
 
+import optuna
 import pytest
 
 from mer_tune.errors import UsageError
@@ -87,9 +88,13 @@ def _peak_tensor_bytes(step) -> int:
     return int(np.asarray(sizes, dtype=np.int64).sum(axis=1).max())
 
 
-def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(tiny_dir, monkeypatch):
-    """At a batch of 1,024 a step's NT-Xent similarity blocks (n x n each) outweigh the
-    rest: the estimate's model and batch terms still hold every tensor of the fused step
+@pytest.mark.parametrize("learned", [False, True], ids=["shared-blocks", "row-wise"])
+def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(
+    tiny_dir, learned, monkeypatch
+):
+    """At a batch of 1,024 a step's NT-Xent similarity arrays (n x n each) outweigh the
+    rest: the estimate's model and batch terms still hold every tensor of the fused step,
+    with one fixed temperature (shared blocks) and with learned ones (row-wise)
     (benchmarks/step_memory.py measures the general path too, at the real widths)."""
     import numpy as np
     import torch
@@ -102,7 +107,7 @@ def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(tiny_dir, 
 
     monkeypatch.setenv("MER_TUNE_FUSED", "1")
     data = load(tiny_dir)
-    cfg = build_config({"optim": {"batch_size": 1024}})
+    cfg = build_config({"optim": {"batch_size": 1024}, "loss": {"learn_temperature": learned}})
     feats = train.Features(data, torch.device("cpu"))
     model = train.make_model(data, cfg.model, 0, feats.device)
     loss_fn = train.supervised_loss(model, feats, train.Steps.of(cfg), torch.Generator())
@@ -116,10 +121,11 @@ def test_the_estimate_bounds_a_training_steps_memory_at_a_large_batch(tiny_dir, 
     assert measured > 0.5 * (model_bytes + batch_bytes)  # the measurement saw the step
 
 
-def test_a_search_is_packed_for_the_largest_trial_its_space_can_draw():
+def test_a_search_is_packed_for_the_largest_trial_its_space_can_draw(monkeypatch):
     """The full space draws model.hidden up to 256, 2 layers and learned temperatures
     (the row-wise NT-Xent): its estimate is that trial's, above the base config's. A space
-    that draws no size keeps the base config."""
+    that draws no size keeps the base config; choices compare as the config reads them."""
+    monkeypatch.setenv("MER_TUNE_FUSED", "1")
     base = build_config()
     largest = largest_config(base, load_space("full", base).params)
     assert (largest.model.hidden, largest.model.layers) == (256, 2)
@@ -129,6 +135,9 @@ def test_a_search_is_packed_for_the_largest_trial_its_space_can_draw():
         FULL_DIMS, 6, FULL_FEATURES, base
     )
     assert largest_config(base, load_space("thresholds", base).params) == base
-    spec = {"optim.batch_size": {"type": "categorical", "choices": [256, 2048]}}
-    batch = space_from_dict({"description": "batch", "params": spec}, base, "batch", "test")
-    assert largest_config(base, batch.params).optim.batch_size == 2048
+    spec = {"optim.batch_size": {"type": "categorical", "choices": [512, "2048", 1024]}}
+    sizes = space_from_dict({"description": "sizes", "params": spec}, base, "sizes", "test")
+    assert largest_config(base, sizes.params).optim.batch_size == 2048
+    # A value the config refuses (6 is no multiple of the 4 heads) is passed over.
+    hidden = {"model.hidden": optuna.distributions.CategoricalDistribution([64, 6])}
+    assert largest_config(base, hidden).model.hidden == 64

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.hpo.spaces import trial_config
+from mer_tune.hpo.spaces import trial_config, value_at
 from mer_tune.method.config import Config
 from mer_tune.method.model import MAX_SHIFTED_SPREAD, MRCCL, fused_kernels
 
@@ -42,7 +42,8 @@ INFERENCE_BATCH = 4096  # train.predict's batch size
 # margin over what benchmarks/step_memory.py measured: the fused step's shared blocks
 # (one fixed temperature) 27, its row-wise path (learned temperatures, or one below
 # 2 / MAX_SHIFTED_SPREAD) 49, the general path (MER_TUNE_FUSED=0) 53, and about 95 with
-# learned temperatures.
+# learned temperatures; the invariant codes' NT-Xent (loss.invariant_weight > 0) adds
+# about 4 more, within the margin.
 SIMILARITY_ARRAYS = {"blocks": 36, "rows": 64, "general": 128}
 # Searched keys whose largest value needs the most memory: the model's width and depth,
 # the batch (largest_config also takes a learned or the smallest temperature).
@@ -50,7 +51,9 @@ SIZE_KEYS = ("model.hidden", "model.layers", "optim.batch_size")
 
 
 def contrastive_path(cfg: Config) -> str:
-    """Which NT-Xent path a trial of `cfg` trains with (model.nt_xent_terms)."""
+    """Which NT-Xent path a trial of `cfg` trains with (model.nt_xent_terms). The driver
+    reads MER_TUNE_FUSED from its own environment: a cluster whose nodes set it otherwise
+    needs the driver to set it alike."""
     if not fused_kernels():
         return "general"
     if cfg.loss.learn_temperature or 2 / cfg.loss.temperature > MAX_SHIFTED_SPREAD:
@@ -61,20 +64,29 @@ def contrastive_path(cfg: Config) -> str:
 def largest_config(base: Config, params: dict[str, Any]) -> Config:
     """The config of the space's most memory-hungry trial: every searched size at its
     largest, and the NT-Xent path that holds the most arrays when the space can take it.
-    The base config where those values do not validate together."""
-    values: dict[str, Any] = {}
+    Each value is compared as the config validates it (a choice "1024" is 1024); a key
+    whose values do not validate keeps the base value (the search itself then names it)."""
+    cfg = base
     for key, dist in params.items():
-        choices = getattr(dist, "choices", None)
+        choices = list(getattr(dist, "choices", None) or (dist.low, dist.high))
         if key in SIZE_KEYS:
-            values[key] = max(choices) if choices else dist.high
-        elif key == "loss.learn_temperature" and True in (choices or ()):
-            values[key] = True
+            pick = max
         elif key == "loss.temperature":
-            values[key] = min(choices) if choices else dist.low
-    try:
-        return trial_config(base, values)
-    except MerTuneError:
-        return base
+            pick = min
+        elif key == "loss.learn_temperature":
+            pick = max  # True over False
+        else:
+            continue
+        valid = []
+        for value in choices:
+            try:
+                candidate = trial_config(cfg, {key: value})
+            except MerTuneError:
+                continue
+            valid.append((value_at(candidate, key), candidate))
+        if valid:
+            cfg = pick(valid, key=lambda pair: pair[0])[1]
+    return cfg
 
 
 def step_terms(dims: dict[str, int], classes: int, cfg: Config) -> tuple[int, int]:
