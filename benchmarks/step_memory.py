@@ -48,30 +48,20 @@ def _child(fused: bool, batch_size: int, spec: str, sets: list[str]) -> None:
     batches = [np.sort(rng.choice(labelled, batch_size)) for _ in range(3)]
     steps = finetune_steps(data, cfg)
     steps(batches[:2])  # Adam's moments exist from here on
-    activities = [ProfilerActivity.CPU]
     with profile(
-        activities=activities, profile_memory=True, record_shapes=True, with_stack=True
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
     ) as prof:
         steps(batches[2:])
+    # Deprecated in favour of CUDA's memory snapshots, which see no CPU tensors.
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", FutureWarning
-        )  # deprecated for CUDA, the only way on the CPU
+        warnings.simplefilter("ignore", FutureWarning)
         path = Path(tmp) / "timeline.json"
         prof.export_memory_timeline(str(path), device="cpu")
         _, sizes = json.loads(path.read_text())
     sizes = np.asarray(sizes, dtype=np.int64)
     peak = int(sizes.sum(axis=1).max())  # the profiler's split by kind is a guess: the total
     model_bytes, batch_bytes = step_terms(data.dims, len(data.classes), cfg)
-    print(
-        json.dumps(
-            {
-                "peak": peak,
-                "estimate_model": model_bytes,
-                "estimate_batch": batch_bytes,
-            }
-        )
-    )
+    print(json.dumps({"peak": peak, "estimate_model": model_bytes, "estimate_batch": batch_bytes}))
 
 
 def main() -> None:

@@ -45,9 +45,15 @@ INFERENCE_BATCH = 4096  # train.predict's batch size
 # learned temperatures; the invariant codes' NT-Xent (loss.invariant_weight > 0) adds
 # about 4 more, within the margin.
 SIMILARITY_ARRAYS = {"blocks": 36, "rows": 64, "general": 128}
-# Searched keys whose largest value needs the most memory: the model's width and depth,
-# the batch (largest_config also takes a learned or the smallest temperature).
-SIZE_KEYS = ("model.hidden", "model.layers", "optim.batch_size")
+# The searched keys that decide a trial's memory, and which of their values needs the
+# most: the model's width and depth, the batch, a learned or the smallest temperature.
+MOST_MEMORY = {
+    "model.hidden": max,
+    "model.layers": max,
+    "optim.batch_size": max,
+    "loss.learn_temperature": max,  # True over False
+    "loss.temperature": min,
+}
 
 
 def contrastive_path(cfg: Config) -> str:
@@ -68,15 +74,10 @@ def largest_config(base: Config, params: dict[str, Any]) -> Config:
     whose values do not validate keeps the base value (the search itself then names it)."""
     cfg = base
     for key, dist in params.items():
-        choices = list(getattr(dist, "choices", None) or (dist.low, dist.high))
-        if key in SIZE_KEYS:
-            pick = max
-        elif key == "loss.temperature":
-            pick = min
-        elif key == "loss.learn_temperature":
-            pick = max  # True over False
-        else:
+        pick = MOST_MEMORY.get(key)
+        if pick is None:
             continue
+        choices = list(getattr(dist, "choices", None) or (dist.low, dist.high))
         valid = []
         for value in choices:
             try:
