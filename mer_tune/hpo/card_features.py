@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -117,18 +118,27 @@ def open_shared(data_ref: list, search: str, device: str = "cuda") -> dict[str, 
     return open_handles(ray.get(holder.handles.remote(), timeout=OPEN_TIMEOUT))
 
 
-def release(search: str) -> int:
+def release(search: str, wait: float = 30.0) -> int:
     """End every holder of `search` (its holders' key: name and run, on any node);
-    returns how many there were."""
+    returns how many there were. Waits up to `wait` seconds for them to be gone, since
+    ray.kill only asks: a holder still listed would still hold its card memory."""
     import ray
 
+    def listed() -> list[str]:
+        return [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == NAMESPACE and actor["name"].startswith(f"{PREFIX}{search}/")
+        ]
+
     ended = 0
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        name = actor["name"]
-        if actor["namespace"] == NAMESPACE and name.startswith(f"{PREFIX}{search}/"):
-            try:
-                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-                ended += 1
-            except ValueError:  # ended meanwhile
-                pass
+    for name in listed():
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+            ended += 1
+        except ValueError:  # ended meanwhile
+            pass
+    deadline = time.monotonic() + wait
+    while ended and listed() and time.monotonic() < deadline:
+        time.sleep(0.1)
     return ended
