@@ -186,7 +186,7 @@ def mlflow_server(tmp_path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_server(uri, tmp_path / "mlflow-server.log", 60, lambda: proc.poll() is None)
+        wait_for_server(uri, tmp_path / "mlflow-server.log", 180, lambda: proc.poll() is None)
         yield uri
     finally:
         proc.terminate()

@@ -40,6 +40,7 @@ def test_parent_and_nested_trials_appear_in_the_mlflow_ui(mlflow_server, search_
             for name in ("trial-000", "trial-001"):
                 page.get_by_text(name).first.wait_for(timeout=30000)
             page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"))
-            assert "3 matching runs" in page.inner_text("body")  # the parent and its two trials
+            # the parent and its two trials (the count settles once the rows have loaded)
+            page.get_by_text("3 matching runs").first.wait_for(timeout=30000)
         finally:
             browser.close()

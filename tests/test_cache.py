@@ -218,6 +218,7 @@ def test_a_dead_trials_lease_expires_and_only_the_owner_releases(tmp_path, monke
     # A lease left by a SIGKILLed trial two minutes ago is taken over, not waited on.
     store.files.write(lease, f"deadbeef {time.time() - 2 * cache_module.LEASE_SECONDS}".encode())
     waits = []
+    monkeypatch.setattr(cache_module, "POLL_SECONDS", 0.37)  # told apart from the settle time
     monkeypatch.setattr(cache_module.time, "sleep", lambda s: waits.append(s))
     assert store.get_or_compute("s", {"k": 1}, lambda: 7) == 7
     assert cache_module.POLL_SECONDS not in waits  # it never waited for the dead owner

@@ -136,8 +136,11 @@ class LocalCluster:
         deadline = time.time() + 30
         while self.processes() and time.time() < deadline:
             time.sleep(0.5)
-        for proc in self.processes():
-            proc.kill()
+        survivors = self.processes()
+        for proc in survivors:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(survivors, timeout=10)  # SIGKILL is delivered, not instant
         for proc in self.nodes.values():
             proc.wait(timeout=30)
 

@@ -1,5 +1,6 @@
 """Auth stays on, credentials stay secret, the cluster's MLflow server is locked down."""
 
+import contextlib
 import json
 import os
 import socket
@@ -73,6 +74,15 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture
 def auth_server(tmp_path, monkeypatch):
     """cluster/start-mlflow.sh as the head runs it, with its secret in a file."""
@@ -97,14 +107,17 @@ def auth_server(tmp_path, monkeypatch):
     pid = int((state / "server.pid").read_text())
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_server(uri, state / "server.log", 90)
+        wait_for_server(uri, state / "server.log", 90, lambda: _running(pid))
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
         monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
         yield uri, password, tmp_path
     finally:
         subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
-        os.kill(pid, 15)
-        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):  # gone with its child already
+            os.kill(pid, 15)
+        deadline = time.monotonic() + 30
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @pytest.mark.slow

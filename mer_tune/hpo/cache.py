@@ -48,6 +48,11 @@ MARKER = ".mer-tune-cache"  # `cache clear` deletes only in a folder that carrie
 LEASE_SECONDS = 60.0  # a lease not renewed for this long belonged to a trial that died
 HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 1.0
+# How long a lease's writer waits before reading it back. A rival that read "no lease"
+# just before ours landed writes its own within this time unless it stalls longer (a
+# loaded machine: 0.2 s let two trials both compute a stage); the cost is this wait once
+# per stage computed, against stages of tens of seconds.
+SETTLE_SECONDS = 1.0
 # <stage>-<key digest>[.<signing key id>].<pt|sig|sha256|lock>
 ENTRY = re.compile(r"[a-z_]+-[0-9a-f]{32}(\.[0-9a-f]{12})?\.(pt|sig|sha256|lock)")
 
@@ -169,11 +174,12 @@ class ArrowFiles:
 class Lease:
     """A lock on a store without atomic create-if-absent (S3, GCS): an object holding
     `owner-token time`. Whoever finds no live lease writes theirs, waits a settle time
-    (at least three times the write's own duration, so that a concurrent writer's lease
-    has landed even on a slow store) and reads it back: the token found there wins. The
-    holder's heartbeat renews the time while the stage computes and checks the lease is
-    still its own; only the owner deletes it. A lease whose time is older than
-    LEASE_SECONDS (its trial died: a spot worker, a SIGKILL) is taken over."""
+    (SETTLE_SECONDS, or three times the write's own duration if longer, so that a
+    concurrent writer's lease has landed even on a slow store) and reads it back: the
+    token found there wins. The holder's heartbeat renews the time while the stage
+    computes and checks the lease is still its own; only the owner deletes it. A lease
+    whose time is older than LEASE_SECONDS (its trial died: a spot worker, a SIGKILL) is
+    taken over."""
 
     def __init__(self, files: ArrowFiles, name: str, timeout: float | None):
         self.files, self.name, self.timeout = files, name, timeout
@@ -212,7 +218,7 @@ class Lease:
                 time.sleep(POLL_SECONDS)  # another trial holds it: look again
                 continue
             took = self._write()
-            time.sleep(max(0.2, 3 * took))
+            time.sleep(max(SETTLE_SECONDS, 3 * took))
             held = self._holder()
             if held is not None and held[0] == self.token:
                 break
