@@ -141,3 +141,43 @@ def test_a_search_is_packed_for_the_largest_trial_its_space_can_draw(monkeypatch
     # A value the config refuses (6 is no multiple of the 4 heads) is passed over.
     hidden = {"model.hidden": optuna.distributions.CategoricalDistribution([64, 6])}
     assert largest_config(base, hidden).model.hidden == 64
+
+
+FAST_SETS = [  # a trial of a few seconds on the CPU
+    "model.hidden=16",
+    "model.heads=2",
+    "pretrain.epochs=1",
+    "finetune.epochs=1",
+    "self_training.epochs=1",
+]
+
+
+def test_the_card_benchmarks_run_without_the_search_stack(tmp_path):
+    """benchmarks/gpu_check.sh runs gpu_trial.py and card_sharing.py on a bare GPU machine
+    that has PyTorch, pandas, scikit-learn, PyYAML and filelock but no Optuna, Ray, MLflow
+    or click: a trial of gpu_trial.py (here on the CPU) and both scripts' imports must not
+    need them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = f"""
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {{"optuna", "ray", "mlflow", "click"}}:
+            raise ImportError(f"{{name}} is not on the GPU machine")
+sys.meta_path.insert(0, Absent())
+sys.path.insert(0, {str(root / "benchmarks")!r})
+from pathlib import Path
+import card_sharing, gpu_trial
+import mer_tune.hpo.card_features, mer_tune.method.train  # card_sharing's, when it runs
+gpu_trial._pack(Path({str(tmp_path / "pack")!r}), "tiny")
+gpu_trial._child({str(tmp_path / "pack")!r}, {FAST_SETS!r}, "cpu")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"estimate"' in out.stdout  # the trial ran and its estimate was taken

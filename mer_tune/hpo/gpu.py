@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.hpo.spaces import trial_config, value_at
 from mer_tune.method.config import Config
 from mer_tune.method.model import MAX_SHIFTED_SPREAD, MRCCL, fused_kernels
 
@@ -72,6 +71,10 @@ def largest_config(base: Config, params: dict[str, Any]) -> Config:
     largest, and the NT-Xent path that holds the most arrays when the space can take it.
     Each value is compared as the config validates it (a choice "1024" is 1024); a key
     whose values do not validate keeps the base value (the search itself then names it)."""
+    # Imported here: spaces.py imports Optuna, which the card benchmarks that use this
+    # module's estimate (benchmarks/gpu_trial.py) do without on a bare GPU machine.
+    from mer_tune.hpo.spaces import trial_config, value_at
+
     cfg = base
     for key, dist in params.items():
         pick = MOST_MEMORY.get(key)
