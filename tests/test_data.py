@@ -5,6 +5,7 @@ from conftest import write_dataset
 
 from mer_tune.data.layout import DEFAULT_FOLDERS, DataOptions, read_folders
 from mer_tune.data.pack import load
+from mer_tune.data.resolve import resolve
 from mer_tune.errors import MerTuneError
 
 
@@ -52,6 +53,11 @@ def test_frame_level_features_are_mean_pooled(tmp_path):
         ("empty_npy", "sample_00000006.npy: empty or truncated .npy file"),
         ("empty_test_names", "test-names.csv: the test-name file is empty"),
         ("labels_folder", "is a folder; --labels names a label file"),
+        ("string_npy", "sample_00000002.npy: features must be numbers, got dtype <U1"),
+        ("zero_dim", "sample_00000000.npy: holds no feature values"),
+        ("truth_header", "synthetic-truth.csv: missing column 'name'"),
+        ("test_names_not_utf8", "names.txt: not a UTF-8 text file"),
+        ("test_names_match_nothing", "names.txt: none of its 2 test names is a sample"),
     ],
 )
 def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
@@ -86,9 +92,23 @@ def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
         (_feat(root, "audio") / "sample_00000006.npy").write_bytes(b"")
     elif breakage == "empty_test_names":
         (root / "test-names.csv").write_bytes(b"")
-    opts = DataOptions(labels=str(root / "features")) if breakage == "labels_folder" else None
+    elif breakage == "string_npy":
+        np.save(_feat(root, "visual") / "sample_00000002.npy", np.array(["a", "b", "c"]))
+    elif breakage == "zero_dim":
+        np.save(_feat(root, "audio") / "sample_00000000.npy", np.zeros(0, np.float32))
+    elif breakage == "truth_header":
+        (root / "synthetic-truth.csv").write_text("foo,bar\n1,2\n")
+    elif breakage == "test_names_not_utf8":
+        (tmp_path / "names.txt").write_bytes(b"\xff\xfe bad\n")
+    elif breakage == "test_names_match_nothing":
+        (tmp_path / "names.txt").write_text("other_0001\nother_0002\n")
+    opts = DataOptions()
+    if breakage == "labels_folder":
+        opts = DataOptions(labels=str(root / "features"))
+    elif breakage.startswith("test_names_"):
+        opts = DataOptions(test_names=str(tmp_path / "names.txt"))
     with pytest.raises(MerTuneError, match=message) as err:
-        load(root, opts) if opts else load(root)
+        load(root, opts)
     assert "\n" not in str(err.value)
 
 
@@ -104,11 +124,22 @@ def test_npz_labels_read_with_the_opt_in(tmp_path):
 
 def test_test_names_are_kept_apart(tmp_path):
     root = write_dataset(tmp_path, n_lab=30, n_unl=6)
-    pd.DataFrame({"name": ["sample_00000031", "sample_00000032"]}).to_csv(
+    # A name that is not a sample here is ignored: the list may cover more than this data.
+    pd.DataFrame({"name": ["sample_00000031", "sample_00000032", "other_0001"]}).to_csv(
         root / "test-names.csv", index=False
     )
     data = read_folders(root)
     assert (data.split == "test").sum() == 2 and (data.split == "unlabelled").sum() == 4
+
+
+def test_only_synthetic_or_synthetic_colon_means_the_built_in_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "synthetic-mine")
+    assert resolve("synthetic-mine").source == "synthetic-mine"
+    with pytest.raises(MerTuneError, match="--data synthetic-2024: no such folder"):
+        resolve("synthetic-2024")
+    with pytest.raises(MerTuneError, match="synthetic:tiny:-1: the seed must be a non-negative"):
+        resolve("synthetic:tiny:-1")
 
 
 def test_pack_is_memory_mapped_reused_and_rebuilt_on_change(tmp_path):

@@ -144,6 +144,10 @@ def _read_feature(path: Path) -> np.ndarray:
         raise MerTuneError(f"{path}: empty or truncated .npy file") from None
     except (ValueError, OSError) as err:
         raise MerTuneError(f"{path}: cannot read features ({err})") from None
+    if arr.dtype.kind not in "biuf":  # strings or objects do not convert to float32
+        raise MerTuneError(f"{path}: features must be numbers, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise MerTuneError(f"{path}: holds no feature values (shape {arr.shape})")
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 2:  # frame level (T, dim): mean over time
         arr = arr.mean(axis=0)
@@ -214,7 +218,11 @@ def _read_names(path: str | Path) -> list[str]:
         if "name" not in table.columns:
             raise MerTuneError(f"{path}: missing column 'name'")
         return list(table["name"])
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MerTuneError(f"{path}: not a UTF-8 text file of test names") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData:
@@ -229,6 +237,13 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
         root / "test-names.csv" if (root / "test-names.csv").exists() else None
     )
     test_set = set(_read_names(test_file)) if test_file else set()
+    # Names that are not samples are ignored (a test list may cover more than this data),
+    # but when none is, the file belongs to other data.
+    if test_set and test_set.isdisjoint(names):
+        raise MerTuneError(
+            f"{test_file}: none of its {len(test_set)} test names is a sample in {root} "
+            f"(e.g. '{min(test_set)}')"
+        )
 
     classes = list(opts.classes)
     index = {c: i for i, c in enumerate(classes)}
@@ -336,7 +351,13 @@ def _read_truth(root: Path, names: list[str], index: dict[str, int]) -> np.ndarr
     path = root / TRUTH_FILE
     if not path.exists():
         return None
-    truth = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        truth = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise MerTuneError(f"{path}: cannot parse the truth CSV ({err})") from None
+    for col in ("name", "discrete"):
+        if col not in truth.columns:
+            raise MerTuneError(f"{path}: missing column '{col}' (has {', '.join(truth.columns)})")
     lookup = dict(zip(truth["name"], truth["discrete"], strict=True))
     return np.asarray([index.get(lookup.get(n, ""), -1) for n in names], dtype=np.int64)
 

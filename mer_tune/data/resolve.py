@@ -12,21 +12,24 @@ from mer_tune.errors import MerTuneError, UsageError
 DEFAULT_DATA = "synthetic:small"
 
 
+def _is_builtin(spec: str) -> bool:
+    # Exactly: a folder named e.g. `synthetic-mine` is a path, not the built-in data.
+    return spec == "synthetic" or spec.startswith("synthetic:")
+
+
 def resolve(spec: str | None, opts: DataOptions = DataOptions()) -> MERData:
     """Load a dataset by spec; the built-in synthetic data is generated once and cached."""
     spec = spec or DEFAULT_DATA
-    if spec.startswith("synthetic"):
+    if _is_builtin(spec):
         _, _, rest = spec.partition(":")
         scale, _, seed = (rest or "small").partition(":")
         if scale not in synth.SCALES:
             raise UsageError(
                 f"--data {spec}: unknown scale '{scale}'; valid: {', '.join(synth.SCALES)}"
             )
-        try:
-            seed_value = int(seed or 0)
-        except ValueError:
-            raise UsageError(f"--data {spec}: the seed must be an integer") from None
-        return load(synth.builtin_dir(scale, seed_value), opts)
+        if not (seed or "0").isdecimal():  # digits only: no sign, so no negative seed
+            raise UsageError(f"--data {spec}: the seed must be a non-negative integer")
+        return load(synth.builtin_dir(scale, int(seed or 0)), opts)
     path = Path(spec)
     if not path.is_dir():
         raise UsageError(f"--data {spec}: no such folder (or use synthetic:tiny|small|full)")
@@ -37,7 +40,7 @@ def describe(spec: str | None, opts: DataOptions, data: MERData) -> dict:
     """What a search records to find its data again from any directory: the spec (a
     folder made absolute), every data option (paths made absolute) and the fingerprint."""
     spec = spec or DEFAULT_DATA
-    if not spec.startswith("synthetic"):
+    if not _is_builtin(spec):
         spec = str(Path(spec).resolve())
 
     def absolute(p: str | None) -> str | None:
