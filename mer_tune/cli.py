@@ -12,6 +12,7 @@ import click
 from mer_tune.data.layout import DEFAULT_FOLDERS, DEFAULT_MODELS, DataOptions
 from mer_tune.errors import MerTuneError, SearchInterrupted
 from mer_tune.method.config import (
+    SEED_LIMIT,
     Config,
     build_config,
     load_config,
@@ -27,6 +28,7 @@ from mer_tune.printing import (
     print_summary,
 )
 
+SEED = click.IntRange(0, SEED_LIMIT - 1)  # what numpy and the config take
 DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
 
 
@@ -200,7 +202,7 @@ def data() -> None:
 @click.option(
     "--scale", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def synth(out, scale, seed) -> None:
     """Write a synthetic MER-shaped dataset in the MERTools layout."""
     from mer_tune.data import synthetic as synth_module
@@ -372,7 +374,7 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     help="Early stopping: asha (by epoch, on the first objective) or folds (a trial whose "
     "folds are clearly behind the best trial's; needs --folds 2 or more).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--address", help="Ray cluster address (default: a local Ray).")
 @click.option(
     "--storage",
@@ -423,7 +425,7 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
     help="Share of the labelled set kept out of the search and used only to confirm its "
     "winner (0 = none: the best score is then optimistic).",
 )
-@click.option("--holdout-seed", type=int, help="Seed of the holdout draw (default: --seed).")
+@click.option("--holdout-seed", type=SEED, help="Seed of the holdout draw (default: --seed).")
 @click.option(
     "--repeats",
     type=click.IntRange(1, 20),

@@ -63,6 +63,7 @@ def test_run_writes_results_that_reproduce_the_printed_score(tiny_dir, tmp_path,
         (["run", "--data", "/nonexistent/x"], 2, "no such folder"),
         (["run", "--data", "synthetic:huge"], 2, "unknown scale 'huge'"),
         (["run", "--set", "self_training.thresholds.sad=2"], 2, "outside (0, 1]"),
+        (["run", "--set", "voting.weights.fusion=.inf"], 2, "should be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args, code, message, capsys, tmp_path):
@@ -70,6 +71,15 @@ def test_bad_input_is_one_line_without_traceback(args, code, message, capsys, tm
     assert got == code
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["search", "--seed", "-1"], ["data", "synth", "--out", "d", "--seed", "-1"]]
+)
+def test_a_negative_seed_is_one_line(args, capsys, tmp_path):
+    code, _, stderr = run_cli(args, capsys, cwd=tmp_path)
+    assert code == 2 and "'--seed': -1 is not in the range" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
 
 
 def test_search_storage_uri_is_refused_before_anything_starts(tmp_path, capsys, monkeypatch):

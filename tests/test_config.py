@@ -60,6 +60,12 @@ def test_dotted_paths_reach_every_search_knob():
         ({"self_training.thresholds.bored": 0.9}, "not a class"),
         ({"model.hiden": 3}, "unknown config key 'model.hiden'"),
         ({"optim.lr": "fast"}, "optim.lr"),
+        ({"seed": -1}, "'seed': Input should be greater than or equal to 0"),
+        ({"seed": 2**32}, "'seed': Input should be less than 4294967296"),
+        ({"eval.seed": -1}, "'eval.seed': Input should be greater than or equal to 0"),
+        ({"voting.weights.fusion": float("inf")}, "'voting.weights.fusion': .*finite"),
+        ({"voting.weights.fusion": float("nan")}, "'voting.weights.fusion': .*finite"),
+        ({"noise.gaussian_std": float("inf")}, "'noise.gaussian_std': .*finite"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(overrides, message):
@@ -78,6 +84,13 @@ def test_malformed_yaml_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("optim: [1, 2\n")
     with pytest.raises(UsageError, match="bad.yaml: malformed YAML"):
+        load_config(path)
+
+
+def test_a_binary_config_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04\x80\x02\xff\xfe")
+    with pytest.raises(UsageError, match="model.pt: cannot read config \\(not a UTF-8 text file"):
         load_config(path)
 
 

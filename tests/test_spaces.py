@@ -73,6 +73,18 @@ def test_paper_values_are_the_first_point():
             "params:\n  oversample.target: {type: int, low: 0, high: 100, step: x}\n",
             "'step' must be a positive number, got 'x'",
         ),
+        (
+            "params:\n  oversample.target: {type: int, low: 0, high: 1000, step: 0.5}\n",
+            "params.oversample.target: an int 'step' must be a whole number, got 0.5",
+        ),
+        (
+            "params:\n  optim.lr: {type: float, low: 0.001, high: .inf}\n",
+            "params.optim.lr: 'high' must be finite, got inf",
+        ),
+        (
+            "params:\n  model.heads: {type: int, low: 1, high: 8}\n",
+            "params.model.heads: value 3 is not allowed \\(model.hidden \\(128\\) must be divisible",
+        ),
         ("params: {}\n", "non-empty 'params'"),
         (
             "params:\n  optim.lr: {type: float, low: 0.1, high: 0.2}\nfixed:\n  model.hiden: 3\n",
@@ -190,3 +202,16 @@ def test_a_bad_condition_is_one_line_naming_the_parameter(tmp_path, when, messag
     with pytest.raises(UsageError, match=message) as err:
         load_space(str(path))
     assert "params.noise.gaussian_std" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_value_another_searched_key_makes_valid_is_not_refused(tmp_path):
+    path = tmp_path / "heads.yaml"
+    path.write_text(
+        "params:\n  model.heads: {type: int, low: 1, high: 8}\n"
+        "  model.hidden: {type: categorical, choices: [128, 840]}\n"
+    )
+    assert list(load_space(str(path)).params) == ["model.heads", "model.hidden"]
+    # Heads 5 divides none of these widths.
+    path.write_text(path.read_text().replace("840", "96, 192"))
+    with pytest.raises(UsageError, match="params.model.heads: value 5 is not allowed"):
+        load_space(str(path))

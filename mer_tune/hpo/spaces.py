@@ -50,6 +50,7 @@ _KEYS = {
     "int": {"type", "low", "high", "log", "step", "when"},
     "categorical": {"type", "choices", "when"},
 }
+MAX_CHECKED = 1000  # an int range with more values has only its ends checked
 
 
 def unused(value: Any) -> bool:
@@ -231,6 +232,8 @@ def space_from_dict(raw: Any, base: Config | None, name: str, path: str) -> Spac
             params[key] = dist
             if when:
                 conditions[key] = when
+    for key in params:
+        _check_range(base_cfg, params, key, f"{path}: params.{key}")
     spec = dict(raw["params"])
     description = str(raw.get("description") or "")
     return Space(name, path, description, params, fixed, spec, origin, conditions)
@@ -290,11 +293,15 @@ def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistributio
         value = spec.get(bound)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UsageError(f"{where}: '{bound}' must be a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{where}: '{bound}' must be finite, got {value!r}")
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
     if step is not None and (
-        isinstance(step, bool) or not isinstance(step, int | float) or not step > 0
+        isinstance(step, bool) or not isinstance(step, int | float) or not 0 < step < math.inf
     ):
         raise UsageError(f"{where}: 'step' must be a positive number, got {step!r}")
+    if kind == "int" and step is not None and not float(step).is_integer():
+        raise UsageError(f"{where}: an int 'step' must be a whole number, got {step!r}")
     if low > high:
         raise UsageError(f"{where}: low ({low}) > high ({high})")
     if log and low <= 0:
@@ -313,13 +320,56 @@ def _distribution(spec: Any, where: str) -> optuna.distributions.BaseDistributio
 def _check_bounds(
     base: Config, key: str, dist: optuna.distributions.BaseDistribution, where: str
 ) -> None:
-    """Every value the distribution can give must make a valid config."""
+    """Every choice, and both ends of a range, must make a valid config."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         values = list(dist.choices)
     else:
         values = [dist.low, dist.high]
     for value in values:
-        try:
-            with_overrides(base, {key: value})
-        except MerTuneError as err:
-            raise UsageError(f"{where}: value {value!r} is not allowed ({err})") from None
+        problem = _problem(base, {key: value})
+        if problem:
+            raise UsageError(f"{where}: value {value!r} is not allowed ({problem})")
+
+
+def _check_range(base: Config, params: dict, key: str, where: str) -> None:
+    """Every value between the ends of a small int range must make a valid config too:
+    heads 1 to 8 passes at both ends with hidden 128, and 3, 5, 6 and 7 do not."""
+    values = _values(params[key])
+    if not isinstance(params[key], optuna.distributions.IntDistribution) or values is None:
+        return
+    for value in values[1:-1]:
+        problem = _problem(base, {key: value})
+        if problem and not _fixable(base, params, key, value, problem):
+            raise UsageError(f"{where}: value {value!r} is not allowed ({problem})")
+
+
+def _fixable(base: Config, params: dict, key: str, value: Any, problem: str) -> bool:
+    """Whether a searched key that `problem` names can make `value` valid: heads 3 is
+    fine in the trials that draw hidden 96. One with too many values to try (a float or
+    large int range) is given the benefit of the doubt."""
+    for other, dist in params.items():
+        if other == key or other not in problem:
+            continue
+        values = _values(dist)
+        if values is None or any(not _problem(base, {key: value, other: v}) for v in values):
+            return True
+    return False
+
+
+def _values(dist: optuna.distributions.BaseDistribution) -> list | None:
+    """Every value a distribution can give; None for a float or large int range."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        values = range(dist.low, dist.high + 1, dist.step)
+        return list(values) if len(values) <= MAX_CHECKED else None
+    return None
+
+
+def _problem(base: Config, values: dict[str, Any]) -> str | None:
+    """Why the base config with `values` is not a valid config; None when it is."""
+    try:
+        with_overrides(base, values)
+    except MerTuneError as err:
+        return str(err)
+    return None

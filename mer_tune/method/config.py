@@ -24,10 +24,13 @@ PAPER_THRESHOLDS = {c: 0.99 for c in MER2024_CLASSES[:4]} | {"worried": 0.85, "s
 PAPER_VOTE_WEIGHTS = {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}
 # Mappings with one value per class of the data (a class not named takes a default).
 PER_CLASS = ("self_training.thresholds", "decision.offsets")
+# numpy's RandomState (sklearn's fold splits, Optuna's sampler) takes seeds below this.
+SEED_LIMIT = 2**32
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No field gives inf or NaN a meaning (such as 'no limit'): one only makes the scores nonsense.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PerModality(_Strict):
@@ -242,7 +245,8 @@ class EvalConfig(_Strict):
     folds: int = Field(
         5, ge=1, le=20, description="stratified folds (1 = a single stratified 80/20 split)"
     )
-    seed: int = Field(0, description="seed of the fold split")
+    # Repeat r splits with seed + r (r < 20).
+    seed: int = Field(0, ge=0, le=SEED_LIMIT - 20, description="seed of the fold split")
     repeats: int = Field(
         1,
         ge=1,
@@ -272,7 +276,9 @@ class Config(_Strict):
     voting: VotingConfig = Field(default_factory=VotingConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    seed: int = Field(0, description="seed of model init, batches, noise and oversampling")
+    seed: int = Field(
+        0, ge=0, lt=SEED_LIMIT, description="seed of model init, batches, noise and oversampling"
+    )
 
     @model_validator(mode="after")
     def _per_class_keys(self) -> Config:
@@ -357,6 +363,8 @@ def load_config(path: str | Path) -> Config:
         values = yaml.safe_load(path.read_text())
     except OSError as err:
         raise UsageError(f"{path}: cannot read config ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: cannot read config (not a UTF-8 text file)") from None
     except yaml.YAMLError as err:
         raise UsageError(f"{path}: malformed YAML ({_yaml_where(err)})") from None
     if values is not None and not isinstance(values, dict):
