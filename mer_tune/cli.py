@@ -729,7 +729,7 @@ def clear(name, storage, yes) -> None:
     where = _cache_dir(storage, name, "cache clear")
     if not yes:
         click.confirm(f"delete every stage cache entry in {where}?", abort=True, err=True)
-    click.echo(f"removed {StageStore(where).clear()} entries")
+    click.echo(f"removed {StageStore(where).clear()} entries from {where}")
 
 
 def _quiet_libraries() -> None:

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -51,6 +52,14 @@ def test_credentials_in_an_http_uri_go_where_mlflow_reads_them(monkeypatch):
     assert resolve_uri("http://admin:p%40ss@host:5000") == "http://host:5000"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "admin"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+
+
+@pytest.mark.parametrize("uri", ["http//localhost:5000", "sqlite://rel.db", "ftp://host/x"])
+def test_a_store_mlflow_cannot_use_fails_before_anything_trains(uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MerTuneError, match=f"--tracking-uri {uri}: MLflow cannot use it"):
+        check_reachable(uri)
+    assert list(tmp_path.iterdir()) == []  # and nothing was made on the way
 
 
 def _free_port() -> int:
@@ -208,6 +217,25 @@ def test_cache_clear_touches_only_a_marked_cache_and_asks_first(tmp_path, capsys
     assert store.info()["stages"]["pretrain"]["entries"] == 1
     code, out, _ = run_cli(["cache", "clear", "s", "--yes", "--storage", str(runs)], capsys)
     assert code == 0 and "removed 1 entries" in out and store.info()["stages"] == {}
+
+
+def test_cache_clear_on_a_copied_search_clears_the_copy_not_the_original(tmp_path, capsys):
+    from test_cli import run_cli
+
+    from mer_tune.hpo.cache import StageStore
+    from mer_tune.hpo.folder import SearchFolder
+
+    runs = tmp_path / "runs"
+    original = SearchFolder(runs / "a")
+    original.path.mkdir(parents=True)
+    StageStore(original.default_cache).get_or_compute("pretrain", {"k": 1}, lambda: {"w": 1})
+    original.write_state({"cache_dir": str(original.default_cache.resolve())})
+    shutil.copytree(original.path, runs / "b")
+
+    assert SearchFolder(runs / "b").state()["cache_dir"] == str((runs / "b" / "cache").resolve())
+    code, out, _ = run_cli(["cache", "clear", "b", "--yes", "--storage", str(runs)], capsys)
+    assert code == 0 and "removed 1 entries" in out
+    assert StageStore(original.default_cache).info()["stages"]["pretrain"]["entries"] == 1
 
 
 def test_a_search_folder_is_private_and_two_default_names_never_collide(tmp_path):

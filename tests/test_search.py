@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 
 import optuna
 import pandas as pd
@@ -93,6 +94,7 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
     assert len(pretrain) == FAST["pretrain"]["epochs"]
     state = yaml.safe_load((path / "search.yaml").read_text())
     assert state["shared_stages"]["stages"] == ["pretrain", "finetune"]
+    assert state["cache_dir"] == "cache"  # its own folder's: a copied search reads its copy
     scores = sorted(c.data.metrics["weighted_f1"] for c in children)
     assert scores == pytest.approx(sorted(results["weighted_f1"]))
 
@@ -113,6 +115,9 @@ def test_cli_search_logs_every_trial_to_mlflow(search_env, tiny_dir, capsys):
     assert len(pd.read_csv(io.StringIO(report_csv))) == 2
     code, table, _ = run_cli(["report", "s1"], capsys)
     assert "best weighted F1" in table and "parameter importances" in table
+    shutil.copytree(path, path.parent / "s1-copy")  # a copied or renamed search reports too
+    code, copied, _ = run_cli(["report", "s1-copy", "--format", "json"], capsys)
+    assert code == 0 and set(json.loads(copied)["importances"]) == set(SPACE_KEYS)
 
     # best_config.yaml is a config `mer-tune run --config` accepts and reproduces.
     best = load_config(path / "best_config.yaml")

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.outputs import plain_name
+from mer_tune.outputs import plain_name, write_text
 
 
 def storage_root(storage: str | Path) -> Path:
@@ -64,7 +64,21 @@ class SearchFolder:
     default_cache = property(lambda self: self.path / "cache")
 
     def state(self) -> dict[str, Any]:
-        return yaml.safe_load(self.state_file.read_text()) or {}
+        """search.yaml, with its cache folder as an absolute path (what trials are given)."""
+        state = yaml.safe_load(self.state_file.read_text()) or {}
+        where = state.get("cache_dir")
+        if where and "://" not in where and not Path(where).is_absolute():
+            state["cache_dir"] = str((self.path / where).resolve())
+        return state
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        """search.yaml written, a cache folder inside this folder recorded relative to it:
+        a copied or moved search then reads (and `cache clear` clears) its own copy, not
+        the cache of the folder it was copied from."""
+        where = state.get("cache_dir")
+        if where and "://" not in where and Path(where).is_relative_to(self.path.resolve()):
+            state = state | {"cache_dir": str(Path(where).relative_to(self.path.resolve()))}
+        write_text(self.state_file, yaml.safe_dump(state))
 
     def base(self):
         from mer_tune.method.config import load_config

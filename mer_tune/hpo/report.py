@@ -161,7 +161,17 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     study = None
     if (SearchFolder(path).study_db).exists():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{path / 'optuna.db'}")
+        storage = f"sqlite:///{SearchFolder(path).study_db}"
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # a renamed or copied folder: its one study keeps the first name
+            try:
+                study = optuna.load_study(study_name=None, storage=storage)
+            except ValueError:
+                raise MerTuneError(
+                    f"{SearchFolder(path).study_db}: no study named {name} and not exactly one "
+                    "study to read instead"
+                ) from None
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
     failed = table[table["status"] == "FAILED"]
     best = SearchFolder(path).best_file

@@ -95,6 +95,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise MerTuneError(f"--tracking-uri {uri}: cannot write in {folder}")
+    else:
+        # Any other store (a database URI, or a typo such as http//host, which MLflow
+        # reads as a folder): opened here, so that a store MLflow cannot use fails now
+        # rather than after the training.
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as err:  # MLflow, SQLAlchemy, a missing driver: all end here
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise MerTuneError(f"--tracking-uri {shown}: MLflow cannot use it ({first})") from None
 
 
 def ui_command(uri: str, experiment_id: str) -> str:

@@ -278,7 +278,7 @@ def search(
             "objectives": goals,
             "pick": pick,
         }
-        write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
+        SearchFolder(path).write_state(state)
         write_text(SearchFolder(path).base_file, base.to_yaml())
 
         warm = imported.points if imported else []
@@ -375,7 +375,7 @@ def _before_trials(
         done = task.wait(on_event, recorder.log_parent_history)
         if done:
             state["shared_stages"] = done
-            write_text(SearchFolder(path).state_file, yaml.safe_dump(state))
+            SearchFolder(path).write_state(state)
 
 
 @contextlib.contextmanager
