@@ -25,10 +25,16 @@ def run_config(
     device: str | None = None,
 ) -> pipeline.RunResult:
     """Evaluate one config and write metrics.json, val_predictions.csv and config.yaml."""
-    ensure_writable(out)
     opts = opts or DataOptions(classes=tuple(cfg.data.classes))
     data = resolve(data_spec, opts)
-    result = pipeline.run(data, cfg, report=report, device=device)
+    made = not out.exists()
+    ensure_writable(out)  # before the training: a folder we cannot write fails now
+    try:
+        result = pipeline.run(data, cfg, report=report, device=device)
+    except BaseException:
+        if made and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no empty folder behind
+        raise
     metrics: dict[str, Any] = result.metrics() | {
         "data": data.source,
         "data_fingerprint": data.fingerprint,
