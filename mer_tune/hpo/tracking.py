@@ -95,14 +95,24 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise MerTuneError(f"--tracking-uri {uri}: cannot write in {folder}")
+    elif "://" not in uri and not uri.startswith("databricks"):
+        # A folder, or a typo such as http//host, which MLflow would read as one: its
+        # file store is retired (MLflow refuses it), so say what to give instead.
+        raise MerTuneError(
+            f"--tracking-uri {shown}: MLflow cannot use it (not a URI; give "
+            "sqlite:///PATH.db or http://HOST:PORT)"
+        )
     else:
-        # Any other store (a database URI, or a typo such as http//host, which MLflow
-        # reads as a folder): opened here, so that a store MLflow cannot use fails now
-        # rather than after the training.
+        # Any other store (a database URI, Databricks): opened here, so that a store
+        # MLflow cannot use fails now rather than after the training.
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as err:  # MLflow, SQLAlchemy, a missing driver: all end here
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = first.split(". ")[0][:200]  # the first sentence says it
+            secret = urllib.parse.urlsplit(uri).password
+            for form in {secret, urllib.parse.unquote(secret or "")} - {None, ""}:
+                first = first.replace(form, "***")  # an error may quote the URI
             raise MerTuneError(f"--tracking-uri {shown}: MLflow cannot use it ({first})") from None
 
 
