@@ -173,13 +173,7 @@ def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
         raise MerTuneError(f"{path}: is a folder; --labels names a label file (CSV or .npz)")
     if path.suffix == ".npz":
         return _read_npz_labels(path, opts.trust_pickle)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise MerTuneError(f"{path}: cannot parse label CSV ({err})") from None
-    for col in ("name", "discrete"):
-        if col not in table.columns:
-            raise MerTuneError(f"{path}: missing column '{col}' (has {', '.join(table.columns)})")
+    table = _read_name_discrete(path, "label CSV")
     twice = table["name"][table["name"].duplicated()]
     if len(twice):
         raise MerTuneError(
@@ -347,17 +341,23 @@ def _stack(files: dict[str, Path], names: list[str], folder: Path, modality: str
     return out
 
 
+def _read_name_discrete(path: Path, what: str) -> pd.DataFrame:
+    """A CSV with columns name and discrete (a label file, the synthetic truth), as text."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise MerTuneError(f"{path}: cannot parse {what} ({err})") from None
+    for col in ("name", "discrete"):
+        if col not in table.columns:
+            raise MerTuneError(f"{path}: missing column '{col}' (has {', '.join(table.columns)})")
+    return table
+
+
 def _read_truth(root: Path, names: list[str], index: dict[str, int]) -> np.ndarray | None:
     path = root / TRUTH_FILE
     if not path.exists():
         return None
-    try:
-        truth = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise MerTuneError(f"{path}: cannot parse the truth CSV ({err})") from None
-    for col in ("name", "discrete"):
-        if col not in truth.columns:
-            raise MerTuneError(f"{path}: missing column '{col}' (has {', '.join(truth.columns)})")
+    truth = _read_name_discrete(path, "the truth CSV")
     lookup = dict(zip(truth["name"], truth["discrete"], strict=True))
     return np.asarray([index.get(lookup.get(n, ""), -1) for n in names], dtype=np.int64)
 
