@@ -50,6 +50,7 @@ from mer_tune.hpo.tracking import (
 )
 from mer_tune.hpo.trial import METRIC, run_trial
 from mer_tune.hpo.warm_start import import_trials
+from mer_tune.hpo.whole_files import whole_file_filesystem
 from mer_tune.method.config import Config, build_config, load_config, with_overrides
 from mer_tune.outputs import ensure_writable, make_private_dir, plain_name, write_secret, write_text
 
@@ -337,6 +338,7 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name="ray",
             storage_path=str(path),
+            storage_filesystem=whole_file_filesystem(),  # a kill never tears its files
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=state["max_failures"]),
             callbacks=[logger_callback(recorder, sp, rows, on_event, path, base)],
@@ -467,6 +469,7 @@ def resume(
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
+        storage_filesystem=whole_file_filesystem(),
     )
     # The restored run config carries a pickled copy of the old callback; this process's
     # callback (with its live MLflow client and the rows read above) replaces it.

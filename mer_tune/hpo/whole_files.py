@@ -1,0 +1,122 @@
+"""The local filesystem Tune saves a search's state through, with whole-file writes.
+
+Tune writes its experiment and searcher state in a staging folder, then copies it into
+the search folder (STORAGE/NAME/ray) in a background thread, over the old files. A search
+killed in the middle of that copy (SIGKILL, out of memory, a lost machine) left a torn
+file there, and `--resume` then failed on it ("Ran out of input"). Through this
+filesystem every file Tune writes goes to a temporary name and is renamed over the old
+one when complete, so the search folder always holds the last whole copy of each file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+class _WholeFile:
+    """A binary file written under a temporary name next to `path`, renamed to `path`
+    on close (as pyarrow.PythonFile calls it)."""
+
+    def __init__(self, path: str):
+        folder, name = os.path.split(path)
+        self.path, self.tmp = path, os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed by close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def write(self, data: Any) -> int:
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+            os.replace(self.tmp, self.path)
+
+
+class WholeFileHandler(pafs.FileSystemHandler):
+    """pyarrow's LocalFileSystem, except that new files appear whole or not at all."""
+
+    def __init__(self) -> None:
+        self.local = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WholeFileHandler)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "mer-tune-whole-files"
+
+    def normalize_path(self, path: str) -> str:
+        return self.local.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.local.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.local.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.local.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to empty the root folder")
+
+    def delete_file(self, path: str) -> None:
+        self.local.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.local.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        with (
+            self.local.open_input_stream(src) as source,
+            self.open_output_stream(dest, None) as out,
+        ):
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.local.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.local.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return pa.PythonFile(_WholeFile(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return self.local.open_append_stream(path, metadata=metadata)
+
+
+def whole_file_filesystem() -> pafs.FileSystem:
+    return pafs.PyFileSystem(WholeFileHandler())
