@@ -19,6 +19,7 @@ from mer_tune.method.config import (
     parse_set_options,
     with_overrides,
 )
+from mer_tune.outputs import no_empty_folder_left
 from mer_tune.printing import (
     Progress,
     SearchProgress,
@@ -211,17 +212,28 @@ def synth(out, scale, seed) -> None:
     click.echo(f"wrote {scale} synthetic dataset to {path}")
 
 
+CLASSES_SET = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A config value; data.classes=[...] is the class list the labels are read with.",
+)
+
+
 @data.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@CLASSES_SET
 @data_options
 def check(
     folder,
+    sets,
     data_args,
 ) -> None:
     """Counts per class and split, dims per modality, and every problem found."""
     from mer_tune.data.checks import check_report
 
-    opts = _data_options(build_config(), data_args)
+    opts = _data_options(_config(None, sets), data_args)
     text, ok = check_report(folder, opts)
     click.echo(text)
     if not ok:
@@ -231,16 +243,18 @@ def check(
 @data.command(name="pack")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--force", is_flag=True, help="Rebuild even when the pack looks current.")
+@CLASSES_SET
 @data_options
 def pack_cmd(
     folder,
     force,
+    sets,
     data_args,
 ) -> None:
     """Pack a feature folder into memory-mappable arrays (done on first use anyway)."""
     from mer_tune.data.pack import load
 
-    opts = _data_options(build_config(), data_args)
+    opts = _data_options(_config(None, sets), data_args)
     t0 = time.perf_counter()
     d = load(folder, opts, force=force)
     click.echo(
@@ -546,37 +560,38 @@ def search(
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
     cfg = _config(config_file, sets)
     opts = _data_options(cfg, data_args)
-    res = run_search(
-        space,
-        trials,
-        data_spec,
-        config=cfg,
-        folds=folds,
-        concurrency=concurrency,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        scheduler=scheduler,
-        seed=seed,
-        address=address,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        name=name,
-        cache=not no_cache,
-        cache_dir=cache_dir,
-        max_failures=max_failures,
-        trial_timeout=trial_timeout,
-        share_features=share_features,
-        data_options=opts,
-        repeats=repeats,
-        holdout=holdout,
-        holdout_seed=holdout_seed,
-        confirm_top=confirm_top,
-        confirm_seeds=confirm_seeds,
-        batch=batch,
-        on_event=SearchProgress(trials),
-        **extra,
-    )
+    with no_empty_folder_left(Path(storage).absolute()):
+        res = run_search(
+            space,
+            trials,
+            data_spec,
+            config=cfg,
+            folds=folds,
+            concurrency=concurrency,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            scheduler=scheduler,
+            seed=seed,
+            address=address,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            name=name,
+            cache=not no_cache,
+            cache_dir=cache_dir,
+            max_failures=max_failures,
+            trial_timeout=trial_timeout,
+            share_features=share_features,
+            data_options=opts,
+            repeats=repeats,
+            holdout=holdout,
+            holdout_seed=holdout_seed,
+            confirm_top=confirm_top,
+            confirm_seeds=confirm_seeds,
+            batch=batch,
+            on_event=SearchProgress(trials),
+            **extra,
+        )
     print_summary(res)
     if res.pick_error:
         sys.exit(1)  # the search and its front are kept; `mer-tune pick` chooses again

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mer_tune.errors import MerTuneError, UsageError
@@ -81,6 +81,23 @@ def ensure_writable(folder: Path) -> Path:
     except OSError as err:
         raise MerTuneError(f"{folder}: cannot write there ({err.strerror})") from None
     return folder
+
+
+@contextlib.contextmanager
+def no_empty_folder_left(folder: Path) -> Iterator[None]:
+    """If the block fails, remove `folder` and each parent of it that did not exist
+    before, where they are still empty: a failed command leaves no empty folder behind.
+    A folder that existed before the block is never touched."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in missing:  # the deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty, or gone: it and its parents stay
+                break
+        raise
 
 
 def plain_name(name: str, option: str) -> str:

@@ -13,7 +13,7 @@ from mer_tune.data.resolve import resolve
 from mer_tune.errors import MerTuneError
 from mer_tune.method import pipeline
 from mer_tune.method.config import Config
-from mer_tune.outputs import ensure_writable, write_json, write_text
+from mer_tune.outputs import ensure_writable, no_empty_folder_left, write_json, write_text
 
 
 def run_config(
@@ -27,14 +27,9 @@ def run_config(
     """Evaluate one config and write metrics.json, val_predictions.csv and config.yaml."""
     opts = opts or DataOptions(classes=tuple(cfg.data.classes))
     data = resolve(data_spec, opts)
-    made = not out.exists()
-    ensure_writable(out)  # before the training: a folder we cannot write fails now
-    try:
+    with no_empty_folder_left(out):
+        ensure_writable(out)  # before the training: a folder we cannot write fails now
         result = pipeline.run(data, cfg, report=report, device=device)
-    except BaseException:
-        if made and not any(out.iterdir()):
-            out.rmdir()  # a failed run leaves no empty folder behind
-        raise
     metrics: dict[str, Any] = result.metrics() | {
         "data": data.source,
         "data_fingerprint": data.fingerprint,
@@ -68,8 +63,9 @@ def predict_submission(
         )
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
-    ensure_writable(out.resolve().parent)
-    probs = pipeline.predict_names(data, cfg, test_idx, report=report, device=device)
+    with no_empty_folder_left(out.resolve().parent):
+        ensure_writable(out.resolve().parent)
+        probs = pipeline.predict_names(data, cfg, test_idx, report=report, device=device)
     submission = pd.DataFrame(
         {
             "name": data.names[test_idx],

@@ -98,8 +98,21 @@ def test_bad_data_exits_1_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()  # not even an empty folder
 
 
+def test_a_failed_search_leaves_no_storage_folder_it_made(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4)
+    (root / "features" / "Baichuan2-13B-Base-UTT" / "sample_00000001.npy").unlink()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for storage in (tmp_path / "runs" / "mine", kept):
+        args = ["search", "--data", str(root), "--storage", str(storage), "--trials", "1"]
+        code, _, stderr = run_cli(args, capsys)
+        assert code == 1 and "has no text features" in stderr
+    assert not (tmp_path / "runs").exists()  # made by the search, left empty: removed
+    assert kept.is_dir()  # there before the search: never touched
+
+
 def test_a_diverging_config_is_one_line_and_writes_nothing(tiny_dir, tmp_path, capsys):
-    out = tmp_path / "out"
+    out = tmp_path / "runs" / "out"  # neither folder exists before
     code, _, stderr = run_cli(
         ["run", "--data", str(tiny_dir), "--set", "optim.lr=1e9", "--out", str(out)], capsys
     )
@@ -107,7 +120,7 @@ def test_a_diverging_config_is_one_line_and_writes_nothing(tiny_dir, tmp_path, c
     # The progress line of the stage comes before it; the error is one line of its own.
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "optim.lr" in errors[0] and "Traceback" not in stderr
-    assert not out.exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_data_synth_and_check(tmp_path, capsys):
@@ -126,6 +139,17 @@ def test_data_check_reports_a_problem(tmp_path, capsys):
     (root / "features" / "chinese-hubert-large-UTT" / "sample_00000002.npy").unlink()
     code, stdout, _ = run_cli(["data", "check", str(root)], capsys)
     assert code == 1 and "problem: sample 'sample_00000002' has no audio features" in stdout
+
+
+def test_data_check_follows_its_hint_for_another_class_list(tmp_path, capsys):
+    classes = ["neutral", "angry", "happy", "sad", "worried", "surprise", "bored"]
+    root = write_dataset(tmp_path / "d", n_lab=28, n_unl=4, classes=classes)
+    code, stdout, _ = run_cli(["data", "check", str(root)], capsys)
+    hint = stdout.split("the label file has 7 classes: ")[1].split(" reads them all")[0]
+    assert code == 1 and hint.startswith("--set 'data.classes=[")
+    # The hint is an option of the command that gave it: followed, the check passes.
+    code, stdout, _ = run_cli(["data", "check", str(root), "--set", hint[7:-1]], capsys)
+    assert code == 0 and "labelled per class: angry" in stdout and "bored 4" in stdout
 
 
 def test_predict_writes_a_submission_for_every_test_name(tiny_dir, tmp_path, capsys, monkeypatch):
