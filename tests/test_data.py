@@ -51,6 +51,10 @@ def test_frame_level_features_are_mean_pooled(tmp_path):
         ("npz_without_opt_in", "pickled objects"),
         ("duplicate_label", "sample 'sample_00000003' is listed more than once"),
         ("empty_npy", "sample_00000006.npy: empty or truncated .npy file"),
+        ("lfs_pointer", "sample_00000001.npy: a Git LFS pointer, not the array .*git lfs pull"),
+        ("not_npy", "sample_00000001.npy: not a .npy file"),
+        ("frame_not_npy", "sample_00000001/000.npy: not a .npy file"),
+        ("object_npy", "sample_00000001.npy: cannot read features .*allow_pickle=False"),
         ("empty_test_names", "test-names.csv: the test-name file is empty"),
         ("labels_folder", "is a folder; --labels names a label file"),
         ("string_npy", "sample_00000002.npy: features must be numbers, got dtype <U1"),
@@ -90,6 +94,17 @@ def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
         table.to_csv(root / "label-disdim.csv", index=False)
     elif breakage == "empty_npy":
         (_feat(root, "audio") / "sample_00000006.npy").write_bytes(b"")
+    elif breakage == "lfs_pointer":  # a clone without `git lfs pull`
+        pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:00ab\nsize 144\n"
+        (_feat(root, "text") / "sample_00000001.npy").write_text(pointer)
+    elif breakage == "not_npy":
+        (_feat(root, "text") / "sample_00000001.npy").write_text("0.1,0.2,0.3,0.4,0.5\n")
+    elif breakage == "frame_not_npy":
+        (_feat(root, "text") / "sample_00000001.npy").unlink()
+        (_feat(root, "text") / "sample_00000001").mkdir()
+        (_feat(root, "text") / "sample_00000001" / "000.npy").write_text("0.1\n")
+    elif breakage == "object_npy":  # real pickled data: never unpickled
+        np.save(_feat(root, "text") / "sample_00000001.npy", np.array([{}] * 5, dtype=object))
     elif breakage == "empty_test_names":
         (root / "test-names.csv").write_bytes(b"")
     elif breakage == "string_npy":

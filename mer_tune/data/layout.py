@@ -131,15 +131,34 @@ def _list_samples(folder: Path) -> dict[str, Path]:
     return out
 
 
+NPY_MAGIC = b"\x93NUMPY"
+LFS_POINTER = b"version https://git-lfs"
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """One .npy array, never unpickled. A file without numpy's header is named for what
+    it is: numpy would call any such file pickled data."""
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER))
+        if head and not head.startswith(NPY_MAGIC):
+            if head.startswith(LFS_POINTER):
+                raise MerTuneError(
+                    f"{path}: a Git LFS pointer, not the array (fetch the files: git lfs pull)"
+                )
+            raise MerTuneError(f"{path}: not a .npy file (it lacks numpy's header)")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+
+
 def _read_feature(path: Path) -> np.ndarray:
     try:
         if path.is_dir():
-            frames = [np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))]
+            frames = [_load_npy(p) for p in sorted(path.glob("*.npy"))]
             if not frames:
                 raise MerTuneError(f"{path}: frame folder holds no .npy files")
             arr = np.stack([np.asarray(f).reshape(-1) for f in frames])
         else:
-            arr = np.load(path, allow_pickle=False)
+            arr = _load_npy(path)
     except EOFError:
         raise MerTuneError(f"{path}: empty or truncated .npy file") from None
     except (ValueError, OSError) as err:
