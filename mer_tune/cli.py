@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from mer_tune.data.layout import DEFAULT_FOLDERS, DEFAULT_MODELS, DataOptions
 from mer_tune.errors import MerTuneError, SearchInterrupted
@@ -540,7 +541,8 @@ def search(
     from mer_tune.hpo.tuner import resume
     from mer_tune.hpo.tuner import search as flat_search
 
-    if resume_name:
+    if resume_name is not None:
+        _only_with_resume({"resume_name", "storage", "address"})
         print_summary(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
         return
 
@@ -595,6 +597,19 @@ def search(
     print_summary(res)
     if res.pick_error:
         sys.exit(1)  # the search and its front are kept; `mer-tune pick` chooses again
+
+
+def _only_with_resume(allowed: set[str]) -> None:
+    """--resume continues a search with the settings it recorded: any other option given
+    would be ignored, so it is refused instead."""
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name not in allowed and source not in (None, ParameterSource.DEFAULT):
+            raise click.UsageError(
+                f"{param.opts[0]} with --resume: a resumed search keeps the settings it "
+                "recorded; drop the option (only --storage and --address apply)"
+            )
 
 
 @cli.command()

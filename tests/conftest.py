@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # make check runs two workers on two cores
@@ -140,6 +141,14 @@ def tiny_search(env: Path, tiny_dir: Path, **kw):
         storage=str(env / "runs"),
     )
     return search(**(args | kw))
+
+
+def as_if_killed_before_its_end(path: Path) -> None:
+    """A finished search's folder made to look like one whose driver died before the end
+    (search.yaml without the mark a finished search gets), so that --resume takes it."""
+    state = yaml.safe_load((path / "search.yaml").read_text())
+    assert state.pop("finished")
+    (path / "search.yaml").write_text(yaml.safe_dump(state))
 
 
 def wait_for_server(uri: str, log: Path, timeout: float, alive=lambda: True) -> None:

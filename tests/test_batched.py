@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_search
+from conftest import as_if_killed_before_its_end, tiny_search
 from mlflow.tracking import MlflowClient
 
 from mer_tune.errors import UsageError
@@ -98,6 +98,7 @@ def test_a_batched_search_resumes_where_it_stopped(search_env, tiny_dir):
     table = pd.read_csv(results)
     # As a driver killed after trial 2: later rows are gone, their runs are orphans.
     table.head(3).to_csv(results, index=False)
+    as_if_killed_before_its_end(res.path)
     again = resume("r", storage=str(search_env / "runs"))
     assert list(again.results["trial"]) == list(range(6))
     assert list(again.results["weighted_f1"].head(3)) == list(table["weighted_f1"].head(3))
@@ -107,6 +108,7 @@ def test_a_batched_search_resumes_where_it_stopped(search_env, tiny_dir):
     weights = [c for c in again.results if c.startswith("voting.weights.")]
     assert len(again.results.drop_duplicates(weights)) == 6
     # Killed after its last batch was saved: a resume has nothing to run and finishes.
+    as_if_killed_before_its_end(res.path)
     done = resume("r", storage=str(search_env / "runs"))
     assert len(done.results) == 6 and done.verdict is not None
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_search
+from conftest import as_if_killed_before_its_end, tiny_search
 from mlflow.tracking import MlflowClient
 from test_cli import run_cli
 
@@ -135,7 +135,19 @@ def test_resume_keeps_the_holdout_and_refuses_changed_data(search_env, tiny_dir,
     held = (res.path / "holdout.csv").read_text()
     state = yaml.safe_load((res.path / "search.yaml").read_text())
     assert state["dataset"]["spec"] == str(data_dir.resolve())
+    # A finished search has nothing to resume: refused, nothing rewritten.
+    before = {p: p.stat().st_mtime_ns for p in res.path.rglob("*")}
+    resume_r = ["search", "--resume", "r", "--storage", str(search_env / "runs")]
+    capsys.readouterr()  # what the search printed
+    code, _, err = run_cli(resume_r, capsys)
+    assert code == 2 and "--resume r: the search finished at " in err
+    assert "mer-tune report r" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in res.path.rglob("*")} == before
+    # Given with another option, which it would ignore: refused as well.
+    code, _, err = run_cli([*resume_r, "--trials", "5"], capsys)
+    assert code == 2 and "--trials with --resume: a resumed search keeps" in err
     # Resuming from another directory finds the same data and the same holdout.
+    as_if_killed_before_its_end(res.path)
     again_dir = search_env / "elsewhere"
     again_dir.mkdir()
     code, _, err = run_cli(
@@ -145,6 +157,7 @@ def test_resume_keeps_the_holdout_and_refuses_changed_data(search_env, tiny_dir,
     )
     assert code == 0, err
     assert (res.path / "holdout.csv").read_text() == held
+    as_if_killed_before_its_end(res.path)
     # Relabel one sample: the data is no longer the search's; refuse, change nothing.
     labels = pd.read_csv(data_dir / "label-disdim.csv")
     labels.loc[0, "discrete"] = "surprise" if labels.loc[0, "discrete"] != "surprise" else "sad"

@@ -11,7 +11,13 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST, LOW_THRESHOLDS_SPACE, tiny_search, write_dataset
+from conftest import (
+    FAST,
+    LOW_THRESHOLDS_SPACE,
+    as_if_killed_before_its_end,
+    tiny_search,
+    write_dataset,
+)
 from mlflow.tracking import MlflowClient
 
 from mer_tune.errors import MerTuneError
@@ -139,6 +145,7 @@ def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, m
     import shutil
 
     shutil.rmtree(res.path / "ray")
+    as_if_killed_before_its_end(res.path)
     with pytest.raises(MerTuneError, match="ray is missing while 2 trials are recorded"):
         tuner.resume("early", storage=search_env / "runs")
 

@@ -421,6 +421,11 @@ def resume(
     state = folder.state() if folder.state_file.exists() else None
     if state is None:
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
+    if state.get("finished"):
+        raise UsageError(
+            f"--resume {name}: the search finished at {state['finished']}; see `mer-tune "
+            f"report {name}` (`mer-tune confirm {name}` reruns its confirm step)"
+        )
     batched = state.get("batch", 1) > 1
     base = folder.base()
     sp = folder.space(base)
@@ -654,6 +659,8 @@ def _conclude(
             f"{len(result.results)} noisy scores on the data that chose it, so it is optimistic"
         )
     recorder.finish_parent("FINISHED")
+    # What --resume reads to refuse a search with nothing left to do.
+    SearchFolder(path).write_state(state | {"finished": datetime.now().isoformat("T", "seconds")})
     return result
 
 
