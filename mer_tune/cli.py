@@ -543,7 +543,7 @@ def search(
 
     if resume_name is not None:
         _only_with_resume({"resume_name", "storage", "address"})
-        print_summary(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
+        _conclude(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
         return
 
     run_search = staged_search if strategy == "staged" else flat_search
@@ -594,7 +594,17 @@ def search(
             on_event=SearchProgress(trials),
             **extra,
         )
+    _conclude(res)
+
+
+def _conclude(res) -> None:
+    """The summary of a search; its exit code says whether it has a result to use."""
     print_summary(res)
+    if res.best_score is None:  # a script must not read a search of no result as done
+        raise MerTuneError(
+            f"every trial of search {res.path.name} failed; their errors are in "
+            f"{res.path / 'results.csv'} (column error)"
+        )
     if res.pick_error:
         sys.exit(1)  # the search and its front are kept; `mer-tune pick` chooses again
 

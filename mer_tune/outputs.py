@@ -83,6 +83,16 @@ def ensure_writable(folder: Path) -> Path:
     return folder
 
 
+def check_folder_target(folder: Path, option: str) -> None:
+    """Refuse, creating nothing, a folder that cannot be written in or created (a file
+    in its place or on its path, a folder not writable): one line before any work."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MerTuneError(f"{option} {folder}: cannot write in {existing}")
+
+
 @contextlib.contextmanager
 def no_empty_folder_left(folder: Path) -> Iterator[None]:
     """If the block fails, remove `folder` and each parent of it that did not exist

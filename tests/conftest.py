@@ -118,8 +118,6 @@ params:
 @pytest.fixture
 def search_env(tmp_path, monkeypatch, ray_session):
     """A working dir with a fast base config, a tiny space and a sqlite MLflow store."""
-    import yaml
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(FAST))
     (tmp_path / "space.yaml").write_text(LOW_THRESHOLDS_SPACE)

@@ -232,6 +232,35 @@ def test_trial_timeout_is_recorded_as_a_failure(search_env, tiny_dir):
     assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
 
 
+def test_a_search_whose_every_trial_failed_exits_1(search_env, tiny_dir, capsys):
+    from test_cli import run_cli
+
+    args = ["search", "--space", "space.yaml", "--config", "fast.yaml", "--data", str(tiny_dir)]
+    args += ["--trials", "1", "--name", "f", "--trial-timeout", "0.01"]
+    code, _, stderr = run_cli(args, capsys)
+    results = search_env / "mer-tune-runs" / "f" / "results.csv"
+    assert code == 1 and stderr.strip().splitlines()[-1] == (
+        f"error: every trial of search f failed; their errors are in {results} (column error)"
+    )
+    assert pd.read_csv(results)["error"].str.contains("--trial-timeout").all()
+
+
+def test_a_cache_folder_that_cannot_be_made_is_refused_before_anything_runs(
+    search_env, tiny_dir, capsys
+):
+    from test_cli import run_cli
+
+    (search_env / "afile").write_text("a file where the cache folder should go")
+    for where in ("afile", "afile/cache"):
+        args = ["search", "--data", str(tiny_dir), "--cache-dir", where, "--name", "c"]
+        code, _, stderr = run_cli(args, capsys)
+        assert code == 2 and stderr.strip() == (
+            f"error: --cache-dir {search_env / where}: {search_env / 'afile'} is a file, "
+            "not a folder"
+        )
+    assert sorted(p.name for p in search_env.iterdir()) == ["afile", "fast.yaml", "space.yaml"]
+
+
 def test_unwritable_storage_fails_before_anything_runs(search_env, tiny_dir):
     blocker = search_env / "not-a-folder"
     blocker.write_text("a file where the storage folder should go")

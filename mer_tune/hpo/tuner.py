@@ -52,7 +52,14 @@ from mer_tune.hpo.trial import METRIC, run_trial
 from mer_tune.hpo.warm_start import import_trials
 from mer_tune.hpo.whole_files import whole_file_filesystem
 from mer_tune.method.config import Config, build_config, load_config, with_overrides
-from mer_tune.outputs import ensure_writable, make_private_dir, plain_name, write_secret, write_text
+from mer_tune.outputs import (
+    check_folder_target,
+    ensure_writable,
+    make_private_dir,
+    plain_name,
+    write_secret,
+    write_text,
+)
 
 
 @dataclass
@@ -711,6 +718,8 @@ def _cache_location(cache_dir: str | Path | None, path: Path) -> str:
                 "environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
             )
         return str(cache_dir)
+    if cache_dir:  # checked now: the trials create it, and each would fail on its own
+        check_folder_target(Path(cache_dir).resolve(), "--cache-dir")
     return str(Path(cache_dir or SearchFolder(path).default_cache).resolve())
 
 
