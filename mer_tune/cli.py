@@ -31,6 +31,24 @@ from mer_tune.printing import (
 )
 
 SEED = click.IntRange(0, SEED_LIMIT - 1)  # what numpy and the config take
+
+
+class NonEmptyPath(click.Path):
+    """A path option that refuses '': as a path it means the current folder, where a
+    command would then write (or overwrite) its files unasked."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; name a file or folder ('.' for this one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _non_empty(ctx, param, value):
+    if isinstance(value, str) and not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
+
+
 DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
 
 
@@ -122,7 +140,7 @@ def cli(debug: bool) -> None:
 @click.option(
     "--folds", type=click.IntRange(1, 20), help="Stratified folds (1 = an 80/20 hold-out)."
 )
-@click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
+@click.option("--out", type=NonEmptyPath(file_okay=False), default="runs/latest", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when present.")
 @data_options
 def run(
@@ -161,7 +179,9 @@ def run(
     help="Config YAML, e.g. a search's best_config.yaml.",
 )
 @click.option("--data", "data_spec", help=DATA_HELP)
-@click.option("--out", type=click.Path(dir_okay=False), default="submission.csv", show_default=True)
+@click.option(
+    "--out", type=NonEmptyPath(dir_okay=False), default="submission.csv", show_default=True
+)
 @click.option(
     "--folds",
     type=click.IntRange(1, 20),
@@ -171,7 +191,9 @@ def run(
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
 @click.option(
-    "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+    "--tracking-uri",
+    callback=_non_empty,
+    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when present.")
 @data_options
@@ -200,7 +222,7 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False))
 @click.option(
     "--scale", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True
 )
@@ -264,8 +286,10 @@ def pack_cmd(
 
 
 @cli.command()
-@click.option("--videos", required=True, type=click.Path(file_okay=False), help="Folder of clips.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option(
+    "--videos", required=True, type=NonEmptyPath(file_okay=False), help="Folder of clips."
+)
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Dataset folder.")
 @click.option("--transcripts", type=click.Path(dir_okay=False), help="CSV with name + text.")
 @click.option("--text-column", default="chinese", show_default=True)
 @click.option("--faces", type=click.Path(file_okay=False), help="Face crops in FACES/<name>/.")
@@ -393,18 +417,28 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
 @click.option("--address", help="Ray cluster address (default: a local Ray).")
 @click.option(
     "--storage",
+    type=NonEmptyPath(),
     default="mer-tune-runs",
     show_default=True,
     help="Folder for results, Optuna study and stage cache.",
 )
 @click.option(
-    "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+    "--tracking-uri",
+    callback=_non_empty,
+    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).",
 )
-@click.option("--experiment", default="mer-tune", show_default=True, help="MLflow experiment name.")
+@click.option(
+    "--experiment",
+    default="mer-tune",
+    show_default=True,
+    callback=_non_empty,
+    help="MLflow experiment name.",
+)
 @click.option("--name", help="Name of this search (default: SPACE-DATE-TIME).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage in every trial.")
 @click.option(
     "--cache-dir",
+    callback=_non_empty,
     help="Stage cache folder or URI (s3://..., gs://...; default: STORAGE/NAME/cache).",
 )
 @click.option(
@@ -624,7 +658,7 @@ def _only_with_resume(allowed: set[str]) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option("--storage", type=NonEmptyPath(), default="mer-tune-runs", show_default=True)
 @click.option(
     "--format",
     "fmt",
@@ -650,7 +684,7 @@ def report(name, storage, fmt, top, section) -> None:
 
 @cli.command(name="confirm")
 @click.argument("name")
-@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option("--storage", type=NonEmptyPath(), default="mer-tune-runs", show_default=True)
 @click.option(
     "--confirm-top",
     "top",
@@ -680,7 +714,7 @@ def confirm_cmd(name, storage, top, seeds, address) -> None:
 @cli.command(name="pick")
 @click.argument("name")
 @click.argument("expression")
-@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option("--storage", type=NonEmptyPath(), default="mer-tune-runs", show_default=True)
 def pick_cmd(name, expression, storage) -> None:
     """Choose a point of the Pareto front of the multi-objective search NAME, e.g.
     'max weighted_f1 where min_class_f1>=0.6', and write it to best_config.yaml."""
@@ -744,7 +778,7 @@ def _cache_dir(storage: str, name: str, command: str) -> str:
 
 @cache.command()
 @click.argument("name")
-@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option("--storage", type=NonEmptyPath(), default="mer-tune-runs", show_default=True)
 def info(name, storage) -> None:
     """Entries and size per stage in search NAME's cache, and refused (forged, unsigned or
     damaged) entries that were recomputed."""
@@ -760,7 +794,7 @@ def info(name, storage) -> None:
 
 @cache.command()
 @click.argument("name")
-@click.option("--storage", default="mer-tune-runs", show_default=True)
+@click.option("--storage", type=NonEmptyPath(), default="mer-tune-runs", show_default=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def clear(name, storage, yes) -> None:
     """Delete every entry of search NAME's cache (only files mer-tune wrote there)."""

@@ -123,6 +123,33 @@ def test_a_diverging_config_is_one_line_and_writes_nothing(tiny_dir, tmp_path, c
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["run", "--out", ""], "--out"),  # wrote its files into the current folder
+        (["predict", "--out", " "], "--out"),  # trained, then failed with a traceback
+        (["data", "synth", "--out", ""], "--out"),
+        (["search", "--storage", ""], "--storage"),
+        (["search", "--experiment", ""], "--experiment"),  # failed after Ray started
+        (["search", "--cache-dir", ""], "--cache-dir"),
+        (["search", "--tracking-uri", ""], "--tracking-uri"),
+        (["report", "s", "--storage", ""], "--storage"),
+    ],
+)
+def test_an_empty_path_or_name_is_refused(tmp_path, capsys, monkeypatch, args, option):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and stderr.startswith(f"error: Invalid value for '{option}': ")
+    assert len(stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_data_synth_where_a_folder_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, _, stderr = run_cli(["data", "synth", "--out", str(tmp_path / "afile" / "x")], capsys)
+    assert code == 1 and stderr.startswith(f"error: {tmp_path / 'afile' / 'x'}: cannot create")
+    assert len(stderr.strip().splitlines()) == 1
+
+
 def test_data_synth_and_check(tmp_path, capsys):
     code, stdout, _ = run_cli(
         ["data", "synth", "--out", str(tmp_path / "s"), "--scale", "tiny"], capsys

@@ -182,8 +182,11 @@ def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
         raise MerTuneError(f"{out}: folder exists and is not empty")
     lay = layout(scale, seed)
     names, n_lab = lay.names, lay.labelled
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out.parent))
+    except OSError as err:
+        raise MerTuneError(f"{out}: cannot create the dataset there ({err.strerror})") from None
     try:
         for m in MODALITIES:
             folder = tmp / "features" / DEFAULT_FOLDERS[m]
@@ -201,6 +204,8 @@ def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as err:  # a full disk, say: the temporary folder goes, nothing is half made
+        raise MerTuneError(f"{out}: cannot write the dataset ({err.strerror})") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
