@@ -802,7 +802,17 @@ def clear(name, storage, yes) -> None:
 
     where = _cache_dir(storage, name, "cache clear")
     if not yes:
-        click.confirm(f"delete every stage cache entry in {where}?", abort=True, err=True)
+        try:
+            agreed = click.confirm(f"delete every stage cache entry in {where}?", err=True)
+        except click.exceptions.Abort:
+            if sys.stdin.isatty():
+                raise  # Ctrl-C at the question
+            raise click.UsageError(
+                "no answer to read (stdin is not a terminal); add --yes"
+            ) from None
+        if not agreed:
+            click.echo("nothing removed", err=True)
+            sys.exit(1)
     click.echo(f"removed {StageStore(where).clear()} entries from {where}")
 
 

@@ -217,7 +217,16 @@ def test_cache_clear_touches_only_a_marked_cache_and_asks_first(tmp_path, capsys
         [sys.executable, "-m", "mer_tune", "cache", "clear", "s", "--storage", str(runs)],
         input="n\n", capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert answer_no.returncode != 0 and "delete every stage cache entry" in answer_no.stderr
+    assert answer_no.returncode == 1 and "delete every stage cache entry" in answer_no.stderr
+    assert answer_no.stderr.strip().endswith("nothing removed")
+    assert store.info()["stages"]["pretrain"]["entries"] == 1
+    no_answer = subprocess.run(
+        [sys.executable, "-m", "mer_tune", "cache", "clear", "s", "--storage", str(runs)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert no_answer.returncode == 2 and no_answer.stderr.strip().endswith(
+        "error: no answer to read (stdin is not a terminal); add --yes"
+    )
     assert store.info()["stages"]["pretrain"]["entries"] == 1
     code, out, _ = run_cli(["cache", "clear", "s", "--yes", "--storage", str(runs)], capsys)
     assert code == 0 and "removed 1 entries" in out and store.info()["stages"] == {}
