@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 
 from mer_tune.data.layout import TEST, MERData
 from mer_tune.errors import MerTuneError
-from mer_tune.hpo.folder import SearchFolder
+from mer_tune.hpo.folder import SearchFolder, read_mapping, read_table
 from mer_tune.hpo.holdout import Holdout
 from mer_tune.hpo.spaces import trial_config
 from mer_tune.hpo.stats import Verdict, decide, paired_difference, score_interval
@@ -237,4 +237,4 @@ def read(path: Path) -> tuple[pd.DataFrame, dict] | None:
     """A finished confirm step of the search at `path`, if it ran."""
     if not (path / CONFIRM_FILE).exists() or not (path / VERDICT_FILE).exists():
         return None
-    return pd.read_csv(path / CONFIRM_FILE), json.loads((path / VERDICT_FILE).read_text())
+    return read_table(path / CONFIRM_FILE), read_mapping(path / VERDICT_FILE)

@@ -23,6 +23,74 @@ import yaml
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.outputs import plain_name, write_text
 
+# search.yaml keys read by type; a hand-edited value of another type is refused by name.
+STATE_TYPES: dict[str, type] = {
+    "trials": int,
+    "seed": int,
+    "holdout_size": int,
+    "confirm_top": int,
+    "confirm_seeds": int,
+    "cache_dir": str,
+    "tracking_uri": str,
+    "experiment": str,
+    "parent_run_id": str,
+    "objectives": list,
+    "from_searches": list,
+    "dataset": dict,
+}
+RESULTS_COLUMNS = ("trial", "status")
+
+
+def damaged(path: Path, what: str) -> MerTuneError:
+    return MerTuneError(
+        f"{path}: damaged or edited by hand ({what}); mer-tune writes this file: restore it, "
+        "or rerun the search"
+    )
+
+
+def read_mapping(path: Path, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML (or JSON) file of the search folder that must hold a mapping."""
+    try:
+        value = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise damaged(path, err.strerror or type(err).__name__) from None
+    except UnicodeDecodeError:
+        raise damaged(path, "not UTF-8 text") from None
+    except yaml.YAMLError:
+        raise damaged(path, "not valid YAML or JSON") from None
+    if value is None and empty_ok:
+        return {}
+    if not isinstance(value, dict):
+        raise damaged(path, f"not a mapping but {type(value).__name__}")
+    return value
+
+
+def read_table(
+    path: Path, required: tuple[str, ...] = (), numeric: tuple[str, ...] = (), **read_csv
+) -> pd.DataFrame:
+    """A CSV file of the search folder, with the columns its readers index and numbers
+    where they compute; anything else is one line naming the file."""
+    try:
+        table = pd.read_csv(path, **read_csv)
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame(columns=list(required))
+    except OSError as err:
+        raise damaged(path, err.strerror or type(err).__name__) from None
+    except UnicodeDecodeError:
+        raise damaged(path, "not UTF-8 text") from None
+    except pd.errors.ParserError:
+        raise damaged(path, "not a valid CSV table") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise damaged(path, f"no column {missing[0]!r}")
+    for column in numeric:
+        if column in table.columns:
+            try:
+                table[column] = pd.to_numeric(table[column])
+            except (ValueError, TypeError):
+                raise damaged(path, f"column {column!r} holds a non-number") from None
+    return table
+
 
 def storage_root(storage: str | Path) -> Path:
     """The folder that holds searches: a path, on shared storage (NFS) for a cluster."""
@@ -65,7 +133,10 @@ class SearchFolder:
 
     def state(self) -> dict[str, Any]:
         """search.yaml, with its cache folder as an absolute path (what trials are given)."""
-        state = yaml.safe_load(self.state_file.read_text()) or {}
+        state = read_mapping(self.state_file, empty_ok=True)
+        for key, kind in STATE_TYPES.items():
+            if state.get(key) is not None and not isinstance(state[key], kind):
+                raise damaged(self.state_file, f"{key} is not a {kind.__name__}")
         where = state.get("cache_dir")
         if where and "://" not in where and not Path(where).is_absolute():
             state["cache_dir"] = str((self.path / where).resolve())
@@ -95,10 +166,12 @@ class SearchFolder:
         trial ended wrote it empty: a table of no rows then."""
         if not self.results_file.exists():
             return None
-        try:
-            return pd.read_csv(self.results_file)
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame(columns=["trial", "trial_id", "status", "weighted_f1"])
+        table = read_table(self.results_file, RESULTS_COLUMNS, ("trial", "weighted_f1"))
+        if "weighted_f1" not in table.columns:
+            if (table["status"] == "FINISHED").any():
+                raise damaged(self.results_file, "no column 'weighted_f1'")
+            table["weighted_f1"] = pd.Series(dtype=float)
+        return table
 
     def cache_dir(self) -> str:
         """Where this search's stage cache is (its --cache-dir, a URI or a folder)."""

@@ -15,7 +15,7 @@ import pandas as pd
 
 from mer_tune.errors import UsageError
 from mer_tune.hpo import objectives as objective
-from mer_tune.hpo.folder import SearchFolder
+from mer_tune.hpo.folder import SearchFolder, read_table
 from mer_tune.hpo.spaces import Space, trial_config
 from mer_tune.method.config import Config
 from mer_tune.outputs import write_text
@@ -100,6 +100,6 @@ def repick(folder: SearchFolder, pick: str) -> tuple[int, Path]:
     if not (folder.path / FRONT_FILE).exists():
         raise UsageError(f"{folder.name}: no Pareto front yet (did the search finish?)")
     base = folder.base()
-    points = pd.read_csv(folder.path / FRONT_FILE)
+    points = read_table(folder.path / FRONT_FILE, ("trial", *goals), ("trial", *goals))
     _, trial = choose(folder.path, points, goals, pick, folder.space(base), base)
     return trial, folder.best_file

@@ -18,6 +18,7 @@ import pandas as pd
 
 from mer_tune.data.layout import HOLDOUT, LABELLED, MERData
 from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.hpo.folder import read_table
 from mer_tune.method.pipeline import min_per_class
 from mer_tune.outputs import write_text
 
@@ -93,7 +94,7 @@ def check_same(path: Path, holdout: Holdout) -> None:
     """Refuse to go on when the data no longer gives the holdout recorded in `path`."""
     if not path.exists():
         raise MerTuneError(f"{path}: missing; this search's holdout cannot be checked")
-    kept = pd.read_csv(path, dtype=str, keep_default_na=False)["name"].tolist()
+    kept = read_table(path, ("name",), dtype=str, keep_default_na=False)["name"].tolist()
     now = [str(n) for n in holdout.names]
     if kept != now:
         differ = sorted(set(kept) ^ set(now))

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from mer_tune.errors import MerTuneError
+from mer_tune.hpo.folder import damaged
 from mer_tune.hpo.tracking import redact
 
 
@@ -142,36 +142,39 @@ def importances(study) -> dict[str, float]:
         return {}
 
 
+def _study(db: Path, name: str):
+    """The search's Optuna study (for the importances), None where there is none."""
+    import optuna
+    from sqlalchemy.exc import DatabaseError
+
+    if not db.exists():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{db}"
+    try:
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # a renamed or copied folder: its one study keeps the first name
+            return optuna.load_study(study_name=None, storage=storage)
+    except ValueError:
+        raise MerTuneError(
+            f"{db}: no study named {name} and not exactly one study to read instead"
+        ) from None
+    except DatabaseError:
+        raise damaged(db, "not an SQLite database") from None
+
+
 def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5) -> dict[str, Any]:
     """The top trials, best config, parameter importances, failures and plot locations."""
-    import optuna
-
-    from mer_tune.hpo.folder import SearchFolder, storage_root
+    from mer_tune.hpo.folder import SearchFolder, read_table, storage_root
     from mer_tune.outputs import plain_name
 
     path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
     if not (SearchFolder(path).results_file).exists():
         raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
     table = SearchFolder(path).results()
-    state = (
-        yaml.safe_load((SearchFolder(path).state_file).read_text())
-        if (SearchFolder(path).state_file).exists()
-        else {}
-    )
-    study = None
-    if (SearchFolder(path).study_db).exists():
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = f"sqlite:///{SearchFolder(path).study_db}"
-        try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:  # a renamed or copied folder: its one study keeps the first name
-            try:
-                study = optuna.load_study(study_name=None, storage=storage)
-            except ValueError:
-                raise MerTuneError(
-                    f"{SearchFolder(path).study_db}: no study named {name} and not exactly one "
-                    "study to read instead"
-                ) from None
+    state = SearchFolder(path).state() if SearchFolder(path).state_file.exists() else {}
+    study = _study(SearchFolder(path).study_db, name)
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
     failed = table[table["status"] == "FAILED"]
     best = SearchFolder(path).best_file
@@ -179,7 +182,7 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
 
     confirmed = read_confirm(path)
     front_file = path / "pareto.csv"
-    front = pd.read_csv(front_file).to_dict("records") if front_file.exists() else None
+    front = read_table(front_file).to_dict("records") if front_file.exists() else None
     return {
         "search": name,
         "path": str(path),

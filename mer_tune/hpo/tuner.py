@@ -29,7 +29,7 @@ from mer_tune.hpo import objectives as objective
 from mer_tune.hpo.batched import batch_size, run_batches, told_from
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
-from mer_tune.hpo.folder import SearchFolder, storage_root
+from mer_tune.hpo.folder import SearchFolder, damaged, storage_root
 from mer_tune.hpo.gpu import (
     check_packing,
     largest_config,
@@ -428,11 +428,19 @@ def resume(
     state = folder.state() if folder.state_file.exists() else None
     if state is None:
         raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
+    missing = [
+        k for k in ("trials", "tracking_uri", "experiment", "parent_run_id") if k not in state
+    ]
+    if missing:
+        raise damaged(folder.state_file, f"no {missing[0]}")
     if state.get("finished"):
         raise UsageError(
             f"--resume {name}: the search finished at {state['finished']}; see `mer-tune "
             f"report {name}` (`mer-tune confirm {name}` reruns its confirm step)"
         )
+    recorded = folder.results()
+    if recorded is not None and "trial_id" not in recorded.columns:
+        raise damaged(folder.results_file, "no column 'trial_id'")  # what rows are keyed by
     batched = state.get("batch", 1) > 1
     base = folder.base()
     sp = folder.space(base)
@@ -442,7 +450,6 @@ def resume(
     init_ray(address)
     recorder = SearchRecorder(uri, state["experiment"])
     recorder.resume_parent(state["parent_run_id"])
-    recorded = folder.results()
     rows: dict[str, dict] = {}
     for row in recorded.to_dict("records") if recorded is not None else []:
         rows[row["trial_id"]] = row
