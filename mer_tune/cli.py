@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -360,11 +361,14 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as bar:
+    with contextlib.ExitStack() as stack:
+        bars = []  # the bar starts with the first modality: a refusal before is one line
 
         def progress(label: str, total: int):
-            task = bar.add_task(label, total=total)
-            return lambda: bar.advance(task)
+            if not bars:
+                bars.append(stack.enter_context(Progress(*columns, console=console)))
+            task = bars[0].add_task(label, total=total)
+            return lambda: bars[0].advance(task)
 
         results = run_extract(opts, progress)
     if print_extract_summary(results, out):

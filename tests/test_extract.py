@@ -3,6 +3,9 @@ temp folder, on tiny generated clips with sound."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -214,6 +217,21 @@ def test_bad_input_is_one_line_and_writes_nothing(extra, message, tiny_models, t
     assert code != 0
     assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_refusal_before_any_clip_prints_no_progress_bar(tmp_path):
+    """The bar starts with the first modality's clips: a refusal before it is the error
+    line alone (the bar used to leave an empty line on stdout before it)."""
+    (tmp_path / "videos").mkdir()
+    write_clip(tmp_path / "videos" / "a.mp4")
+    args = ["extract", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "o")]
+    done = subprocess.run(
+        [sys.executable, "-m", "mer_tune", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        "error: text features need --transcripts (or leave text out with --modalities)\n"
+    )
 
 
 def test_uniform_indices_spread_over_the_clip():
