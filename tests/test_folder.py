@@ -43,6 +43,8 @@ DAMAGE = {
         "no column 'weighted_f1'",
     ),
     "state_list": ("search.yaml", "- a\n- b\n", "not a mapping but list"),
+    "state_empty": ("search.yaml", "", "not a mapping but NoneType"),
+    "state_objectives": ("search.yaml", "objectives: nonsense\n", "objectives is not a list"),
     "state_garbage": ("search.yaml", "a: [b\n", "not valid YAML or JSON"),
     "state_type": ("search.yaml", "cache_dir: 42\n", "cache_dir is not a str"),
 }
@@ -79,7 +81,7 @@ def test_a_damaged_search_file_is_one_line_naming_it(tmp_path, capsys, damage, c
 
 def test_resume_of_a_search_yaml_without_its_run_ids_is_one_line(tmp_path, capsys):
     path = _folder(tmp_path)
-    (path / "search.yaml").write_text("")
+    (path / "search.yaml").write_text("seed: 0\n")
     code, _, stderr = run_cli(["search", "--resume", "s", "--storage", str(path.parent)], capsys)
     assert code == 1 and stderr.strip() == (
         f"error: {path / 'search.yaml'}: damaged or edited by hand (no trials); mer-tune "
@@ -94,4 +96,15 @@ def test_report_on_a_damaged_study_database_is_one_line(tmp_path, capsys):
     assert code == 1 and stderr.strip() == (
         f"error: {path / 'optuna.db'}: damaged or edited by hand (not an SQLite database); "
         "mer-tune writes this file: restore it, or rerun the search"
+    )
+
+
+@pytest.mark.parametrize("command", [["report", "s"], ["confirm", "s"]])
+def test_a_search_without_results_says_which_file_is_missing(tmp_path, capsys, command):
+    path = _folder(tmp_path)
+    (path / "results.csv").unlink()
+    code, _, stderr = run_cli([*command, "--storage", str(path.parent)], capsys)
+    assert code == 1 and stderr.strip() == (
+        f"error: {path / 'results.csv'}: missing (the search stopped before its first trial "
+        "ended, or the file was removed)"
     )

@@ -70,15 +70,12 @@ def confirm_search(
     from mer_tune.hpo.tuner import SearchResult, search_data, stored_uri
 
     started = time.perf_counter()
-    if (
-        not (SearchFolder(path).state_file).exists()
-        or not (SearchFolder(path).results_file).exists()
-    ):
-        raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
+    results = SearchFolder(path).finished_results()
+    if not SearchFolder(path).state_file.exists():
+        raise MerTuneError(f"{SearchFolder(path).state_file}: missing")
     state, base, sp = _folder_state(path)
     top = state.get("confirm_top", 3) if top is None else top
     seeds = state.get("confirm_seeds", 0) if seeds is None else seeds
-    results = SearchFolder(path).results()
     if not (results["status"] == "FINISHED").any():
         raise MerTuneError(f"{path.name}: no finished trial to confirm")
     if not state.get("holdout_size"):

@@ -133,7 +133,7 @@ class SearchFolder:
 
     def state(self) -> dict[str, Any]:
         """search.yaml, with its cache folder as an absolute path (what trials are given)."""
-        state = read_mapping(self.state_file, empty_ok=True)
+        state = read_mapping(self.state_file)
         for key, kind in STATE_TYPES.items():
             if state.get(key) is not None and not isinstance(state[key], kind):
                 raise damaged(self.state_file, f"{key} is not a {kind.__name__}")
@@ -171,6 +171,18 @@ class SearchFolder:
             if (table["status"] == "FINISHED").any():
                 raise damaged(self.results_file, "no column 'weighted_f1'")
             table["weighted_f1"] = pd.Series(dtype=float)
+        return table
+
+    def finished_results(self) -> pd.DataFrame:
+        """results.csv of a search that has one; else one line saying what is missing."""
+        if not self.path.is_dir():
+            raise MerTuneError(f"{self.path}: no search of that name (see --storage)")
+        table = self.results()
+        if table is None:
+            raise MerTuneError(
+                f"{self.results_file}: missing (the search stopped before its first trial "
+                "ended, or the file was removed)"
+            )
         return table
 
     def cache_dir(self) -> str:

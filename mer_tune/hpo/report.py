@@ -170,9 +170,7 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     from mer_tune.outputs import plain_name
 
     path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
-    if not (SearchFolder(path).results_file).exists():
-        raise MerTuneError(f"{path}: no search results there (is the name right? see --storage)")
-    table = SearchFolder(path).results()
+    table = SearchFolder(path).finished_results()
     state = SearchFolder(path).state() if SearchFolder(path).state_file.exists() else {}
     study = _study(SearchFolder(path).study_db, name)
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)

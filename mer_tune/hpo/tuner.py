@@ -427,7 +427,7 @@ def resume(
     path = folder.path
     state = folder.state() if folder.state_file.exists() else None
     if state is None:
-        raise UsageError(f"--resume {name}: no search of that name in {path.parent}")
+        raise MerTuneError(f"--resume {name}: no search of that name in {path.parent}")
     missing = [
         k for k in ("trials", "tracking_uri", "experiment", "parent_run_id") if k not in state
     ]
@@ -439,7 +439,7 @@ def resume(
             f"report {name}` (`mer-tune confirm {name}` reruns its confirm step)"
         )
     recorded = folder.results()
-    if recorded is not None and "trial_id" not in recorded.columns:
+    if recorded is not None and len(recorded) and "trial_id" not in recorded.columns:
         raise damaged(folder.results_file, "no column 'trial_id'")  # what rows are keyed by
     batched = state.get("batch", 1) > 1
     base = folder.base()
