@@ -70,7 +70,7 @@ def confirm_search(
     from mer_tune.hpo.tuner import SearchResult, search_data, stored_uri
 
     started = time.perf_counter()
-    results = SearchFolder(path).finished_results()
+    results = SearchFolder(path).required_results()
     if not SearchFolder(path).state_file.exists():
         raise MerTuneError(f"{SearchFolder(path).state_file}: missing")
     state, base, sp = _folder_state(path)

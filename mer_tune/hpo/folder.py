@@ -48,7 +48,7 @@ def damaged(path: Path, what: str) -> MerTuneError:
     )
 
 
-def read_mapping(path: Path, empty_ok: bool = False) -> dict[str, Any]:
+def read_mapping(path: Path) -> dict[str, Any]:
     """A YAML (or JSON) file of the search folder that must hold a mapping."""
     try:
         value = yaml.safe_load(path.read_text())
@@ -58,8 +58,6 @@ def read_mapping(path: Path, empty_ok: bool = False) -> dict[str, Any]:
         raise damaged(path, "not UTF-8 text") from None
     except yaml.YAMLError:
         raise damaged(path, "not valid YAML or JSON") from None
-    if value is None and empty_ok:
-        return {}
     if not isinstance(value, dict):
         raise damaged(path, f"not a mapping but {type(value).__name__}")
     return value
@@ -173,7 +171,7 @@ class SearchFolder:
             table["weighted_f1"] = pd.Series(dtype=float)
         return table
 
-    def finished_results(self) -> pd.DataFrame:
+    def required_results(self) -> pd.DataFrame:
         """results.csv of a search that has one; else one line saying what is missing."""
         if not self.path.is_dir():
             raise MerTuneError(f"{self.path}: no search of that name (see --storage)")

@@ -170,7 +170,7 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
     from mer_tune.outputs import plain_name
 
     path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
-    table = SearchFolder(path).finished_results()
+    table = SearchFolder(path).required_results()
     state = SearchFolder(path).state() if SearchFolder(path).state_file.exists() else {}
     study = _study(SearchFolder(path).study_db, name)
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
