@@ -110,14 +110,19 @@ def no_empty_folder_left(folder: Path) -> Iterator[None]:
         raise
 
 
+def _shown(name: str) -> str:
+    """A name as an error quotes it: a pasted paragraph is not echoed whole."""
+    return name if len(name or "") <= 80 else f"{name[:60]}... ({len(name)} characters)"
+
+
 def plain_name(name: str, option: str) -> str:
     """A search name as given to --name, --resume, report, confirm or cache: letters,
     digits, '.', '_' and '-', never a path (no '/', no '..'), so it cannot point outside
     the storage folder."""
     if not _NAME.fullmatch(name or "") or ".." in name:
         raise UsageError(
-            f"{option} {name!r}: a search name is letters, digits, '.', '_' and '-' "
-            "(no '/', no '..', at most 128 characters)"
+            f"{option} {_shown(name)!r}: a search name is letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (no '/', no '..', at most 128 characters)"
         )
     return name
 

@@ -179,6 +179,8 @@ def test_cluster_mlflow_listens_on_loopback_with_basic_auth_and_secrets_stay_out
         ["confirm", ".."],
         ["search", "--resume", "../victim"],
         ["search", "--name", "a/b", "--data", "synthetic:tiny"],
+        ["report", ".hidden"],
+        pytest.param(["report", "a" * 5000], id="long"),  # quoted shortened, not whole
     ],
 )
 def test_search_names_are_plain_names_everywhere(args, tmp_path, capsys):
@@ -190,6 +192,7 @@ def test_search_names_are_plain_names_everywhere(args, tmp_path, capsys):
     code, _, err = run_cli([*args, "--storage", str(tmp_path / "runs")], capsys)
     assert code == 2, err
     assert "a search name is letters, digits" in err and len(err.strip().splitlines()) == 1
+    assert "starting with a letter or digit" in err and len(err) < 300
     assert (victim / "precious.pt").read_text() == "keep me"
     assert not (tmp_path / "runs" / "a").exists()
 
