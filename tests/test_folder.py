@@ -108,3 +108,14 @@ def test_a_search_without_results_says_which_file_is_missing(tmp_path, capsys, c
         f"error: {path / 'results.csv'}: missing (the search stopped before its first trial "
         "ended, or the file was removed)"
     )
+
+
+def test_the_front_of_a_multi_objective_search_without_pareto_csv_is_missing(tmp_path, capsys):
+    path = _folder(tmp_path)
+    state = yaml.safe_load((path / "search.yaml").read_text())
+    state["objectives"] = ["weighted_f1", "min_class_f1"]
+    (path / "search.yaml").write_text(yaml.safe_dump(state))
+    args = ["report", "s", "--format", "csv", "--section", "pareto"]
+    code, _, stderr = run_cli([*args, "--storage", str(path.parent)], capsys)
+    assert code == 1
+    assert stderr.strip() == f"error: {path / 'pareto.csv'}: missing (did the search finish?)"

@@ -137,7 +137,9 @@ def importances(study) -> dict[str, float]:
         sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
         first = {"target": lambda t: sign * t.values[0]}
     try:
-        return dict(optuna.importance.get_param_importances(study, **first))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's notes on its evaluators, not ours
+            return dict(optuna.importance.get_param_importances(study, **first))
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {}
 
@@ -215,6 +217,10 @@ def format_report(report: dict[str, Any], fmt: str, section: str = "top") -> str
                 raise MerTuneError(f"{report['search']}: no confirm step ran for this search")
             return pd.DataFrame(report["confirm"]["trials"]).to_csv(index=False)
         if section == "pareto":
+            if report["pareto"] is None and len(report["objectives"]) > 1:
+                raise MerTuneError(
+                    f"{Path(report['path']) / 'pareto.csv'}: missing (did the search finish?)"
+                )
             if report["pareto"] is None:
                 raise MerTuneError(f"{report['search']}: not a multi-objective search: no front")
             return pd.DataFrame(report["pareto"]).to_csv(index=False)
