@@ -76,8 +76,9 @@ def test_a_pick_no_point_meets_names_the_closest_point():
         ("best weighted_f1", "expected 'max|min OBJECTIVE"),
         ("max weighted_f1 where min_class_f1 >> 0.6", "cannot read the condition"),
         ("max train_seconds", "train_seconds is not an objective of this search"),
+        ("max weighted_f1 where min_class_f1>=1e400", "'1e400' is not a finite number"),
     ],
-    ids=["no-goal", "bad-condition", "not-an-objective"],
+    ids=["no-goal", "bad-condition", "not-an-objective", "overflow"],
 )
 def test_a_bad_pick_is_one_line(text, message):
     with pytest.raises(UsageError, match=message) as err:

@@ -128,9 +128,12 @@ def parse_pick(text: str, objectives: list[str]) -> Pick:
             raise UsageError(f"{where}: cannot read the condition {part.strip()!r}")
         name, op, number = match.groups()
         try:
-            conditions.append((name, op, float(number)))
+            value = float(number)
         except ValueError:
             raise UsageError(f"{where}: {number!r} is not a number") from None
+        if not math.isfinite(value):  # 1e400 reads as inf
+            raise UsageError(f"{where}: {number!r} is not a finite number")
+        conditions.append((name, op, value))
     for name in [objective] + [c[0] for c in conditions]:
         if name not in objectives:
             raise UsageError(
