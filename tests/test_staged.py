@@ -71,3 +71,16 @@ def test_staged_search_freezes_each_steps_best_for_the_next(search_env, tiny_dir
     assert children
     for child in children:
         assert child.data.tags["mer_tune.cached_stages"] == "finetune,pretrain,pseudo"
+
+
+def test_the_cli_runs_a_staged_search(search_env, tiny_dir, capsys):
+    """`search --strategy staged` as typed (the CLI passes the data in the place `search`
+    takes it; the staged search once took it for the storage folder)."""
+    from test_cli import run_cli
+
+    args = ["search", "--strategy", "staged", "--space", "space.yaml", "--trials", "1"]
+    args += ["--config", "fast.yaml", "--data", str(tiny_dir), "--name", "cli"]
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    results = pd.read_csv(search_env / "mer-tune-runs" / "cli-thresholds" / "results.csv")
+    assert results["status"].tolist() == ["FINISHED"] and "verdict:" in stdout

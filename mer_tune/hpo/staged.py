@@ -39,11 +39,13 @@ def split_budget(trials: int, steps: list[str]) -> dict[str, int]:
 def staged_search(
     space: str,
     trials: int,
+    data: str | None = None,
     storage: str | Path = "mer-tune-runs",
     name: str | None = None,
     **kwargs: Any,
 ) -> SearchResult:
-    """Run the steps in order; each step's best values are fixed for the next."""
+    """Run the steps in order; each step's best values are fixed for the next. Takes
+    the arguments of `search` (tuner.py), in the same places."""
     sp = load_space(space)
     groups: dict[str, dict] = {}
     for key, _ in sp.describe():
@@ -76,6 +78,7 @@ def staged_search(
         result = search(
             sp.subspace(list(groups[step]), step, fixed),
             budget[step],
+            data,
             storage=storage,
             name=f"{name}-{step}",
             cache_dir=shared_cache,
