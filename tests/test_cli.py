@@ -143,6 +143,19 @@ def test_an_empty_path_or_name_is_refused(tmp_path, capsys, monkeypatch, args, o
     assert len(stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["run", "predict"])
+def test_device_cuda_without_a_card_is_one_line(tmp_path, capsys, monkeypatch, command):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU machine
+    monkeypatch.chdir(tmp_path)  # where predict's default MLflow store would go
+    out = tmp_path / ("o" if command == "run" else "o.csv")
+    args = [command, "--data", "synthetic:tiny", "--device", "cuda", "--out", str(out)]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 1 and stderr == "error: --device cuda: no CUDA device is visible\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_data_synth_where_a_folder_cannot_be_made_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code, _, stderr = run_cli(["data", "synth", "--out", str(tmp_path / "afile" / "x")], capsys)

@@ -181,6 +181,8 @@ class RunResult:
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
+    if prefer == "cuda" and not torch.cuda.is_available():
+        raise MerTuneError("--device cuda: no CUDA device is visible")
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
