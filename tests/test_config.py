@@ -33,6 +33,20 @@ def test_unknown_key_lists_the_valid_ones():
         build_config({"optim": {"lrr": 1}})
 
 
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("device", "unknown config key 'device'; valid keys: data.*, decision.*, eval.*"),
+        ("model.hiddn", "unknown config key 'model.hiddn'; valid keys: model.hidden, model."),
+        ("model.hidden.x", "unknown config key 'model.hidden.x': model.hidden is a value, not a"),
+    ],
+)
+def test_an_unknown_override_names_what_is_valid_where_it_points(key, message):
+    with pytest.raises(UsageError) as err:
+        with_overrides(build_config(), {key: 1}, source="--set")
+    assert str(err.value).startswith(f"--set: {message}")
+
+
 def test_dotted_paths_reach_every_search_knob():
     paths = valid_paths()
     for p in [

@@ -437,7 +437,11 @@ def _check_path(cfg: Config, path: str, source: str) -> None:
         return
     where = f"{source}: " if source else ""
     parent = path.rpartition(".")[0]
-    siblings = [p for p in valid_paths(cfg) if p.rpartition(".")[0] == parent] or valid_paths(cfg)
+    siblings = [p for p in paths if p.rpartition(".")[0] == parent] or paths
+    if parent in paths:
+        raise UsageError(f"{where}unknown config key '{path}': {parent} is a value, not a section")
+    if not parent:  # a top-level key: the sections, not only the one top-level value
+        siblings = sorted({p if "." not in p else p.split(".")[0] + ".*" for p in paths})
     raise UsageError(f"{where}unknown config key '{path}'; valid keys: {', '.join(siblings)}")
 
 
