@@ -62,6 +62,7 @@ def test_frame_level_features_are_mean_pooled(tmp_path):
         ("truth_header", "synthetic-truth.csv: missing column 'name'"),
         ("test_names_not_utf8", "names.txt: not a UTF-8 text file"),
         ("test_names_match_nothing", "names.txt: none of its 2 test names is a sample"),
+        ("test_names_header_only", "names.csv: lists no test names"),
     ],
 )
 def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
@@ -117,9 +118,13 @@ def test_bad_data_gives_one_clear_line(tmp_path, breakage, message):
         (tmp_path / "names.txt").write_bytes(b"\xff\xfe bad\n")
     elif breakage == "test_names_match_nothing":
         (tmp_path / "names.txt").write_text("other_0001\nother_0002\n")
+    elif breakage == "test_names_header_only":
+        (tmp_path / "names.csv").write_text("name\n")
     opts = DataOptions()
     if breakage == "labels_folder":
         opts = DataOptions(labels=str(root / "features"))
+    elif breakage == "test_names_header_only":
+        opts = DataOptions(test_names=str(tmp_path / "names.csv"))
     elif breakage.startswith("test_names_"):
         opts = DataOptions(test_names=str(tmp_path / "names.txt"))
     with pytest.raises(MerTuneError, match=message) as err:

@@ -250,6 +250,8 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
         root / "test-names.csv" if (root / "test-names.csv").exists() else None
     )
     test_set = set(_read_names(test_file)) if test_file else set()
+    if opts.test_names and not test_set:  # given on purpose, it must name some
+        raise MerTuneError(f"{test_file}: lists no test names")
     # Names that are not samples are ignored (a test list may cover more than this data),
     # but when none is, the file belongs to other data.
     if test_set and test_set.isdisjoint(names):
