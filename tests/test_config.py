@@ -47,6 +47,25 @@ def test_an_unknown_override_names_what_is_valid_where_it_points(key, message):
     assert str(err.value).startswith(f"--set: {message}")
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("model.layers", True),  # read as 1 layer
+        ("self_training.thresholds.worried", True),  # read as the threshold 1.0
+        ("model.head_dims", [64, False]),
+        ("seed", False),
+    ],
+)
+def test_true_or_false_is_not_taken_for_a_number(key, value):
+    shown = key if not isinstance(value, list) else f"{key}.1"
+    with pytest.raises(UsageError) as err:
+        with_overrides(build_config(), {key: value}, source="--set")
+    word = "false" if value is False or isinstance(value, list) else "true"
+    assert str(err.value) == (
+        f"--set: config key '{shown}' = {word}: expected a number, not true or false"
+    )
+
+
 def test_dotted_paths_reach_every_search_knob():
     paths = valid_paths()
     for p in [

@@ -8,11 +8,21 @@ validates it; unknown keys are rejected with the list of valid ones.
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from mer_tune.data.layout import MER2024_CLASSES
 from mer_tune.errors import UsageError
@@ -31,6 +41,24 @@ SEED_LIMIT = 2**32
 class _Strict(BaseModel):
     # No field gives inf or NaN a meaning (such as 'no limit'): one only makes the scores nonsense.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 for a number; `layers: true` is a mistake, not 1."""
+        kind = cls.model_fields[info.field_name].annotation
+        if not (kind in (int, float) or typing.get_args(kind)[-1:] in ((int,), (float,))):
+            return value
+        named = value.items() if isinstance(value, dict) else None
+        named = named or (enumerate(value) if isinstance(value, list) else [(None, value)])
+        for inner, item in named:
+            if isinstance(item, bool):
+                raise PydanticCustomError(
+                    "bool_as_number",
+                    "= {item}: expected a number, not true or false",
+                    {"item": str(item).lower(), "inner": inner},
+                )
+        return value
 
 
 class PerModality(_Strict):
@@ -332,6 +360,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         valid = ", ".join(parent.model_fields) if parent else ""
         return f"{where}unknown config key '{loc}'; valid keys here: {valid}"
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "bool_as_number":  # the key of the item in a mapping or list too
+        inner = first["ctx"]["inner"]
+        return f"{where}config key '{loc}{'' if inner is None else f'.{inner}'}' {msg}"
     if first["type"] == "value_error":
         return f"{where}{msg}"
     return f"{where}config key '{loc}': {msg} (got {first.get('input')!r})"
