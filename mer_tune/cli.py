@@ -820,14 +820,25 @@ def clear(name, storage, yes) -> None:
     click.echo(f"removed {StageStore(where).clear()} entries from {where}")
 
 
-def _quiet_libraries() -> None:
-    """MLflow's and Optuna's INFO lines would drown the progress output."""
+def _quiet_libraries(debug: bool = False) -> None:
+    """MLflow's and Optuna's INFO lines would drown the progress output. A failed trial
+    is one progress line, with its error in results.csv and its MLflow run: Tune's own
+    report of it (a traceback per try) is left for --debug."""
     import logging
     import os
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "optuna", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not debug:
+        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+            logging.getLogger(name).addFilter(_not_a_trial_failure)
+
+
+def _not_a_trial_failure(record) -> bool:
+    return not record.getMessage().startswith(
+        ("Trial task failed for trial", "Trials did not complete")
+    )
 
 
 def _fast_exit() -> None:
@@ -863,7 +874,7 @@ def main(argv: list[str] | None = None) -> None:
     from mer_tune.method.malloc import tune_malloc
 
     tune_malloc()
-    _quiet_libraries()
+    _quiet_libraries(debug)
     try:
         cli.main(args=args, prog_name="mer-tune", standalone_mode=False)
     except SearchInterrupted as exc:

@@ -85,7 +85,10 @@ def study_plots(study, out: Path, goals: list[str] | None = None) -> list[Path]:
     PNG files (of the first objective), and with several objectives the Pareto front; a
     plot Optuna cannot draw for this study (too few trials) is left out."""
     import matplotlib
+    import optuna
 
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return []  # nothing to draw (every trial failed); Optuna would warn three times
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
