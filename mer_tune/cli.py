@@ -598,6 +598,15 @@ def search(
 
     if trials < 1:
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
+    if holdout == 0:  # these would do nothing: refused rather than ignored
+        ctx = click.get_current_context()
+        for param, option in (
+            ("holdout_seed", "--holdout-seed"),
+            ("confirm_top", "--confirm-top"),
+            ("confirm_seeds", "--confirm-seeds"),
+        ):
+            if ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT):
+                raise click.UsageError(f"{option} with --holdout 0: there is no holdout to use")
     cfg = _config(config_file, sets)
     opts = _data_options(cfg, data_args)
     with no_empty_folder_left(Path(storage).absolute()):

@@ -28,9 +28,11 @@ def test_only_a_space_downstream_of_the_cache_is_batched():
     )
     size, note = batch_size(20, voting, False, "none")
     assert size == 1 and "--no-cache" in note
-    # Not asked for: silently one per task.
+    # Not asked for: one per task, silently where the space cannot be batched anyway...
     assert batch_size(None, thresholds, True, "none") == (1, "")
-    assert batch_size(None, voting, True, "asha") == (1, "")
+    # ...and with a note where only the scheduler keeps it from being batched.
+    size, note = batch_size(None, voting, True, "asha")
+    assert size == 1 and "--scheduler asha" in note and "drop --scheduler to batch" in note
     with pytest.raises(UsageError, match="--batch 20 with --scheduler asha"):
         batch_size(20, voting, True, "asha")
 

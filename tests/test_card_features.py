@@ -72,3 +72,11 @@ def _node() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def test_share_features_on_cpu_trials_says_it_does_nothing(search_env, tiny_dir):
+    from conftest import tiny_search
+
+    res = tiny_search(search_env, tiny_dir, trials=1, share_features=True, holdout=0)
+    assert "--share-features: the trials run on the CPU, where it has no effect" in res.notes
+    assert (res.results["status"] == "FINISHED").all()

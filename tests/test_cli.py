@@ -156,6 +156,16 @@ def test_device_cuda_without_a_card_is_one_line(tmp_path, capsys, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("option", ["--holdout-seed", "--confirm-top", "--confirm-seeds"])
+def test_a_confirm_option_without_a_holdout_is_refused(tmp_path, capsys, monkeypatch, option):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(["search", "--holdout", "0", option, "2"], capsys)
+    assert code == 2 and stderr == (
+        f"error: {option} with --holdout 0: there is no holdout to use\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_data_synth_where_a_folder_cannot_be_made_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code, _, stderr = run_cli(["data", "synth", "--out", str(tmp_path / "afile" / "x")], capsys)

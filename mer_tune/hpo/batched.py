@@ -53,7 +53,11 @@ def batch_size(requested: int | None, sp: Space, cache: bool, scheduler: str) ->
                 f"--batch {requested} with --scheduler {scheduler}: a batched trial only "
                 "votes, with no epochs or folds to stop early at; drop one of them"
             )
-        return 1, ""
+        note = (
+            f"--scheduler {scheduler}: each trial runs in its own Ray task, unbatched; a trial "
+            "of this space only votes, with nothing to stop early: drop --scheduler to batch"
+        )
+        return 1, note
     return requested or DEFAULT_BATCH, ""
 
 

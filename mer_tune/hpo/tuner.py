@@ -293,6 +293,8 @@ def search(
         rows: dict[str, dict] = {}
         notes = [imported.line()] if imported else []
         notes += [batch_note] if batch_note else []
+        if share_features and not gpus:
+            notes.append("--share-features: the trials run on the CPU, where it has no effect")
         for note in notes:
             on_event("note", row={"text": note})
         _before_trials(task, state, path, sp, base, recorder, rows, on_event)
