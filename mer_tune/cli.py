@@ -599,13 +599,9 @@ def search(
     if trials < 1:
         raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
     if holdout == 0:  # these would do nothing: refused rather than ignored
-        ctx = click.get_current_context()
-        for param, option in (
-            ("holdout_seed", "--holdout-seed"),
-            ("confirm_top", "--confirm-top"),
-            ("confirm_seeds", "--confirm-seeds"),
-        ):
-            if ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT):
+        for param in ("holdout_seed", "confirm_top", "confirm_seeds"):
+            if _given(param):
+                option = "--" + param.replace("_", "-")
                 raise click.UsageError(f"{option} with --holdout 0: there is no holdout to use")
     cfg = _config(config_file, sets)
     opts = _data_options(cfg, data_args)
@@ -656,13 +652,17 @@ def _conclude(res) -> None:
         sys.exit(1)  # the search and its front are kept; `mer-tune pick` chooses again
 
 
+def _given(param: str) -> bool:
+    """Whether the user gave the current command's option `param` (not its default)."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source not in (None, ParameterSource.DEFAULT)
+
+
 def _only_with_resume(allowed: set[str]) -> None:
     """--resume continues a search with the settings it recorded: any other option given
     would be ignored, so it is refused instead."""
-    ctx = click.get_current_context()
-    for param in ctx.command.params:
-        source = ctx.get_parameter_source(param.name)
-        if param.name not in allowed and source not in (None, ParameterSource.DEFAULT):
+    for param in click.get_current_context().command.params:
+        if param.name not in allowed and _given(param.name):
             raise click.UsageError(
                 f"{param.opts[0]} with --resume: a resumed search keeps the settings it "
                 "recorded; drop the option (only --storage and --address apply)"

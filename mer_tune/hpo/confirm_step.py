@@ -34,7 +34,7 @@ def _baseline(path: Path, state: dict) -> tuple[step.Candidate | None, str, Path
     """The baseline: trial 0 of this search, or of the first step of a staged search."""
     folder = path.parent / state["baseline_search"] if state.get("baseline_search") else path
     _, base, sp = _folder_state(folder)
-    results = SearchFolder(folder).results()
+    results = SearchFolder(folder).required_results()
     point = sp.defaults(base)
     paper = point == sp.defaults(sp.base_config(build_config()))
     name = "the paper's values" if paper else "the baseline (trial 0)"

@@ -46,11 +46,17 @@ class _Strict(BaseModel):
     @classmethod
     def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic reads true as 1 for a number; `layers: true` is a mistake, not 1."""
+        if isinstance(value, dict):
+            named = value.items()
+        elif isinstance(value, list):
+            named = enumerate(value)
+        elif isinstance(value, bool):
+            named = [(None, value)]
+        else:
+            return value  # most values: no bool in them, nothing to look up
         kind = cls.model_fields[info.field_name].annotation
         if not (kind in (int, float) or typing.get_args(kind)[-1:] in ((int,), (float,))):
             return value
-        named = value.items() if isinstance(value, dict) else None
-        named = named or (enumerate(value) if isinstance(value, list) else [(None, value)])
         for inner, item in named:
             if isinstance(item, bool):
                 raise PydanticCustomError(
