@@ -1,11 +1,14 @@
 """Interrupted searches resume cleanly; failures and timeouts are recorded; bad input fails early."""
 
 import contextlib
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -348,3 +351,89 @@ def test_ctrl_c_marks_the_search_killed_tells_how_to_resume_and_exits_130(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
     assert (pd.read_csv(results)["status"] == "FINISHED").sum() == 6
+
+
+def _saved_from_two_moments(ray_dir: Path, last: str) -> None:
+    """Tune's files in a finished search's `ray_dir` made as a driver killed while Tune
+    copied them can leave them. "running": the trials saved before Tune made the last
+    one, the searcher and limiter after it started. "unseen": the searcher and generator
+    saved before the last trial was suggested, the trials after it ended."""
+    import ray.cloudpickle as cloudpickle
+
+    from mer_tune.hpo.tune_state import newest
+
+    trials_file = newest(ray_dir, "experiment_state-*.json")
+    trials = json.loads(trials_file.read_text())
+    last_id = json.loads(trials["trial_data"][-1][0])["trial_id"]
+    searcher_file = newest(ray_dir, "searcher-state-*.pkl")
+    saved = pickle.loads(searcher_file.read_bytes())
+    old = saved["_ot_study"]
+    study = optuna.create_study(
+        study_name=old.study_name, directions=old.directions, sampler=old.sampler
+    )
+    numbers = {k: t.number for k, t in saved["_ot_trials"].items()}
+    for t in old.get_trials():
+        if t.number == numbers[last_id] and last == "running":
+            t = optuna.trial.create_trial(
+                state=optuna.trial.TrialState.RUNNING,
+                params=t.params,
+                distributions=t.distributions,
+            )
+        if t.number != numbers[last_id] or last == "running":
+            study.add_trial(t)
+    saved["_ot_study"] = study
+    saved["_completed_trials"].discard(last_id)
+    if last == "unseen":
+        del numbers[last_id]
+    ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
+    saved["_ot_trials"] = {k: optuna.trial.Trial(study, ids[n]) for k, n in numbers.items()}
+    searcher_file.write_bytes(pickle.dumps(saved))
+
+    gen_file = newest(ray_dir, "search_gen_state-*.json")
+    gen = cloudpickle.loads(gen_file.read_bytes())
+    limiter = gen["name:ConcurrencyLimiter"]
+    if last == "running":
+        trials["trial_data"].pop()
+        trials_file.write_text(json.dumps(trials))
+        limiter["live_trials"], limiter["num_unfinished_live_trials"] = {last_id}, 1
+    else:
+        gen["counter"] -= 1
+    gen_file.write_bytes(cloudpickle.dumps(gen))
+
+
+def _resumed_study(ray_dir: Path):
+    from mer_tune.hpo.tune_state import newest
+
+    return pickle.loads(newest(ray_dir, "searcher-state-*.pkl").read_bytes())["_ot_study"]
+
+
+@pytest.mark.parametrize("last", ["running", "unseen"])
+def test_a_resume_brings_tunes_state_from_two_moments_in_line(search_env, tiny_dir, last):
+    """A kill while Tune copied its state once left a searcher that waited for a trial
+    Tune never made: the resumed search hung. Now Tune's trials are the truth: the resume
+    ends with every trial once, a lost suggestion asked again, and a study that holds
+    each trial Tune ran, told its result."""
+    from mer_tune.hpo import tuner
+    from mer_tune.hpo.tune_state import LOST
+
+    first = tiny_search(search_env, tiny_dir, trials=3, concurrency=1, name=last)
+    _saved_from_two_moments(first.path / "ray", last)
+    as_if_killed_before_its_end(first.path)
+    notes = []
+    res = tuner.resume(
+        last, storage=search_env / "runs", on_event=lambda *a, row: notes.append(row)
+    )
+
+    assert len(res.results) == 3 and res.results["trial_id"].is_unique
+    assert (res.results["status"] == "FINISHED").all()
+    study = _resumed_study(res.path / "ray")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.value for t in complete) == pytest.approx(sorted(res.results["weighted_f1"]))
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    if last == "running":  # asked again: the third trial run has the lost one's values
+        assert len(failed) == 1 and LOST in failed[0].user_attrs
+        assert failed[0].params == complete[-1].params
+    else:
+        assert failed == []
+    assert any("brought in line" in n.get("text", "") for n in notes)

@@ -36,3 +36,16 @@ def test_tune_can_copy_a_folder_through_it_and_pickle_it(tmp_path):
         "result.json",
         "trial",
     ]
+
+
+def test_an_experiment_state_read_while_tune_rewrote_it_is_dropped(tmp_path):
+    fs = whole_file_filesystem()
+    state = tmp_path / "experiment_state-2026-12-05_03-10-13.json"
+    state.write_text('{"trial_data": []}')
+    with fs.open_output_stream(str(state)) as out:
+        out.write(b'{"trial_data": [["{\\"trial_id\\": ')  # half of Tune's rewrite
+    assert state.read_text() == '{"trial_data": []}'
+    with fs.open_output_stream(str(state)) as out:
+        out.write(b'{"trial_data": [1]}')
+    assert state.read_text() == '{"trial_data": [1]}'
+    assert [p.name for p in tmp_path.iterdir()] == [state.name]

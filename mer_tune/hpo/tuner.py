@@ -23,7 +23,7 @@ import yaml
 from mer_tune.data.layout import DataOptions, MERData
 from mer_tune.data.resolve import describe, reopen, resolve
 from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
-from mer_tune.hpo import card_features, front
+from mer_tune.hpo import card_features, front, tune_state
 from mer_tune.hpo import holdout as outer
 from mer_tune.hpo import objectives as objective
 from mer_tune.hpo.batched import batch_size, run_batches, told_from
@@ -484,6 +484,18 @@ def resume(
     if not folder.ray_dir.is_dir():  # stopped before its first trial started
         tuner = _new_tuner(data_ref, base, state, path, sp, warm, recorder, rows, on_event)
         return _fit(tuner, recorder, path, rows, sp, base, state)
+    # A driver killed while Tune copied its state can leave its files from two steps.
+    fixed = tune_state.agree(
+        folder.ray_dir, optuna_searcher(sp, sp.defaults(base), state["seed"], path.name, [], goals)
+    )
+    if fixed:
+        on_event(
+            "note",
+            row={
+                "text": "Tune's saved state was from two moments (the driver "
+                "was killed while saving it) and was brought in line: " + "; ".join(fixed)
+            },
+        )
     tuner = tune.Tuner.restore(
         str(SearchFolder(path).ray_dir),
         trainable=_trainable(data_ref, base, state, path),

@@ -6,11 +6,16 @@ killed in the middle of that copy (SIGKILL, out of memory, a lost machine) left 
 file there, and `--resume` then failed on it ("Ran out of input"). Through this
 filesystem every file Tune writes goes to a temporary name and is renamed over the old
 one when complete, so the search folder always holds the last whole copy of each file.
+A copy of the experiment state that is not whole JSON (read while Tune rewrote it) is
+dropped. Each file whole, the three may still come from different steps: tune_state.py
+brings them in line before a resume.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -37,12 +42,28 @@ class _WholeFile(io.FileIO):
     def close(self) -> None:
         if not self.closed:
             super().close()
+            if _torn(self.tmp, self.path.name):
+                self.tmp.unlink()  # the previous whole copy stays; the next step saves again
+                return
             os.replace(self.tmp, self.path)
 
     def __del__(self) -> None:  # dropped unclosed (a failed copy): never put in place
         if not self.closed:
             super().close()
             self.tmp.unlink(missing_ok=True)
+
+
+def _torn(written: Path, name: str) -> bool:
+    """Tune writes its experiment state over the old one in place in its staging folder,
+    and the copy into the search folder may read it while it is half written: such a
+    copy is not JSON. (The generator's and searcher's files are replaced whole there.)"""
+    if not fnmatch.fnmatch(name, "experiment_state-*.json"):
+        return False
+    try:
+        json.loads(written.read_bytes())
+    except ValueError:
+        return True
+    return False
 
 
 class WholeFileHandler(pafs.FileSystemHandler):

@@ -1,0 +1,132 @@
+"""Tune's saved state made to agree with itself before a search resumes.
+
+Tune saves a search in three files: the trials (experiment_state-*.json), its search
+generator with the concurrency limiter (search_gen_state-*.json: how many trials were
+made, which are running) and the Optuna searcher (searcher-state-*.pkl: the study, and
+which study trial each Tune trial is). A background thread copies them into the search
+folder one by one while the driver may already be saving the next step, so a driver
+killed at the wrong moment leaves files from different steps. Restored as they are,
+Tune and its searcher then disagree about which trials exist: the limiter waits for a
+trial Tune never made (the resumed search hangs), the generator counts a trial Tune lost
+(the search ends short), or the study never hears of a trial Tune ran.
+
+Tune's trials are taken as the truth, the one file the restore reads first, and the
+other two are brought in line with them: the generator's count, the limiter's running
+trials, and the study (a trial Tune ran is added or told its result; a suggestion Tune
+lost is marked failed, with a note, and asked again next). When the files agree nothing
+is rewritten.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+LOST = "mer_tune.lost"  # the study trial's note on a suggestion Tune lost
+
+
+def newest(ray_dir: Path, pattern: str) -> Path | None:
+    """The file Tune's restore reads for `pattern`: the greatest name (names carry the
+    session's start time)."""
+    found = glob.glob(str(ray_dir / pattern))
+    return Path(max(found)) if found else None
+
+
+def agree(ray_dir: Path, searcher: Any) -> list[str]:
+    """Bring the newest generator and searcher files in `ray_dir` in line with Tune's
+    newest trials. `searcher` is a fresh searcher of the search's own class (its state is
+    loaded from the file). Returns what was changed, one phrase each (empty: nothing)."""
+    import ray.cloudpickle as cloudpickle
+    from ray.tune import ExperimentAnalysis
+
+    gen_file = newest(ray_dir, "search_gen_state-*.json")
+    searcher_file = newest(ray_dir, "searcher-state-*.pkl")
+    if newest(ray_dir, "experiment_state-*.json") is None or not gen_file or not searcher_file:
+        return []  # nothing saved yet: Tune starts the search afresh
+    trials = ExperimentAnalysis(str(ray_dir)).trials
+    running = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+    changed: list[str] = []
+
+    gen = cloudpickle.loads(gen_file.read_bytes())
+    limiter = gen.get("name:ConcurrencyLimiter")
+    if gen["counter"] != len(trials):
+        changed.append(f"the generator counted {gen['counter']} trials, Tune has {len(trials)}")
+        gen["counter"] = len(trials)
+    if limiter is not None and set(limiter["live_trials"]) != running:
+        changed.append("the concurrency limiter's running trials")
+        limiter["live_trials"] = set(running)
+        limiter["num_unfinished_live_trials"] = len(running)
+    if changed:
+        _replace(gen_file, cloudpickle.dumps(gen))
+
+    searcher.restore(str(searcher_file))
+    study_changes = _study_agrees(searcher, trials)
+    if study_changes:
+        tmp = searcher_file.with_name(f".{searcher_file.name}.tmp")
+        searcher.save(str(tmp))
+        os.replace(tmp, searcher_file)
+    return changed + study_changes
+
+
+def _study_agrees(searcher: Any, trials: list) -> list[str]:
+    """The searcher's study made to hold each of Tune's trials, told as Tune ended it; a
+    study trial Tune does not have is a lost suggestion."""
+    import optuna
+
+    study, ot_trials = searcher._ot_study, searcher._ot_trials
+    state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    adopted, told, lost = 0, 0, 0
+    for trial in trials:
+        if trial.trial_id not in ot_trials:
+            ot_trials[trial.trial_id] = _adopt(study, searcher, trial.config)
+            state[ot_trials[trial.trial_id].number] = optuna.trial.TrialState.RUNNING
+            adopted += 1
+        running = state[ot_trials[trial.trial_id].number] == optuna.trial.TrialState.RUNNING
+        if trial.status in ("TERMINATED", "ERROR") and running:
+            searcher._completed_trials.discard(trial.trial_id)
+            searcher.on_trial_complete(
+                trial.trial_id, trial.last_result or None, error=trial.status == "ERROR"
+            )
+            told += 1
+    known = {t.trial_id for t in trials}
+    for trial_id in [k for k in ot_trials if k not in known]:
+        ot_trial = ot_trials.pop(trial_id)
+        if state[ot_trial.number] != optuna.trial.TrialState.RUNNING:
+            continue
+        ot_trial.set_user_attr(LOST, "suggested, then lost when the driver was killed")
+        study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(ot_trial.params)  # the next suggestion asks it again
+        lost += 1
+    return [
+        f"{n} {what}"
+        for n, what in (
+            (adopted, "trial(s) added to the study"),
+            (told, "result(s) told to the study"),
+            (lost, "lost suggestion(s) to ask again"),
+        )
+        if n
+    ]
+
+
+def _adopt(study: Any, searcher: Any, config: dict):
+    """A running study trial with the parameters of a Tune trial the study never saw."""
+    import optuna
+
+    space = searcher._space if isinstance(searcher._space, dict) else searcher._space.params
+    params = {k: v for k, v in config.items() if k in space}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            params=params,
+            distributions={k: space[k] for k in params},
+        )
+    )
+    return optuna.trial.Trial(study, study.get_trials(deepcopy=False)[-1]._trial_id)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
