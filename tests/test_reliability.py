@@ -60,6 +60,25 @@ def _slow_search(tmp_path, tiny_dir, name: str, trials: int, finished: int, stde
     pytest.fail(f"the search did not finish {finished} trial(s) in time")
 
 
+def _resume_program(cwd: Path, name: str, timeout: float = 300):
+    """`mer-tune search --resume NAME` run as a program. One that has not ended in time
+    (a normal resume here takes under a minute) fails the test with every thread's stack,
+    written by faulthandler on SIGABRT, and the program's output so far."""
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "mer_tune", "search", "--resume", name,
+           "--storage", "runs"]  # fmt: skip
+    env = _env() | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"the resume had not ended after {timeout:g} s:\n{out[-3000:]}\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path, tiny_dir):
     trials = 6
@@ -69,14 +88,7 @@ def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path,
     done_before = (pd.read_csv(results)["status"] == "FINISHED").sum()
     assert done_before < trials
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "mer_tune", "search", "--resume", "r", "--storage", "runs"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = _resume_program(tmp_path, "r")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     table = pd.read_csv(results)
@@ -344,10 +356,7 @@ def test_ctrl_c_marks_the_search_killed_tells_how_to_resume_and_exits_130(tmp_pa
     assert [p.info.status for p in parent] == ["KILLED"]
     assert "RUNNING" not in {r.info.status for r in runs}
     assert "RUNNING" not in set(pd.read_csv(results)["status"])
-    resumed = subprocess.run(
-        [sys.executable, "-m", "mer_tune", "search", "--resume", "c", "--storage", "runs"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    resumed = _resume_program(tmp_path, "c")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
     assert (pd.read_csv(results)["status"] == "FINISHED").sum() == 6

@@ -94,6 +94,8 @@ def _study_agrees(searcher: Any, trials: list) -> list[str]:
     for trial_id in [k for k in ot_trials if k not in known]:
         ot_trial = ot_trials.pop(trial_id)
         if state[ot_trial.number] != optuna.trial.TrialState.RUNNING:
+            # Ended and told (Tune's trials were saved before it even started): the study
+            # keeps what it learnt; the resume drops its row and run, Tune runs another.
             continue
         ot_trial.set_user_attr(LOST, "suggested, then lost when the driver was killed")
         study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
