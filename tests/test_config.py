@@ -99,6 +99,7 @@ def test_dotted_paths_reach_every_search_knob():
         ({"voting.weights.fusion": float("inf")}, "'voting.weights.fusion': .*finite"),
         ({"voting.weights.fusion": float("nan")}, "'voting.weights.fusion': .*finite"),
         ({"noise.gaussian_std": float("inf")}, "'noise.gaussian_std': .*finite"),
+        ({"data.classes": ["sad", "happy", "sad"]}, "data.classes names 'sad' more than once"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(overrides, message):

@@ -85,6 +85,17 @@ class DataConfig(_Strict):
         "features only, as the challenge allows",
     )
 
+    @model_validator(mode="after")
+    def _each_class_once(self) -> DataConfig:
+        # A class named twice gets two label indices for one name: caught here rather
+        # than by a confusing label error later.
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise ValueError(
+                f"data.classes names {', '.join(repr(c) for c in twice)} more than once"
+            )
+        return self
+
 
 class OversampleConfig(_Strict):
     target: int = Field(
