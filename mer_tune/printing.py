@@ -48,19 +48,25 @@ class SearchProgress:
     """Live counts of done / running / failed trials and the best score so far."""
 
     def __init__(self, trials: int) -> None:
-        self.trials, self.running, self.done, self.failed, self.best = trials, 0, 0, 0, None
+        self.trials, self.done, self.failed, self.best = trials, 0, 0, None
+        # Trials by id: a trial retried under --max-failures starts again without ending.
+        self.live: set = set()
+
+    @property
+    def running(self) -> int:
+        return len(self.live)
 
     def __call__(self, kind: str, row: dict) -> None:
         if kind == "note":
             console.print(row["text"], markup=False)
             return
         if kind == "start":
-            self.running += 1
+            self.live.add(row.get("trial_id", row["trial"]))
             return
         if kind == "batch":  # a batch of trials, finished together: one line for all
             self._batch(row["rows"])
             return
-        self.running = max(0, self.running - 1)
+        self.live.discard(row.get("trial_id", row["trial"]))
         if kind == "error":
             self.failed += 1
             what = f"[red]failed[/red]: {row.get('error', '')}"

@@ -307,3 +307,18 @@ def test_commands_that_train_nothing_start_without_torch(args):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_progress_line_counts_a_retried_trial_once(capsys):
+    """Under --max-failures Tune starts a failed trial again without ending it first."""
+    from mer_tune.printing import SearchProgress
+
+    progress = SearchProgress(2)
+    first, second = {"trial": 0, "trial_id": "a"}, {"trial": 1, "trial_id": "b"}
+    for row in (first, second, first):  # trial 0 fails once and is retried
+        progress("start", row=row)
+    progress("complete", row=first | {"status": "FINISHED", "weighted_f1": 0.5})
+    progress("error", row=second | {"status": "FAILED", "error": "boom"})
+    lines = capsys.readouterr().err.splitlines()
+    assert "done 1/2, running 1, failed 0, best 0.5000" in lines[0]
+    assert "done 1/2, running 0, failed 1, best 0.5000" in lines[1]
