@@ -44,7 +44,15 @@ def _children(env, res):
 
 
 def test_a_batched_search_records_every_trial(search_env, tiny_dir):
-    res = tiny_search(search_env, tiny_dir, space="voting", trials=8, batch=3, name="vb")
+    notes = []
+    res = tiny_search(
+        search_env, tiny_dir, space="voting", trials=8, batch=3, name="vb", concurrency=2,
+        on_event=lambda kind, **kw: notes.append(kw["row"]["text"]) if kind == "note" else None,
+    )  # fmt: skip
+    assert notes[0] == (
+        "--concurrency 2: a batched search scores its trials one after another in one Ray "
+        "actor, so it does not apply (--batch 1 runs Tune trials)"
+    )
     table = res.results
     assert list(table["trial"]) == list(range(8))
     assert (table["status"] == "FINISHED").all()
@@ -116,10 +124,14 @@ def test_a_batched_search_resumes_where_it_stopped(search_env, tiny_dir):
 
 
 def test_fold_models_that_cannot_train_stop_the_batches(search_env, tiny_dir):
-    res = tiny_search(search_env, tiny_dir, space="voting", trials=9, batch=4, trial_timeout=0.01)
+    res = tiny_search(
+        search_env, tiny_dir, space="voting", trials=9, batch=4, trial_timeout=0.01,
+        max_failures=2,
+    )  # fmt: skip
     assert list(res.results["status"]) == ["FAILED"]
     assert "--trial-timeout" in res.results.iloc[0]["error"]
     assert any("the other 8 trials were not run" in n for n in res.notes)
+    assert "--max-failures 2: a batched search does not retry a trial" in "".join(res.notes)
     assert res.best_config is None
 
 

@@ -175,6 +175,18 @@ def search(
     sp = load_space(space, base)
     base = sp.base_config(base)
     batch, batch_note = batch_size(batch, sp, cache, scheduler)
+    batch_notes = [batch_note] if batch_note else []
+    if batch > 1 and concurrency is not None:
+        batch_notes.append(
+            f"--concurrency {concurrency}: a batched search scores its trials one after "
+            "another in one Ray actor, so it does not apply (--batch 1 runs Tune trials)"
+        )
+    if batch > 1 and max_failures:
+        batch_notes.append(
+            f"--max-failures {max_failures}: a batched search does not retry a trial (a "
+            "failed one is recorded and the search goes on); --batch 1 runs Tune trials, "
+            "which retry"
+        )
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
     root = ensure_writable(storage_root(storage))
@@ -292,7 +304,7 @@ def search(
         warm = imported.points if imported else []
         rows: dict[str, dict] = {}
         notes = [imported.line()] if imported else []
-        notes += [batch_note] if batch_note else []
+        notes += batch_notes
         if share_features and not gpus:
             notes.append("--share-features: the trials run on the CPU, where it has no effect")
         for note in notes:
