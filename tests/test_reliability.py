@@ -446,3 +446,29 @@ def test_a_resume_brings_tunes_state_from_two_moments_in_line(search_env, tiny_d
     else:
         assert failed == []
     assert any("brought in line" in n.get("text", "") for n in notes)
+
+
+def test_a_search_killed_during_tunes_first_save(search_env, tiny_dir):
+    """Tune's first save lacks a file only when the driver died as the first trial
+    started: with no trial ended the trials start afresh; with ended trials recorded the
+    resume is refused and nothing is removed."""
+    from mer_tune.hpo import tuner
+    from mer_tune.hpo.tune_state import newest
+
+    first = tiny_search(search_env, tiny_dir, trials=2, concurrency=1, name="first")
+    as_if_killed_before_its_end(first.path)
+    newest(first.path / "ray", "searcher-state-*.pkl").unlink()
+    kept = sorted(p.name for p in (first.path / "ray").iterdir())
+    with pytest.raises(MerTuneError, match="lacks Tune's saved searcher while 2 trials"):
+        tuner.resume("first", storage=search_env / "runs")
+    assert sorted(p.name for p in (first.path / "ray").iterdir()) == kept
+
+    table = pd.read_csv(first.path / "results.csv")
+    table.assign(status="RUNNING").to_csv(first.path / "results.csv", index=False)
+    res = tuner.resume("first", storage=search_env / "runs")
+    assert len(res.results) == 2 and (res.results["status"] == "FINISHED").all()
+    assert set(res.results["trial_id"]).isdisjoint(table["trial_id"])  # run afresh
+    runs = MlflowClient(res.tracking_uri).search_runs(
+        [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
+    assert sorted(r.data.tags["ray.trial_id"] for r in runs) == sorted(res.results["trial_id"])

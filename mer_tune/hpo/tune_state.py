@@ -27,11 +27,27 @@ from typing import Any
 LOST = "mer_tune.lost"  # the study trial's note on a suggestion Tune lost
 
 
+FILES = {
+    "trials": "experiment_state-*.json",
+    "generator": "search_gen_state-*.json",
+    "searcher": "searcher-state-*.pkl",
+}
+
+
 def newest(ray_dir: Path, pattern: str) -> Path | None:
     """The file Tune's restore reads for `pattern`: the greatest name (names carry the
     session's start time)."""
-    found = glob.glob(str(ray_dir / pattern))
+    found = glob.glob(os.path.join(glob.escape(str(ray_dir)), pattern))
     return Path(max(found)) if found else None
+
+
+def first_save_missing(ray_dir: Path) -> str | None:
+    """Which of Tune's three files `ray_dir` lacks (a driver killed before Tune's first
+    save was whole), or None. Every later save rewrites all three, so only a search
+    killed as its first trial started lacks one."""
+    if not ray_dir.is_dir():
+        return None
+    return next((kind for kind, p in FILES.items() if newest(ray_dir, p) is None), None)
 
 
 def agree(ray_dir: Path, searcher: Any) -> list[str]:
@@ -41,10 +57,12 @@ def agree(ray_dir: Path, searcher: Any) -> list[str]:
     import ray.cloudpickle as cloudpickle
     from ray.tune import ExperimentAnalysis
 
-    gen_file = newest(ray_dir, "search_gen_state-*.json")
-    searcher_file = newest(ray_dir, "searcher-state-*.pkl")
-    if newest(ray_dir, "experiment_state-*.json") is None or not gen_file or not searcher_file:
-        return []  # nothing saved yet: Tune starts the search afresh
+    gen_file, searcher_file = (
+        newest(ray_dir, FILES["generator"]),
+        newest(ray_dir, FILES["searcher"]),
+    )
+    if not gen_file or not searcher_file or not newest(ray_dir, FILES["trials"]):
+        return []  # see first_save_missing
     trials = ExperimentAnalysis(str(ray_dir)).trials
     running = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
     changed: list[str] = []
@@ -76,6 +94,8 @@ def _study_agrees(searcher: Any, trials: list) -> list[str]:
     import optuna
 
     study, ot_trials = searcher._ot_study, searcher._ot_trials
+    from ray.tune.utils import flatten_dict
+
     state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     adopted, told, lost = 0, 0, 0
     for trial in trials:
@@ -84,12 +104,18 @@ def _study_agrees(searcher: Any, trials: list) -> list[str]:
             state[ot_trials[trial.trial_id].number] = optuna.trial.TrialState.RUNNING
             adopted += 1
         running = state[ot_trials[trial.trial_id].number] == optuna.trial.TrialState.RUNNING
-        if trial.status in ("TERMINATED", "ERROR") and running:
-            searcher._completed_trials.discard(trial.trial_id)
-            searcher.on_trial_complete(
-                trial.trial_id, trial.last_result or None, error=trial.status == "ERROR"
-            )
+        ended = trial.status in ("TERMINATED", "ERROR")
+        if ended and running and trial.trial_id not in searcher._completed_trials:
+            # As Tune tells it: an errored trial without its result (FAIL, not a score
+            # from part of the way), a finished one with its flattened last result.
+            error = trial.status == "ERROR"
+            result = None if error else flatten_dict(trial.last_result)
+            searcher.on_trial_complete(trial.trial_id, result, error=error)
             told += 1
+    if adopted:
+        # The sampler's state is from before these trials were suggested: unchanged, its
+        # next random draw would repeat the first of them.
+        study.sampler.reseed_rng()
     known = {t.trial_id for t in trials}
     for trial_id in [k for k in ot_trials if k not in known]:
         ot_trial = ot_trials.pop(trial_id)

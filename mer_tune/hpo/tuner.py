@@ -468,6 +468,26 @@ def resume(
     for row in recorded.to_dict("records") if recorded is not None else []:
         rows[row["trial_id"]] = row
     on_event = on_event or (lambda *a, **k: None)
+    missing = None if batched else tune_state.first_save_missing(folder.ray_dir)
+    if missing:
+        ended = [r for r in rows.values() if r.get("status") != "RUNNING"]
+        if ended:
+            raise MerTuneError(
+                f"--resume {name}: {folder.ray_dir} lacks Tune's saved {missing} while "
+                f"{len(ended)} trials are recorded in results.csv; Tune's run cannot be "
+                "continued without it"
+            )
+        # Killed during Tune's first save, as the first trial started: nothing ended, and
+        # the trials start afresh (the unfinished ones' rows and runs are dropped).
+        shutil.rmtree(folder.ray_dir)
+        rows = {}
+        on_event(
+            "note",
+            row={
+                "text": f"Tune's first save was not whole (no {missing}); "
+                "the search's trials start afresh"
+            },
+        )
     goals = state.get("objectives") or [METRIC]
     warm = []
     if state.get("from_searches"):
