@@ -456,6 +456,15 @@ def resume(
     if recorded is not None and len(recorded) and "trial_id" not in recorded.columns:
         raise damaged(folder.results_file, "no column 'trial_id'")  # what rows are keyed by
     batched = state.get("batch", 1) > 1
+    missing = None if batched else tune_state.first_save_missing(folder.ray_dir)
+    ended = 0 if recorded is None else len(recorded)
+    if ended and "status" in recorded.columns:
+        ended = int((recorded["status"] != "RUNNING").sum())
+    if missing and ended:
+        raise MerTuneError(
+            f"--resume {name}: {folder.ray_dir} lacks Tune's saved {missing} while {ended} "
+            "trials are recorded in results.csv; Tune's run cannot be continued without it"
+        )
     base = folder.base()
     sp = folder.space(base)
     uri = stored_uri(state, path)
@@ -468,26 +477,6 @@ def resume(
     for row in recorded.to_dict("records") if recorded is not None else []:
         rows[row["trial_id"]] = row
     on_event = on_event or (lambda *a, **k: None)
-    missing = None if batched else tune_state.first_save_missing(folder.ray_dir)
-    if missing:
-        ended = [r for r in rows.values() if r.get("status") != "RUNNING"]
-        if ended:
-            raise MerTuneError(
-                f"--resume {name}: {folder.ray_dir} lacks Tune's saved {missing} while "
-                f"{len(ended)} trials are recorded in results.csv; Tune's run cannot be "
-                "continued without it"
-            )
-        # Killed during Tune's first save, as the first trial started: nothing ended, and
-        # the trials start afresh (the unfinished ones' rows and runs are dropped).
-        shutil.rmtree(folder.ray_dir)
-        rows = {}
-        on_event(
-            "note",
-            row={
-                "text": f"Tune's first save was not whole (no {missing}); "
-                "the search's trials start afresh"
-            },
-        )
     goals = state.get("objectives") or [METRIC]
     warm = []
     if state.get("from_searches"):
@@ -500,6 +489,18 @@ def resume(
             sp,
             goals,
         ).points
+    if missing:
+        # Killed during Tune's first save, as the first trial started: nothing ended, and
+        # the trials start afresh (the unfinished ones' rows and runs are dropped).
+        shutil.rmtree(folder.ray_dir)
+        rows.clear()
+        on_event(
+            "note",
+            row={
+                "text": f"Tune's first save was not whole (no {missing}); "
+                "the search's trials start afresh"
+            },
+        )
     if not batched and not folder.ray_dir.is_dir() and rows:
         raise MerTuneError(
             f"--resume {name}: {folder.ray_dir} is missing while {len(rows)} trials are "
