@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mer_tune.outputs import atomic_write
+
 LOST = "mer_tune.lost"  # the study trial's note on a suggestion Tune lost
 
 
@@ -57,10 +59,8 @@ def agree(ray_dir: Path, searcher: Any) -> list[str]:
     import ray.cloudpickle as cloudpickle
     from ray.tune import ExperimentAnalysis
 
-    gen_file, searcher_file = (
-        newest(ray_dir, FILES["generator"]),
-        newest(ray_dir, FILES["searcher"]),
-    )
+    gen_file = newest(ray_dir, FILES["generator"])
+    searcher_file = newest(ray_dir, FILES["searcher"])
     if not gen_file or not searcher_file or not newest(ray_dir, FILES["trials"]):
         return []  # see first_save_missing
     trials = ExperimentAnalysis(str(ray_dir)).trials
@@ -76,15 +76,14 @@ def agree(ray_dir: Path, searcher: Any) -> list[str]:
         changed.append("the concurrency limiter's running trials")
         limiter["live_trials"] = set(running)
         limiter["num_unfinished_live_trials"] = len(running)
-    if changed:
-        _replace(gen_file, cloudpickle.dumps(gen))
+    if changed:  # 0600, as Tune's own files in the private search folder
+        blob = cloudpickle.dumps(gen)
+        atomic_write(gen_file, lambda tmp: tmp.write_bytes(blob), 0o600)
 
     searcher.restore(str(searcher_file))
     study_changes = _study_agrees(searcher, trials)
     if study_changes:
-        tmp = searcher_file.with_name(f".{searcher_file.name}.tmp")
-        searcher.save(str(tmp))
-        os.replace(tmp, searcher_file)
+        atomic_write(searcher_file, lambda tmp: searcher.save(str(tmp)), 0o600)
     return changed + study_changes
 
 
@@ -92,10 +91,9 @@ def _study_agrees(searcher: Any, trials: list) -> list[str]:
     """The searcher's study made to hold each of Tune's trials, told as Tune ended it; a
     study trial Tune does not have is a lost suggestion."""
     import optuna
-
-    study, ot_trials = searcher._ot_study, searcher._ot_trials
     from ray.tune.utils import flatten_dict
 
+    study, ot_trials = searcher._ot_study, searcher._ot_trials
     state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     adopted, told, lost = 0, 0, 0
     for trial in trials:
@@ -152,9 +150,3 @@ def _adopt(study: Any, searcher: Any, config: dict):
         )
     )
     return optuna.trial.Trial(study, study.get_trials(deepcopy=False)[-1]._trial_id)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -456,13 +456,13 @@ def resume(
     if recorded is not None and len(recorded) and "trial_id" not in recorded.columns:
         raise damaged(folder.results_file, "no column 'trial_id'")  # what rows are keyed by
     batched = state.get("batch", 1) > 1
-    missing = None if batched else tune_state.first_save_missing(folder.ray_dir)
+    unsaved = None if batched else tune_state.first_save_missing(folder.ray_dir)
     ended = 0 if recorded is None else len(recorded)
     if ended and "status" in recorded.columns:
         ended = int((recorded["status"] != "RUNNING").sum())
-    if missing and ended:
+    if unsaved and ended:
         raise MerTuneError(
-            f"--resume {name}: {folder.ray_dir} lacks Tune's saved {missing} while {ended} "
+            f"--resume {name}: {folder.ray_dir} lacks Tune's saved {unsaved} while {ended} "
             "trials are recorded in results.csv; Tune's run cannot be continued without it"
         )
     base = folder.base()
@@ -489,7 +489,7 @@ def resume(
             sp,
             goals,
         ).points
-    if missing:
+    if unsaved:
         # Killed during Tune's first save, as the first trial started: nothing ended, and
         # the trials start afresh (the unfinished ones' rows and runs are dropped).
         shutil.rmtree(folder.ray_dir)
@@ -497,7 +497,7 @@ def resume(
         on_event(
             "note",
             row={
-                "text": f"Tune's first save was not whole (no {missing}); "
+                "text": f"Tune's first save was not whole (no {unsaved}); "
                 "the search's trials start afresh"
             },
         )
