@@ -54,7 +54,7 @@ DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: t
 
 
 def _config(config_file: str | None, sets: tuple[str, ...], folds: int | None = None) -> Config:
-    cfg = load_config(config_file) if config_file else build_config()
+    cfg = load_config(config_file) if config_file is not None else build_config()
     overrides = parse_set_options(sets)
     if folds is not None:
         overrides["eval.folds"] = folds
@@ -128,8 +128,8 @@ def cli(debug: bool) -> None:
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A config YAML (e.g. a search's best_config.yaml).",
+    help="A config YAML (e.g. a search's best_config.yaml) or a shipped config: paper "
+    "(the MERTools schedule, for a GPU).",
 )
 @click.option(
     "--set",
@@ -176,8 +176,7 @@ def run(
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Config YAML, e.g. a search's best_config.yaml.",
+    help="Config YAML, e.g. a search's best_config.yaml, or a shipped config (paper).",
 )
 @click.option("--data", "data_spec", help=DATA_HELP)
 @click.option(
@@ -387,8 +386,7 @@ def extract(videos, out, transcripts, text_column, faces, modalities, **kw) -> N
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Base config YAML.",
+    help="Base config YAML, or a shipped config: paper (the MERTools schedule, for a GPU).",
 )
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config value."

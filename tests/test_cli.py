@@ -322,3 +322,51 @@ def test_the_progress_line_counts_a_retried_trial_once(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert "done 1/2, running 1, failed 0, best 0.5000" in lines[0]
     assert "done 1/2, running 0, failed 1, best 0.5000" in lines[1]
+
+
+def test_the_shipped_paper_config_runs_by_name_with_overrides_that_shrink_it(
+    tiny_dir, tmp_path, capsys
+):
+    from mer_tune.method.config import load_config, shipped_configs
+
+    assert "paper" in shipped_configs()
+    paper = load_config("paper")  # the MERTools schedule
+    assert (paper.optim.batch_size, paper.optim.lr, paper.finetune.epochs) == (32, 1e-3, 100)
+    assert paper.model.hidden == 128 and paper.retrain_epochs() == 100
+    small = [f"{k}={v}" for k, v in {
+        "pretrain.epochs": 1, "finetune.epochs": 2, "model.hidden": 16, "model.heads": 2,
+        "model.head_dims": "[16]", "eval.folds": 2, "optim.batch_size": 64,
+    }.items()]  # fmt: skip
+    out = tmp_path / "out"
+    args = ["run", "--config", "paper", "--data", str(tiny_dir), "--out", str(out)]
+    code, stdout, stderr = run_cli(args + [a for s in small for a in ("--set", s)], capsys)
+    assert code == 0, stderr
+    used = yaml.safe_load((out / "config.yaml").read_text())
+    assert used["optim"]["lr"] == 1e-3 and used["finetune"]["epochs"] == 2
+    assert used["self_training"]["epochs"] is None  # the finetuning schedule's
+    # A path that exists wins over a name.
+    mine = tmp_path / "paper"
+    mine.write_text(yaml.safe_dump({"optim": {"lr": 0.002}}))
+    assert load_config(str(mine)).optim.lr == 0.002
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--config", "nosuch"], "unknown config 'nosuch'; shipped: paper"),
+        (["run", "--config", "missing.yaml"], "missing.yaml: config file not found"),
+        (["search", "--config", "nosuch", "--storage", "s"], "unknown config 'nosuch'; shipped"),
+        (["run", "--set", "self_training.init=fresh"], "'pretrained' or 'finetuned'"),
+        (["run", "--set", "loss.supervised=sum"], "'released' or 'mean_heads'"),
+        (["run", "--set", "model.invariant=both"], "'figure', 'unused' or 'sum'"),
+        (["run", "--set", "loss.invariant=mse"], "'none', 'cmd' or 'ntxent'"),
+        (["run", "--set", "self_training.epochs=0"], "self_training.epochs"),
+        (["run", "--set", "self_training.epochs=true"], "expected a number"),
+    ],
+)
+def test_new_method_options_refuse_bad_values_in_one_line(args, message, capsys, tmp_path):
+    args = args + (["--out", str(tmp_path / "o")] if args[0] == "run" else [])
+    code, _, stderr = run_cli(args, capsys, cwd=tmp_path)
+    assert code == 2, stderr
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr

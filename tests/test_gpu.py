@@ -130,7 +130,9 @@ def test_a_search_is_packed_for_the_largest_trial_its_space_can_draw(monkeypatch
     largest = largest_config(base, load_space("full", base).params)
     assert (largest.model.hidden, largest.model.layers) == (256, 2)
     assert largest.loss.learn_temperature and contrastive_path(largest) == "rows"
-    assert contrastive_path(base) == "blocks"
+    assert contrastive_path(base) == "rows"  # the released learned temperatures
+    fixed = build_config({"loss": {"learn_temperature": False}})
+    assert contrastive_path(fixed) == "blocks"
     assert trial_bytes(FULL_DIMS, 6, FULL_FEATURES, largest) > trial_bytes(
         FULL_DIMS, 6, FULL_FEATURES, base
     )

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mer_tune.method.config import LossConfig, ModelConfig, NoiseConfig
-from mer_tune.method.model import MRCCL, PAIRS, add_noise, ddpm_noise_std, nt_xent
+from mer_tune.method.losses import add_noise, ddpm_noise_std, nt_xent
+from mer_tune.method.model import MRCCL, PAIRS, Encoded
 
 
 def reference_nt_xent(z1, z2, tau, ids=None):
@@ -117,12 +118,13 @@ def test_noise_scale_multiplies_the_noise_of_each_kind():
 def test_noise_on_raw_features_is_scaled_back_by_each_dimension_std():
     x = torch.zeros(20000, 2)
     stats = (torch.tensor([5.0, -3.0]), torch.tensor([1.0, 10.0]))
-    cfg = NoiseConfig(kind="gaussian", gaussian_std=1.0, applied_to="raw")
+    cfg = NoiseConfig(kind="gaussian", gaussian_std=1.0)
+    assert cfg.applied_to == "raw"  # the released code's
     noised = add_noise(x, "audio", cfg, torch.Generator().manual_seed(0), stats)
     # Unit noise on the raw scale is 1/std in standardised units; the mean is untouched.
     assert noised.std(0).tolist() == pytest.approx([1.0, 0.1], rel=0.03)
     assert noised.mean(0).abs().max().item() < 0.03
-    standard = NoiseConfig(kind="gaussian", gaussian_std=1.0)
+    standard = NoiseConfig(kind="gaussian", gaussian_std=1.0, applied_to="standardised")
     same = add_noise(x, "audio", standard, torch.Generator().manual_seed(0), stats)
     assert same.std(0).tolist() == pytest.approx([1.0, 1.0], rel=0.03)
 
@@ -132,30 +134,32 @@ def _embeddings(seed=0, n=12, h=8):
     return {m: torch.randn(n, h, generator=g) for m in ("audio", "visual", "text")}
 
 
-def _model(h=8):
+def _model(h=8, invariant="unused"):
     torch.manual_seed(0)
-    return MRCCL({"audio": 6, "visual": 4, "text": 5}, 6, ModelConfig(hidden=h, heads=2))
+    cfg = ModelConfig(hidden=h, heads=2, invariant=invariant)
+    return MRCCL({"audio": 6, "visual": 4, "text": 5}, 6, cfg)
+
+
+FIXED = LossConfig(learn_temperature=False, temperature=0.1)
 
 
 def test_paper_weighting_halves_the_modality_terms_against_the_noise_terms():
-    model, emb, noisy = _model(), _embeddings(0), _embeddings(1)
-    no_noise = LossConfig(nee_weight=0.0)
+    model, emb, noisy = _model(), Encoded(_embeddings(0), None), _embeddings(1)
+    no_noise = FIXED.model_copy(update={"nee_weight": 0.0, "weighting": "equal"})
     equal = model.contrastive(emb, None, no_noise).item()
     paper = model.contrastive(emb, None, no_noise.model_copy(update={"weighting": "paper"}))
     assert paper.item() == pytest.approx(equal / 2, rel=1e-6)
-    only_noise = LossConfig(pair_weight=0.0, combo_weight=0.0)
+    only_noise = FIXED.model_copy(update={"pair_weight": 0.0, "combo_weight": 0.0})
     for weighting in ("equal", "paper"):
         cfg = only_noise.model_copy(update={"weighting": weighting})
-        expected = sum(nt_xent(emb[m], noisy[m], 0.1) for m in emb).item() / 3
+        expected = sum(nt_xent(emb.specific[m], noisy[m], 0.1) for m in noisy).item() / 3
         assert model.contrastive(emb, noisy, cfg).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_learned_temperatures_start_at_the_configured_one_and_train():
-    model, emb = _model(), _embeddings(0)
-    fixed, learned = (
-        LossConfig(temperature=0.2),
-        LossConfig(temperature=0.2, learn_temperature=True),
-    )
+def test_learned_temperatures_start_at_temperature_init_and_train():
+    model, emb = _model(), Encoded(_embeddings(0), None)
+    fixed = FIXED.model_copy(update={"temperature": 0.2})
+    learned = LossConfig(temperature=0.7, learn_temperature=True, temperature_init=0.2)
     assert model.contrastive(emb, None, learned).item() == pytest.approx(
         model.contrastive(emb, None, fixed).item(), rel=1e-6
     )
@@ -164,14 +168,80 @@ def test_learned_temperatures_start_at_the_configured_one_and_train():
     model.contrastive(emb, None, learned).backward()
     grad = model.log_tau.grad
     assert grad is not None and grad[:6].abs().min() > 0 and torch.all(grad[6:] == 0)
+    # The released start, 1.0, is the default.
+    assert LossConfig().learn_temperature and LossConfig().temperature_init == 1.0
 
 
-def test_the_invariant_term_pulls_a_sample_s_invariant_codes_together():
-    model, emb, inv = _model(), _embeddings(0), _embeddings(2)
-    off = model.contrastive(emb, None, LossConfig(), inv=inv).item()
-    on = model.contrastive(emb, None, LossConfig(invariant_weight=0.5), inv=inv).item()
+def test_the_invariant_ntxent_term_pulls_a_sample_s_invariant_codes_together():
+    model, inv = _model(), _embeddings(2)
+    enc = Encoded(_embeddings(0), inv)
+    off = model.contrastive(enc, None, FIXED).item()
+    ntxent = FIXED.model_copy(update={"invariant": "ntxent", "invariant_weight": 0.5})
+    on = model.contrastive(enc, None, ntxent).item()
     codes = sum(nt_xent(inv[p], inv[q], 0.1) for p, q in PAIRS).item() / 3
     assert on == pytest.approx(off + 0.5 * codes, rel=1e-6)
+
+
+def reference_cmd(x1, x2, moments=5):
+    """CMD written out per dimension, as MISA's CMD class computes it."""
+    m1, m2 = x1.mean(0), x2.mean(0)
+    total = math.sqrt(sum((a - b) ** 2 for a, b in zip(m1, m2, strict=True)))
+    for k in range(2, moments + 1):
+        s1 = [float(np.mean((x1[:, d] - m1[d]) ** k)) for d in range(x1.shape[1])]
+        s2 = [float(np.mean((x2[:, d] - m2[d]) ** k)) for d in range(x2.shape[1])]
+        total += math.sqrt(sum((a - b) ** 2 for a, b in zip(s1, s2, strict=True)))
+    return total
+
+
+def test_cmd_matches_a_hand_computed_value_and_is_zero_for_equal_batches():
+    from mer_tune.method.losses import cmd
+
+    rng = np.random.default_rng(3)
+    x1, x2 = rng.normal(size=(7, 3)), rng.normal(1.0, 2.0, size=(7, 3))
+    got = cmd(torch.tensor(x1), torch.tensor(x2)).item()
+    assert got == pytest.approx(reference_cmd(x1, x2), rel=1e-9)
+    # 2 samples, 1 dimension, by hand: means 0 and 1; central moments k: [-1, 1]^k / 2
+    # against [-2, 2]^k / 2, i.e. 1 - 4 = -3 (k=2) and 1 - 16 = -15 (k=4), 0 when odd.
+    a, b = torch.tensor([[-1.0], [1.0]]), torch.tensor([[-1.0], [3.0]])
+    assert cmd(a, b).item() == pytest.approx(1 + 3 + 15)
+    assert cmd(a, a.clone()).item() == 0.0
+
+
+def test_the_cmd_term_acts_on_the_invariant_codes_alone():
+    model, inv = _model(), _embeddings(2)
+    enc = Encoded(_embeddings(0), inv)
+    off = model.contrastive(enc, None, FIXED).item()
+    with_cmd = FIXED.model_copy(update={"invariant": "cmd", "invariant_weight": 0.3})
+    on = model.contrastive(enc, None, with_cmd).item()
+    arrays = {m: v.numpy().astype(np.float64) for m, v in inv.items()}
+    codes = sum(reference_cmd(arrays[p], arrays[q]) for p, q in PAIRS) / 3
+    assert on == pytest.approx(off + 0.3 * codes, rel=1e-5)
+
+
+def test_the_figure_wiring_contrasts_the_invariant_codes_and_classifies_f_hat():
+    x = {m: torch.randn(9, d) for m, d in {"audio": 6, "visual": 4, "text": 5}.items()}
+    figure, unused, summed = _model(invariant="figure"), _model(), _model(invariant="sum")
+    for model in (figure, unused, summed):
+        model.eval()
+    enc = figure.encode(x)
+    spec = {m: figure.specific[m](x[m])[1] for m in x}  # F-hat: the specificity output
+    for m in x:
+        assert torch.allclose(enc.specific[m], spec[m])
+        assert torch.allclose(enc.invariant[m], figure.invariant(spec[m]))  # H = Inv(F-hat)
+    # The heads read F-hat; the six modality terms read H, the noise terms F-hat.
+    assert torch.allclose(figure.embed(x)["audio"], spec["audio"])
+    assert figure.modality_views(enc) is enc.invariant
+    no_noise = FIXED.model_copy(update={"nee_weight": 0.0})
+    on_h = Encoded(enc.invariant, None)
+    assert figure.contrastive(enc, None, no_noise).item() == pytest.approx(
+        unused.contrastive(on_h, None, no_noise).item(), rel=1e-6
+    )
+    # unused: every term and head on F-hat; sum: F-hat plus H of the projection.
+    assert unused.modality_views(unused.encode(x)) is not None
+    assert unused.encode(x, invariant=False).invariant is None
+    h = summed.specific["audio"].proj(x["audio"])
+    expected = summed.specific["audio"](x["audio"])[1] + summed.invariant(h)
+    assert torch.allclose(summed.embed(x)["audio"], expected, atol=1e-6)
 
 
 def test_attention_never_mixes_samples_of_a_batch():
@@ -216,7 +286,7 @@ def test_length_one_attention_is_the_general_layer_with_fewer_kernels():
 
 def test_batched_nt_xent_terms_equal_one_call_per_term_with_their_gradients():
     """Against the general path's one-term NT-Xent (its own masks, plain products)."""
-    from mer_tune.method.model import _nt_xent_general, nt_xent_terms
+    from mer_tune.method.losses import _nt_xent_general, nt_xent_terms
 
     rng = torch.Generator().manual_seed(0)
     views = [
@@ -258,7 +328,7 @@ def _model_views(n: int, seed: int):
 def test_shared_blocks_equal_one_call_per_term_with_their_gradients(with_ids, monkeypatch):
     """The model's nine terms share each view's own block and each pair's cross block
     (_SharedBlocksNTXent): the general path's losses and gradients, duplicates or not."""
-    from mer_tune.method.model import _nt_xent_general, _shared_blocks, nt_xent_terms
+    from mer_tune.method.losses import _nt_xent_general, _shared_blocks, nt_xent_terms
 
     monkeypatch.setenv("MER_TUNE_FUSED", "1")  # the fused path, whatever the caller's setting
 
@@ -279,7 +349,7 @@ def test_shared_blocks_equal_one_call_per_term_with_their_gradients(with_ids, mo
 def test_shared_blocks_take_a_mask_or_its_flat_positions_and_refuse_a_second_backward():
     """The GPU passes (n, n) masks (no read-back inside a CUDA graph), the CPU their flat
     positions: the same losses and gradients."""
-    from mer_tune.method.model import _block_masks, _SharedBlocksNTXent
+    from mer_tune.method.losses import _block_masks, _SharedBlocksNTXent
 
     own, cross = _block_masks(10, torch.tensor([0, 1, 1, 2, 3, 4, 4, 4, 5, 6]), "cpu")
     out = []
@@ -299,7 +369,7 @@ def test_terms_that_cannot_share_blocks_take_the_row_maximum_path(monkeypatch):
     """Learned or differing temperatures, one below 2/80 (whose fixed shift could
     underflow a row) and a view paired with itself keep _NTXentRows, which still
     equals the general path, at tau 0.01 too."""
-    from mer_tune.method.model import _nt_xent_general, _shared_blocks, nt_xent_terms
+    from mer_tune.method.losses import _nt_xent_general, _shared_blocks, nt_xent_terms
 
     monkeypatch.setenv("MER_TUNE_FUSED", "1")
 
@@ -377,7 +447,7 @@ def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p():
 def test_nt_xent_rows_take_a_mask_or_its_flat_positions_and_refuse_a_second_backward():
     """The GPU passes the (2n, 2n) mask (no host read-back inside a CUDA graph), the CPU
     its flat positions: the same losses and gradients."""
-    from mer_tune.method.model import _NTXentRows, _positives_and_negatives
+    from mer_tune.method.losses import _NTXentRows, _positives_and_negatives
 
     n = 10
     targets, drop = _positives_and_negatives(n, torch.tensor([0, 1, 1, 2, 3, 4, 4, 4, 5, 6]), "cpu")

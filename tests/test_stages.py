@@ -176,7 +176,8 @@ def test_each_stage_reads_exactly_the_config_sections_its_cache_key_holds(tiny_d
     for name, st in stages.STAGES.items():
         # nothing a stage reads is missing from its key, and it reads every section it declares
         assert read[name] <= stages.key_sections(name), (name, read[name])
-        assert set(st.reads) - {"data", "seed"} <= read[name] | read["fold"], name
+        declared = {r.split(".")[0] for r in st.reads}
+        assert declared - {"data", "seed"} <= read[name] | read["fold"], name
     # outside the stages: the fold split (eval, seed) feeds finetuning; whether the pseudo
     # stage runs at all (self_training.enabled, rounds) is in its own key; then the vote
     fold_level = read["fold"] - {"voting", "self_training"}
@@ -191,6 +192,8 @@ def test_each_stage_reads_exactly_the_config_sections_its_cache_key_holds(tiny_d
         ("voting.weights.text", "voting"),
         ("self_training.thresholds.sad", "thresholds"),
         ("self_training.rounds", "thresholds"),
+        ("self_training.init", "thresholds"),
+        ("self_training.confidence_weights.text", "upstream"),
         ("optim.lr", "upstream"),
         ("oversample.target", "upstream"),
         ("noise.timesteps.audio", "upstream"),
@@ -202,7 +205,7 @@ def test_the_staged_steps_follow_the_stage_table(key, step):
 
 def test_every_config_section_belongs_to_a_stage_or_the_vote():
     sections = set(Config.model_fields)
-    covered = set().union(*(set(s.reads) for s in stages.STAGES.values())) | set(stages.VOTE_READS)
+    covered = set().union(*(stages.key_sections(s) for s in stages.STAGES)) | set(stages.VOTE_READS)
     assert sections == covered
 
 
@@ -210,11 +213,11 @@ def test_each_round_relabels_the_pool_with_the_retrained_model(tiny_dir, fast_cf
     seen = []
     real = stages.select_pseudo_labels
 
-    def spy(probs, thresholds):
-        seen.append(probs.copy())
-        return real(probs, thresholds)
+    def spy(conf, thresholds):
+        seen.append(conf.log_doubt.copy())
+        return real(conf, thresholds)
 
-    monkeypatch.setattr(stages, "select_pseudo_labels", spy)
+    monkeypatch.setattr(pipeline, "select_pseudo_labels", spy)
     cfg = with_overrides(fast_cfg, {"self_training.rounds": 2, "eval.folds": 2})
     res = pipeline.run(load(tiny_dir), cfg)
     assert len(seen) == 4  # two rounds in each of two folds
@@ -227,12 +230,107 @@ def test_each_round_relabels_the_pool_with_the_retrained_model(tiny_dir, fast_cf
 @pytest.mark.parametrize(
     "searched, upto",
     [
-        ({"self_training"}, "finetune"),  # thresholds: pretrain and finetune are shared
+        # thresholds: pretrain and finetune are shared
+        ({"self_training.thresholds.sad", "self_training.confidence"}, "finetune"),
+        # the heads' weights scale their logits in the released finetuning loss
+        ({"self_training.confidence_weights.audio"}, "pretrain"),
+        ({"self_training"}, "pretrain"),  # a whole section: every key in it
         ({"voting", "decision"}, "pseudo"),  # every trained stage is shared
         ({"oversample"}, "pretrain"),
         ({"noise"}, None),  # pretraining reads the noise: nothing is shared
-        ({"self_training", "optim"}, None),
+        ({"self_training.rounds", "optim.lr"}, None),
     ],
 )
 def test_the_shared_stages_end_before_the_first_stage_a_searched_section_changes(searched, upto):
     assert stages.shared_upto(searched) == upto
+
+
+def test_confidence_near_one_is_resolved_and_a_threshold_of_one_keeps_nothing():
+    # Logit gaps of 20.7, 23 and 27.6 over five other classes: confidences 1 - 5e-9,
+    # 1 - 5e-10 and 1 - 5e-12, all exactly 1.0 as float32 probabilities.
+    gaps = np.array([np.log(1e9), np.log(1e10), np.log(1e12)])
+    head = np.zeros((3, 6), np.float32)
+    head[:, 0] = gaps
+    for kind in ("weighted_logits", "weighted_probs", "equal_probs"):
+        st = SelfTrainingConfig(confidence=kind)
+        # Under weighted_logits the heads' weights sum to 2.1: scale the logits back.
+        scale = 1 / 2.1 if kind == "weighted_logits" else 1.0
+        logits = {h: head * np.float32(scale) for h in HEADS}
+        assert (stages.confidence(logits, st).max(axis=1) == 1.0).all()  # saturated
+        conf = stages.doubt(logits, st)
+        kept = {
+            t: stages.select_pseudo_labels(conf, np.full(6, t))[0].tolist()
+            for t in (1 - 1e-8, 1 - 1e-9, 1 - 1e-11, 1 - 1e-13, 1.0)
+        }
+        assert kept == {
+            1 - 1e-8: [0, 1, 2],
+            1 - 1e-9: [1, 2],
+            1 - 1e-11: [2],
+            1 - 1e-13: [],
+            1.0: [],
+        }, kind
+    # From saturated probabilities too, a threshold of 1 keeps nothing.
+    assert len(stages.select_pseudo_labels(np.array([[1.0, 0.0]]), np.array([1.0, 1.0]))[0]) == 0
+
+
+class _Counting(pipeline.MemoryCache):
+    def __init__(self):
+        super().__init__()
+        self.computed: list[str] = []
+
+    def get_or_compute(self, stage, key, compute):
+        def counted():
+            self.computed.append(stage)
+            return compute()
+
+        return super().get_or_compute(stage, key, counted)
+
+
+def test_thresholds_that_keep_the_same_pseudo_labels_share_one_retrained_stage(tiny_dir, fast_cfg):
+    data = load(tiny_dir)
+    cache = _Counting()
+    low = with_overrides(fast_cfg, {"self_training.thresholds.surprise": 0.8})
+    first = pipeline.run(data, low, cache=cache)
+    assert cache.computed.count("pseudo") == 2  # one retraining per fold
+    # Surprise's confidences are all below 0.8 or above 0.81 here: the same set is kept.
+    probe = pipeline.run(data, with_overrides(low, {"self_training.thresholds.surprise": 0.81}))
+    assert probe.pseudo_added == first.pseudo_added
+    cache.computed.clear()
+    again = pipeline.run(data, with_overrides(low, {"self_training.thresholds.surprise": 0.81}),
+                         cache=cache)  # fmt: skip
+    assert cache.computed == []  # nothing trained
+    assert again.weighted_f1 == first.weighted_f1
+    # A threshold that changes the set retrains.
+    pipeline.run(data, with_overrides(low, {"self_training.thresholds.neutral": 0.5}), cache=cache)
+    assert cache.computed.count("pseudo") == 2
+
+
+def test_each_round_retrains_from_the_pretrained_weights_unless_told_to_warm_start(
+    tiny_dir, fast_cfg, monkeypatch
+):
+    data = load(tiny_dir)
+    starts = []
+    real = stages.retrain_stage
+
+    def spy(data, feats, start, *args, **kwargs):
+        starts.append(start)
+        return real(data, feats, start, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "retrain_stage", spy)
+    pre, fine = [], []
+    real_pre, real_fine = stages.pretrain_stage, stages.finetune_stage
+    monkeypatch.setattr(pipeline, "pretrain_stage", lambda *a: pre.append(real_pre(*a)) or pre[-1])
+    monkeypatch.setattr(
+        pipeline, "finetune_stage", lambda *a: fine.append(real_fine(*a)) or fine[-1]
+    )
+    cfg = with_overrides(
+        fast_cfg, {"eval.folds": 2, "self_training.rounds": 2, "self_training.epochs": None}
+    )
+    assert cfg.self_training.init == "pretrained" and cfg.retrain_epochs() == cfg.finetune.epochs
+    pipeline.run(data, cfg)
+    assert len(starts) == 4 and all(s is pre[0] for s in starts)
+    starts.clear()
+    warm = with_overrides(cfg, {"self_training.init": "finetuned", "self_training.epochs": 1})
+    pipeline.run(data, warm)
+    assert starts[0] is fine[-2]["state"]  # fold 0, round 0: its finetuned weights
+    assert starts[1] is not pre[-1] and starts[1] is not fine[-2]["state"]  # round 1: round 0's

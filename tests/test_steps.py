@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mer_tune.method.config import NoiseConfig, OptimConfig
-from mer_tune.method.model import add_noise
+from mer_tune.method.losses import add_noise
 from mer_tune.method.steps import Stepper
 
 

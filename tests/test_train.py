@@ -2,6 +2,7 @@
 selection samples."""
 
 import numpy as np
+import pytest
 import torch
 
 from mer_tune.data.pack import load
@@ -86,3 +87,27 @@ def test_inference_maps_its_batches_and_restores_the_training_threshold(tiny_dir
         assert logits["fusion"].shape[0] == 10
         assert calls == [(-3, 1 << 20), (-3, training)]
         calls.clear()
+
+
+def test_the_released_classification_loss_trains_the_weighted_vote_and_weighted_heads():
+    torch.manual_seed(0)
+    logits = {h: torch.randn(5, 6) for h in train.HEADS}
+    y = torch.tensor([0, 1, 2, 3, 5])
+    cfg = build_config({})
+    weights = {"audio": 0.7, "visual": 0.4, "text": 0.3, "fusion": 0.7}
+    assert cfg.self_training.confidence_weights == weights and cfg.loss.supervised == "released"
+
+    def ce(z):  # cross-entropy written out: mean over rows of -log softmax at the label
+        z = z.double()
+        return float(-(z[range(5), y] - z.logsumexp(1)).mean())
+
+    vote = ce(sum(weights[h] * logits[h] for h in train.HEADS))
+    heads = sum(ce(weights[h] * logits[h]) for h in train.HEADS) / 4
+    got = train.classification_loss(logits, y, train.Steps.of(cfg)).item()
+    assert abs(got - (vote + heads)) < 1e-5
+    mean_heads = train.Steps.of(build_config({"loss": {"supervised": "mean_heads"}}))
+    plain = sum(ce(logits[h]) for h in train.HEADS) / 4
+    assert abs(train.classification_loss(logits, y, mean_heads).item() - plain) < 1e-5
+    # Contrastive pretraining's steps carry no head weights: released needs them.
+    with pytest.raises(ValueError, match="heads' weights"):
+        train.classification_loss(logits, y, train.Steps.of(cfg, supervised=False))

@@ -32,7 +32,8 @@ import torch
 
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.method.config import Config
-from mer_tune.method.model import MAX_SHIFTED_SPREAD, MRCCL, fused_kernels
+from mer_tune.method.losses import MAX_SHIFTED_SPREAD, fused_kernels
+from mer_tune.method.model import MRCCL
 
 CUDA_CONTEXT = 640 * 2**20  # CUDA context and cuBLAS workspaces, per process (0.53 GiB seen)
 RUNTIME = 1280 * 2**20  # graph pools, allocator cache, gathers (1.18 GiB seen beyond batches)

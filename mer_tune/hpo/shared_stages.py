@@ -27,7 +27,7 @@ from mer_tune.method.stages import STAGES, shared_upto
 
 def shared_stages(sp: Space) -> list[str]:
     """The stages (in order) that no parameter of `sp` changes: every trial shares them."""
-    upto = shared_upto({key.split(".")[0] for key in sp.params})
+    upto = shared_upto(set(sp.params))
     names = list(STAGES)
     return names[: names.index(upto) + 1] if upto else []
 

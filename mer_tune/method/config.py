@@ -28,6 +28,8 @@ from mer_tune.data.layout import MER2024_CLASSES
 from mer_tune.errors import UsageError
 
 HEADS = ["fusion", "audio", "visual", "text"]
+# Bounds of a learned NT-Xent temperature: below 0.01 a term's logits blow up.
+MIN_TAU, MAX_TAU = 0.01, 1.0
 
 # Paper: 0.99 for the four large classes, 0.85 for the two rare ones.
 PAPER_THRESHOLDS = {c: 0.99 for c in MER2024_CLASSES[:4]} | {"worried": 0.85, "surprise": 0.85}
@@ -55,7 +57,8 @@ class _Strict(BaseModel):
         else:
             return value  # most values: no bool in them, nothing to look up
         kind = cls.model_fields[info.field_name].annotation
-        if not (kind in (int, float) or typing.get_args(kind)[-1:] in ((int,), (float,))):
+        inner_kinds = [k for k in typing.get_args(kind) if k is not type(None)]  # int | None
+        if not (kind in (int, float) or inner_kinds[-1:] in ([int], [float])):
             return value
         for inner, item in named:
             if isinstance(item, bool):
@@ -108,13 +111,25 @@ class OversampleConfig(_Strict):
 
 class ModelConfig(_Strict):
     hidden: int = Field(128, ge=4, le=4096, description="embedding width of every encoder")
-    layers: int = Field(1, ge=0, le=12, description="Transformer layers per specificity encoder")
+    layers: int = Field(
+        2,
+        ge=0,
+        le=12,
+        description="Transformer layers per specificity encoder (the paper: 'multiple')",
+    )
     heads: int = Field(4, ge=1, le=64, description="attention heads (must divide hidden)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout in the encoders")
     head_dims: list[int] = Field(
         default_factory=lambda: [256, 128], description="hidden widths of each classifier head"
     )
     head_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout in the heads")
+    invariant: Literal["figure", "unused", "sum"] = Field(
+        "figure",
+        description="where the invariant encoder's codes H go: figure (the paper's figure: "
+        "the six modality terms on H, the noise terms and the heads on the specificity "
+        "features), unused (the released file: every term and head on the specificity "
+        "features) or sum (specificity features + H everywhere)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -143,9 +158,9 @@ class NoiseConfig(_Strict):
         "gaussian noise std, the mask's drop rate (capped at 0.95)",
     )
     applied_to: Literal["standardised", "raw"] = Field(
-        "standardised",
-        description="features the noise is added to: standardised (per-dimension z-scores) "
-        "or raw (as stored, then standardised: the released code)",
+        "raw",
+        description="features the noise is added to: raw (as stored, then standardised: "
+        "the released code) or standardised (per-dimension z-scores)",
     )
 
     @model_validator(mode="after")
@@ -159,27 +174,42 @@ class NoiseConfig(_Strict):
 
 class LossConfig(_Strict):
     temperature: float = Field(
-        0.1, gt=0.0, description="NT-Xent temperature (the start value when learned)"
+        0.1, gt=0.0, description="NT-Xent temperature of every term when not learned"
     )
     learn_temperature: bool = Field(
-        False, description="one learnable temperature per contrastive term (nine), as released"
+        True, description="one learnable temperature per contrastive term (nine), as released"
     )
-    weighting: Literal["equal", "paper"] = Field(
-        "equal",
-        description="equal: mean of the pair terms + mean of the one-vs-two terms + mean of "
-        "the noise terms; paper: the six modality terms summed over 6 + mean of the noise terms",
+    temperature_init: float = Field(
+        1.0,
+        ge=MIN_TAU,
+        le=MAX_TAU,
+        description="start of the learned temperatures (released: 1.0), kept in [0.01, 1]",
+    )
+    weighting: Literal["paper", "equal"] = Field(
+        "paper",
+        description="paper: the six modality terms summed over 6 + mean of the noise terms "
+        "(the released code); equal: mean of the pair terms + mean of the one-vs-two terms "
+        "+ mean of the noise terms",
     )
     pair_weight: float = Field(1.0, ge=0.0, description="weight of the (A,V) (A,T) (V,T) terms")
     combo_weight: float = Field(1.0, ge=0.0, description="weight of each modality vs the other two")
     nee_weight: float = Field(1.0, ge=0.0, description="weight of clean vs noised embedding")
-    invariant_weight: float = Field(
-        0.0,
-        ge=0.0,
-        description="weight of NT-Xent on the shared invariant codes (a sample's three "
-        "modalities as positives; 0 = off)",
+    invariant: Literal["none", "cmd", "ntxent"] = Field(
+        "none",
+        description="a loss on the invariant codes alone: none, cmd (central moment "
+        "discrepancy between the modalities, 5 moments, as one released version) or ntxent "
+        "(a sample's three modalities as positives)",
+    )
+    invariant_weight: float = Field(1.0, ge=0.0, description="weight of the loss.invariant term")
+    supervised: Literal["released", "mean_heads"] = Field(
+        "released",
+        description="finetuning's classification loss: released (each head's logits times "
+        "its self_training.confidence_weights weight; cross-entropy on their sum, the "
+        "vote's logits, plus the mean cross-entropy of the weighted heads) or mean_heads "
+        "(the mean cross-entropy of the four unweighted heads)",
     )
     finetune_contrastive: float = Field(
-        0.1, ge=0.0, description="weight of the contrastive terms while finetuning"
+        1.0, ge=0.0, description="weight of the contrastive terms while finetuning"
     )
     finetune_noise: bool = Field(
         True, description="the contrastive terms while finetuning include the noise terms"
@@ -206,6 +236,12 @@ class FinetuneConfig(_Strict):
 
 class SelfTrainingConfig(_Strict):
     enabled: bool = Field(True, description="pseudo-label the pool and retrain")
+    init: Literal["pretrained", "finetuned"] = Field(
+        "pretrained",
+        description="where each retraining round starts: pretrained (a fresh model from the "
+        "contrastive-pretrained weights, as the paper's step 2) or finetuned (warm: the "
+        "finetuned weights, then the last round's)",
+    )
     rounds: int = Field(1, ge=0, le=10, description="pseudo-label + retrain rounds")
     thresholds: dict[str, float] = Field(
         default_factory=lambda: dict(PAPER_THRESHOLDS),
@@ -214,8 +250,10 @@ class SelfTrainingConfig(_Strict):
     default_threshold: float = Field(
         0.95, gt=0.0, le=1.0, description="threshold of a class `thresholds` does not name"
     )
-    epochs: int = Field(
-        5, ge=1, description="retraining epochs, warm-started from the finetuned weights"
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="retraining epochs per round (null: finetune.epochs, the same schedule)",
     )
     confidence: Literal["equal_probs", "weighted_probs", "weighted_logits"] = Field(
         "weighted_logits",
@@ -355,6 +393,10 @@ class Config(_Strict):
         """The value of a per-class key (PER_CLASS) for `cls`, its default if unnamed."""
         return self.threshold_of(cls) if prefix == PER_CLASS[0] else self.offset_of(cls)
 
+    def retrain_epochs(self) -> int:
+        """Epochs of a self-training round: its own, or the finetuning schedule's."""
+        return self.self_training.epochs or self.finetune.epochs
+
     def threshold_of(self, cls: str) -> float:
         return self.self_training.thresholds.get(cls, self.self_training.default_threshold)
 
@@ -405,8 +447,45 @@ def build_config(values: dict[str, Any] | None = None, source: str = "") -> Conf
         raise UsageError(_format_error(err, source)) from None
 
 
+def _shipped_configs() -> Path:
+    """configs/ beside the package in a checkout; inside it in an installed wheel."""
+    package = Path(__file__).resolve().parent.parent  # mer_tune/
+    tree = package.parent / "configs"
+    return tree if tree.is_dir() else package / "configs"
+
+
+CONFIGS_DIR = _shipped_configs()
+
+
+def shipped_configs() -> list[str]:
+    """The names `--config` takes besides a path, e.g. 'paper'."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file: the path when it exists (a path wins over a name), else the shipped
+    config of that name; UsageError naming the shipped ones otherwise."""
+    if not str(name_or_path).strip():
+        raise UsageError("--config '': give a config file or a shipped config's name")
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder; --config names a shipped config or a YAML file")
+        return path
+    name = str(name_or_path)
+    if name in shipped_configs():
+        return CONFIGS_DIR / f"{name}.yaml"
+    if path.suffix in (".yaml", ".yml") or "/" in name:
+        raise UsageError(f"{path}: config file not found")
+    raise UsageError(
+        f"unknown config '{name}'; shipped: {', '.join(shipped_configs())} "
+        "(or the path of a YAML file)"
+    )
+
+
 def load_config(path: str | Path) -> Config:
-    path = Path(path)
+    """Read a config file, or a shipped config by name (`resolve_config`)."""
+    path = resolve_config(path)
     try:
         values = yaml.safe_load(path.read_text())
     except OSError as err:

@@ -28,12 +28,16 @@ from mer_tune.method.config import Config
 from mer_tune.method.stages import (
     STAGES,
     FoldSamples,
+    Picked,
     decide,
     derive_seed,
+    doubt,
     finetune_stage,
     pools,
     pretrain_stage,
-    self_training_stage,
+    retrain_key,
+    retrain_stage,
+    select_pseudo_labels,
     stage_keys,
     vote,
 )
@@ -228,18 +232,25 @@ def run_fold(
     def hook(stage: str, epoch: int, values: dict) -> None:
         report("epoch", fold=fold, stage=stage, epoch=epoch, **values)
 
-    def cached(stage: str, compute: Callable[[], Any]) -> Any:
+    def cached(stage: str, compute: Callable[[], Any], key: dict | None = None) -> Any:
         label = "self_training" if stage == "pseudo" else stage
         report("stage", fold=fold, stage=label)
         t0 = time.perf_counter()
-        out = cache.get_or_compute(stage, keys[stage], compute)
+        out = cache.get_or_compute(stage, key or keys[stage], compute)
         seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
         return out
 
     pre_state = cached(
         "pretrain",
         lambda: pretrain_stage(
-            data, feats, cfg.data, cfg.model, cfg.pretrain, train.Steps.of(cfg), cfg.seed, hook
+            data,
+            feats,
+            cfg.data,
+            cfg.model,
+            cfg.pretrain,
+            train.Steps.of(cfg, supervised=False),
+            cfg.seed,
+            hook,
         ),
     )
     if upto == "pretrain":
@@ -270,34 +281,17 @@ def run_fold(
     _, unl = pools(data, cfg.data)
     st = cfg.self_training
     if st.enabled and st.rounds > 0 and len(unl) > 0:
-        # Pseudo-labelling and retraining are one cached stage: both depend on the thresholds.
-        selftrain = cached(
-            "pseudo",
-            lambda: self_training_stage(
-                data,
-                feats,
-                pre_state,
-                fine,
-                samples,
-                cfg.data,
-                cfg.model,
-                cfg.self_training,
-                np.asarray([cfg.threshold_of(c) for c in data.classes]),
-                train.Steps.of(cfg),
-                cfg.seed,
-                hook,
-            ),
+        picked, by_round, val_logits, final_state = _self_train(
+            data, cfg, feats, pre_state, fine, samples, keys["finetune"], cached, hook
         )
-        val_logits, final_state = selftrain["val"], selftrain["state"]
-        pseudo_idx = unl[selftrain["keep"]]
-        by_round = selftrain["per_round"]
-        for c in selftrain["labels"]:
+        pseudo_idx = unl[picked.keep]
+        for c in picked.labels:
             added[data.classes[int(c)]] += 1
-        if data.hidden_labels is not None and len(selftrain["keep"]):
+        if data.hidden_labels is not None and len(picked.keep):
             truth = data.hidden_labels[pseudo_idx]
             known = truth >= 0
             if known.any():
-                precision = float((truth[known] == selftrain["labels"][known]).mean())
+                precision = float((truth[known] == picked.labels[known]).mean())
     elif st.enabled and st.rounds > 0:
         report("note", text="the unlabelled pool is empty: self-training skipped")
     if upto is not None:
@@ -321,6 +315,65 @@ def run_fold(
         extra,
         by_round,
     )
+
+
+def _self_train(
+    data: MERData,
+    cfg: Config,
+    feats: train.Features,
+    pre_state: dict[str, torch.Tensor],
+    fine: dict[str, Any],
+    samples: FoldSamples,
+    up: dict,
+    cached: Callable[..., Any],
+    hook: Callable[[str, int, dict], None],
+) -> tuple[Picked, np.ndarray, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """Rounds of pseudo-labelling the pool (by self_training.confidence, which never
+    reads the searched voting weights) and retraining (stages.retrain_stage), each round
+    labelling the whole pool afresh with the latest model. Returns (the last round's
+    pseudo-labels, their count per class in each round, the scored fold's logits, the
+    final weights)."""
+    st = cfg.self_training
+    _, unl = pools(data, cfg.data)
+    thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
+    steps, epochs = train.Steps.of(cfg), cfg.retrain_epochs()
+    logits_pool, val, state = fine["pool"], fine["val"], fine["state"]
+    per_round = []
+    picked = Picked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for rnd in range(st.rounds):
+        picked = Picked(*select_pseudo_labels(doubt(logits_pool, st), thresholds))
+        per_round.append(np.bincount(picked.labels, minlength=len(data.classes)))
+        if len(picked.keep) == 0:
+            break
+        start = pre_state if st.init == "pretrained" else state
+        with_pool = rnd + 1 < st.rounds
+        key = retrain_key(up, rnd, st.init, epochs, picked, data.names[unl], with_pool)
+        out = cached(
+            "pseudo",
+            lambda start=start, picked=picked, rnd=rnd, with_pool=with_pool: retrain_stage(
+                data,
+                feats,
+                start,
+                fine,
+                samples,
+                picked,
+                cfg.data,
+                cfg.model,
+                epochs,
+                steps,
+                cfg.seed,
+                rnd,
+                with_pool,
+                hook,
+            ),
+            key,
+        )
+        val, state, logits_pool = out["val"], out["state"], out.get("pool")
+        # Under init=pretrained a round's model depends on its pseudo-labels alone, not on
+        # the round before (whose labels it was chosen with).
+        up = up if st.init == "pretrained" else key
+    by_round = np.asarray(per_round, dtype=np.int64).reshape(-1, len(data.classes))
+    return picked, by_round, val, state
 
 
 def _split_table(results: list[FoldResult]) -> pd.DataFrame:

@@ -1,23 +1,27 @@
 """The cached stages of one fold: pretraining, finetuning, self-training.
 
 Each is a top-level function of its inputs and its own slices of the config. `STAGES`
-describes them once: the config sections each one reads and the stage upstream of it.
-From that table come the stage cache's keys (a stage's key holds every section it reads
-plus its upstream stage's key) and the staged search's steps; tests/test_stages.py checks
-that the sections a stage really reads are the ones its key holds. The vote and the
-decision stage after it are not cached: they read `voting` and `decision` alone and cost
-milliseconds.
+describes them once: the config sections (or dotted keys) each one reads and the stage
+upstream of it. From that table come the stage cache's keys (a stage's key holds every
+value it reads plus its upstream stage's key) and the staged search's steps;
+tests/test_stages.py checks that the sections a stage really reads are the ones its key
+holds. A self-training round's retraining is cached under a key of what it trains on
+(`retrain_key`: the pseudo-labels themselves, not the thresholds that chose them). The
+vote and the decision stage after it are not cached: they read `voting` and `decision`
+alone and cost milliseconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
 from mer_tune.data.layout import HOLDOUT, LABELLED, TEST, UNLABELLED, MERData
 from mer_tune.method import train
@@ -38,7 +42,7 @@ EpochHook = Callable[[str, int, dict], None]
 @dataclass(frozen=True)
 class Stage:
     name: str
-    reads: tuple[str, ...]  # top-level config sections its output depends on
+    reads: tuple[str, ...]  # config sections or dotted keys its output depends on
     upstream: str | None
     version: int  # bump when the code changes what the stage computes
     fold_dependent: bool  # its output differs per fold (its key holds the fold)
@@ -54,52 +58,79 @@ STAGES = {
             "pretrain",
             ("data", "model", "pretrain", "noise", "loss", "optim", "seed"),
             None,
-            5,
+            6,
             False,
             "upstream",
         ),
-        # eval: the fold split and the epoch-selection slice are made before it runs.
-        Stage("finetune", ("eval", "oversample", "finetune"), "pretrain", 4, True, "upstream"),
-        Stage("pseudo", ("self_training",), "finetune", 6, True, "thresholds"),
+        # eval: the fold split and the epoch-selection slice are made before it runs. The
+        # heads' weights multiply their logits in the released classification loss.
+        Stage(
+            "finetune",
+            ("eval", "oversample", "finetune", "self_training.confidence_weights"),
+            "pretrain",
+            5,
+            True,
+            "upstream",
+        ),
+        # Pseudo-labelling and retraining; each round's retraining is cached by
+        # retrain_key, under this stage's name and version.
+        Stage("pseudo", ("self_training",), "finetune", 7, True, "thresholds"),
     )
 }
 VOTE_READS = ("voting", "decision")  # the vote and the decision stage after it
 VOTE_STEP = "voting"
 
 
+def _overlap(read: str, key: str) -> bool:
+    """Whether config key `key` (a dotted key or a whole section) and a stage's `read`
+    name some value in common."""
+    return read == key or key.startswith(read + ".") or read.startswith(key + ".")
+
+
 def step_of(key: str) -> str:
-    """The staged strategy's step that searches config key `key`: that of the stage
-    reading its section (the vote's for voting weights)."""
-    section = key.split(".")[0]
-    if section in VOTE_READS:
+    """The staged strategy's step that searches config key `key`: that of the first stage
+    reading it (the vote's for voting weights)."""
+    if key.split(".")[0] in VOTE_READS:
         return VOTE_STEP
-    return next(s.step for s in STAGES.values() if section in s.reads)
+    return next(s.step for s in STAGES.values() if any(_overlap(r, key) for r in s.reads))
+
+
+def key_reads(stage: str) -> set[str]:
+    """Every section or dotted key a stage's output depends on: its own and all upstream."""
+    st = STAGES[stage]
+    return set(st.reads) | (key_reads(st.upstream) if st.upstream else set())
 
 
 def key_sections(stage: str) -> set[str]:
-    """Every config section a stage's output depends on: its own and all upstream."""
-    st = STAGES[stage]
-    return set(st.reads) | (key_sections(st.upstream) if st.upstream else set())
+    """The top-level config sections of key_reads(stage)."""
+    return {r.split(".")[0] for r in key_reads(stage)}
 
 
 def shared_upto(searched: set[str]) -> str | None:
-    """The last stage whose output no searched config section changes (None: even
-    pretraining's does): every trial of a search shares it and all stages before it."""
+    """The last stage whose output no searched config key (or whole section) changes
+    (None: even pretraining's does): every trial of a search shares it and all stages
+    before it."""
     last = None
     for st in STAGES.values():
-        if key_sections(st.name) & searched:
+        if any(_overlap(r, k) for r in key_reads(st.name) for k in searched):
             break
         last = st.name
     return last
 
 
+def _value_at(values: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        values = values[part]
+    return values
+
+
 def stage_keys(cfg: Config, fingerprint: str, fold: int) -> dict[str, dict]:
-    """What each stage's output depends on: the data, its config sections and its
+    """What each stage's output depends on: the data, the config values it reads and its
     upstream stage's key (and the fold, for fold-dependent stages)."""
     values = cfg.to_dict()
     keys: dict[str, dict] = {}
     for st in STAGES.values():
-        key: dict[str, Any] = {"v": st.version} | {s: values[s] for s in st.reads}
+        key: dict[str, Any] = {"v": st.version} | {r: _value_at(values, r) for r in st.reads}
         key |= {"up": keys[st.upstream]} if st.upstream else {"data": fingerprint}
         if st.fold_dependent:
             key["fold"] = fold
@@ -137,14 +168,59 @@ def oversample(
     return np.concatenate(keep)
 
 
+class Confidence(NamedTuple):
+    """Each pool sample's predicted class and log(1 - confidence) in float64: a confidence
+    of 1 - 1e-12 is told from 1 - 1e-9, where a float32 probability reads 1.0 for both."""
+
+    pred: np.ndarray
+    log_doubt: np.ndarray
+
+    @classmethod
+    def of_probs(cls, probs: np.ndarray) -> Confidence:
+        top = np.minimum(probs.max(axis=1).astype(np.float64), 1.0)
+        with np.errstate(divide="ignore"):
+            return cls(probs.argmax(axis=1), np.log1p(-top))
+
+
 def select_pseudo_labels(
-    probs: np.ndarray, thresholds: np.ndarray
+    conf: Confidence | np.ndarray, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep a sample when its top probability reaches the threshold of its predicted class.
-    Returns (positions kept, their labels)."""
-    pred = probs.argmax(axis=1)
-    keep = probs.max(axis=1) >= thresholds[pred]
-    return np.flatnonzero(keep), pred[keep]
+    """Keep a sample when its confidence (a Confidence, or class probabilities) reaches
+    the threshold of its predicted class; a threshold of 1 keeps nothing, since no
+    finite logits give a probability of exactly 1. Returns (positions kept, labels)."""
+    if not isinstance(conf, Confidence):
+        conf = Confidence.of_probs(conf)
+    thr = np.asarray(thresholds, dtype=np.float64)[conf.pred]
+    with np.errstate(divide="ignore"):
+        limit = np.log1p(-thr)  # p >= thr  <=>  log(1 - p) <= log(1 - thr)
+    keep = (thr < 1.0) & (conf.log_doubt <= limit)
+    return np.flatnonzero(keep), conf.pred[keep]
+
+
+def _log_doubt(z: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """log(1 - softmax(z)[cls]) per row, from the logits: log-sum-exp of the other
+    classes' logits minus that of all, never 1 minus a rounded probability."""
+    others = z.copy()
+    others[np.arange(len(z)), cls] = -np.inf
+    return logsumexp(others, axis=1) - logsumexp(z, axis=1)
+
+
+def doubt(logits: dict[str, np.ndarray], st_cfg: SelfTrainingConfig) -> Confidence:
+    """The pool's confidence under self_training.confidence, in log space (see
+    `confidence` for the rules): what the thresholds are compared with."""
+    z = {h: logits[h].astype(np.float64) for h in HEADS}
+    if st_cfg.confidence == "weighted_logits":
+        w = st_cfg.confidence_weights
+        total = sum(w.get(h, 0.0) * z[h] for h in HEADS)
+        pred = total.argmax(axis=1)
+        return Confidence(pred, _log_doubt(total, pred))
+    w = {h: 1.0 for h in HEADS} if st_cfg.confidence == "equal_probs" else st_cfg.confidence_weights
+    pred = confidence(logits, st_cfg).argmax(axis=1)
+    # 1 - the weighted mean of the heads' probabilities of `pred` = the weighted mean of
+    # each head's doubt.
+    total = sum(w.get(h, 0.0) for h in HEADS)
+    parts = [np.log(w[h] / total) + _log_doubt(z[h], pred) for h in HEADS if w.get(h, 0.0) > 0]
+    return Confidence(pred, logsumexp(np.stack(parts), axis=0))
 
 
 def confidence(logits: dict[str, np.ndarray], st_cfg: SelfTrainingConfig) -> np.ndarray:
@@ -270,57 +346,64 @@ def finetune_stage(
     }
 
 
-def self_training_stage(
+class Picked(NamedTuple):
+    """The pseudo-labels of one round: pool positions and their classes."""
+
+    keep: np.ndarray
+    labels: np.ndarray
+
+
+def retrain_key(
+    up: dict, rnd: int, init: str, epochs: int, picked: Picked, names: np.ndarray, with_pool: bool
+) -> dict:
+    """What a round's retraining depends on: its upstream (the finetuning stage's key, or
+    under init=finetuned the last round's key), where it starts, how long it trains, and
+    the pseudo-labels it trains on (a digest of their names and classes), not the
+    thresholds that chose them: threshold configs that keep the same samples share it."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(map(str, names[picked.keep])).encode())
+    digest.update(np.ascontiguousarray(picked.labels, dtype=np.int64).tobytes())
+    key = {"v": STAGES["pseudo"].version, "up": up, "round": rnd, "init": init}
+    return key | {"epochs": epochs, "set": digest.hexdigest(), "pool": with_pool}
+
+
+def retrain_stage(
     data: MERData,
     feats: train.Features,
-    pre_state: dict[str, torch.Tensor],
+    start: dict[str, torch.Tensor],
     fine: dict[str, Any],
     samples: FoldSamples,
+    picked: Picked,
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
-    st_cfg: SelfTrainingConfig,
-    thresholds: np.ndarray,
+    epochs: int,
     steps: train.Steps,
     seed: int,
+    rnd: int,
+    with_pool: bool,
     hook: EpochHook,
 ) -> dict[str, Any]:
-    """Rounds of pseudo-labelling the pool (by self_training.confidence, which never
-    reads the searched voting weights) and retraining on labelled + kept
-    samples, each round warm-started from the last (the first from the finetuned
-    weights), its best epoch picked on the selection samples."""
+    """One self-training round: a model from the weights `start` (the pretrained ones, as
+    the paper's step 2 trains MR-CCL anew; or the finetuned / last round's) trained on the
+    oversampled labelled fit samples plus the pool samples `picked`, its best epoch picked
+    on the selection samples. Its heads' logits on the scored fold, and on the pool when
+    another round follows."""
     _, unl = pools(data, data_cfg)
-    logits_val, logits_pool, state = fine["val"], fine["pool"], fine["state"]
-    keep = labels = np.zeros(0, dtype=np.int64)
-    per_round = []  # pseudo-labels per class that each round trained on
-    for rnd in range(st_cfg.rounds):
-        # Every round labels the whole pool afresh, with the latest model's predictions.
-        keep, labels = select_pseudo_labels(confidence(logits_pool, st_cfg), thresholds)
-        per_round.append(np.bincount(labels, minlength=len(data.classes)))
-        if len(keep) == 0:
-            break
-        model = _model(data, model_cfg, seed, feats, state)
-        idx = np.concatenate([fine["train_idx"], unl[keep]])
-        ys = np.concatenate([fine["train_y"], labels])
-        state, _ = train.supervised(
-            model,
-            feats,
-            idx,
-            ys,
-            samples.select,
-            samples.select_y,
-            st_cfg.epochs,
-            steps,
-            derive_seed(seed, "retrain", samples.fold, rnd),
-            "retrain",
-            hook,
-        )
-        logits_val = train.predict(model, feats, samples.scored)
-        if rnd + 1 < st_cfg.rounds:
-            logits_pool = train.predict(model, feats, unl)
-    return {
-        "val": logits_val,
-        "keep": keep,
-        "labels": labels,
-        "state": _cpu(state),
-        "per_round": np.asarray(per_round, dtype=np.int64).reshape(-1, len(data.classes)),
-    }
+    model = _model(data, model_cfg, seed, feats, start)
+    state, _ = train.supervised(
+        model,
+        feats,
+        np.concatenate([fine["train_idx"], unl[picked.keep]]),
+        np.concatenate([fine["train_y"], picked.labels]),
+        samples.select,
+        samples.select_y,
+        epochs,
+        steps,
+        derive_seed(seed, "retrain", samples.fold, rnd),
+        "retrain",
+        hook,
+    )
+    out = {"val": train.predict(model, feats, samples.scored), "state": _cpu(state)}
+    if with_pool:
+        out["pool"] = train.predict(model, feats, unl)
+    return out

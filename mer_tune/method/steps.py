@@ -22,7 +22,7 @@ import torch
 
 from mer_tune.errors import MerTuneError
 from mer_tune.method.config import OptimConfig
-from mer_tune.method.model import fused_kernels
+from mer_tune.method.losses import fused_kernels
 
 # loss_fn(standardised batch per modality, labels of the batch or None, the batch's
 # sample indices) -> scalar loss

@@ -24,8 +24,9 @@ from mer_tune.method.config import (
     OptimConfig,
     PretrainConfig,
 )
+from mer_tune.method.losses import add_noise
 from mer_tune.method.malloc import inference_malloc
-from mer_tune.method.model import MRCCL, add_noise
+from mer_tune.method.model import MRCCL, Encoded
 from mer_tune.method.steps import Stepper, autocast
 
 EpochHook = Callable[[str, int, dict], None]
@@ -85,10 +86,16 @@ class Steps:
     optim: OptimConfig
     loss: LossConfig
     noise: NoiseConfig
+    # Each head's logit multiplier under loss.supervised=released (None: contrastive only).
+    head_weights: dict[str, float] | None = None
 
     @classmethod
-    def of(cls, cfg: Config) -> Steps:
-        return cls(cfg.optim, cfg.loss, cfg.noise)
+    def of(cls, cfg: Config, supervised: bool = True) -> Steps:
+        """The steps of a supervised stage (with the heads' weights, which live in
+        self_training.confidence_weights: one place for the weights the heads are trained
+        and pseudo-labels are chosen with), or of contrastive pretraining."""
+        weights = dict(cfg.self_training.confidence_weights) if supervised else None
+        return cls(cfg.optim, cfg.loss, cfg.noise, weights)
 
 
 def make_model(data: MERData, model_cfg: ModelConfig, seed: int, device: torch.device) -> MRCCL:
@@ -163,17 +170,17 @@ def _contrastive_loss(
     feats: Features,
     gen: torch.Generator | None,
     noise: bool,
-    encoded: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    encoded: Encoded | None = None,
 ) -> torch.Tensor:
     """The contrastive terms of a batch; `noise` adds the clean-vs-noised ones, `ids`
     (the batch's sample indices) keeps duplicates from being each other's negatives."""
-    emb, inv = encoded or model.encode(x)
+    enc = encoded or model.encode(x)
     noisy = None
     if noise and steps.noise.kind != "none" and steps.loss.nee_weight > 0:
         noisy = model.embed(
             {m: add_noise(x[m], m, steps.noise, gen, feats.stats(m)) for m in MODALITIES}
         )
-    return model.contrastive(emb, noisy, steps.loss, ids, inv)
+    return model.contrastive(enc, noisy, steps.loss, ids)
 
 
 def equal_vote_f1(logits: dict[str, np.ndarray], y: np.ndarray) -> float:
@@ -198,14 +205,15 @@ def supervised_loss(
     model: MRCCL, feats: Features, steps: Steps, gen: torch.Generator | None
 ) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of a (re)training step, as Stepper calls it with a batch's features, its
-    labels and its sample indices: cross-entropy on the four heads plus the contrastive
-    terms (with the noised views where loss.finetune_noise says)."""
+    labels and its sample indices: the classification loss (loss.supervised) plus the
+    contrastive terms (with the noised views where loss.finetune_noise says)."""
+    contrastive_on = steps.loss.finetune_contrastive > 0
 
     def loss_fn(x: dict[str, torch.Tensor], y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        encoded = model.encode(x)
-        logits = model.logits(encoded[0])
-        loss = sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
-        if steps.loss.finetune_contrastive > 0:
+        # The invariant codes only where a contrastive term reads them.
+        encoded = model.encode(x, invariant=contrastive_on)
+        loss = classification_loss(model.logits(encoded.specific), y, steps)
+        if contrastive_on:
             contrastive = _contrastive_loss(
                 model, x, ids, steps, feats, gen, steps.loss.finetune_noise, encoded
             )
@@ -213,6 +221,22 @@ def supervised_loss(
         return loss
 
     return loss_fn
+
+
+def classification_loss(
+    logits: dict[str, torch.Tensor], y: torch.Tensor, steps: Steps
+) -> torch.Tensor:
+    """released: each head's logits times its weight; cross-entropy on their sum (the
+    vote's logits, as MERTools trains `emos_out`) plus the mean cross-entropy of the
+    weighted heads (the released model's own term). mean_heads: the mean cross-entropy of
+    the unweighted heads."""
+    if steps.loss.supervised == "mean_heads":
+        return sum(F.cross_entropy(logits[h].float(), y) for h in HEADS) / len(HEADS)
+    if steps.head_weights is None:
+        raise ValueError("loss.supervised=released needs the heads' weights (Steps.of(cfg))")
+    weighted = [steps.head_weights.get(h, 0.0) * logits[h].float() for h in HEADS]
+    heads = sum(F.cross_entropy(w, y) for w in weighted) / len(HEADS)
+    return F.cross_entropy(sum(weighted), y) + heads
 
 
 def supervised(
@@ -228,7 +252,7 @@ def supervised(
     stage: str,
     on_epoch: EpochHook | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Cross-entropy on the four heads plus the contrastive terms; keep the epoch that
+    """The classification loss plus the contrastive terms; keep the epoch that
     scores best on the samples `val_idx` (the selection samples: they pick, never train).
     Returns (best state, {best_epoch, best_f1, history})."""
     rng = np.random.default_rng(seed)
