@@ -18,7 +18,7 @@ $(BIN)/mer-tune: pyproject.toml
 env: $(BIN)/mer-tune
 
 run: env
-	$(BIN)/mer-tune search --space thresholds
+	$(BIN)/mer-tune search --space thresholds --trials 4
 
 lint: env
 	$(BIN)/ruff check mer_tune tests benchmarks

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from mer_tune.errors import UsageError
 from mer_tune.method.config import (
@@ -152,3 +153,33 @@ def test_every_key_is_described_and_the_commented_yaml_is_the_default_config(tmp
     code, table, _ = run_cli(["config"], capsys)
     assert "eval.select_on" in table and "MERTools' protocol" in table
     assert yaml.safe_load(out)["eval"]["select_on"] == "inner"
+
+
+def test_a_full_config_of_an_earlier_release_keeps_the_method_it_was_run_with(tmp_path):
+    from mer_tune.method.config import build_config, load_config
+
+    # An earlier release's full dump: today's keys less the ones the published defaults added.
+    values = build_config({"loss": {"temperature": 0.2, "invariant_weight": 0.5}}).to_dict()
+    for section, key in [
+        ("self_training", "init"), ("loss", "supervised"), ("model", "invariant"),
+        ("loss", "invariant"), ("loss", "temperature_init"),
+    ]:  # fmt: skip
+        del values[section][key]
+    old = tmp_path / "best_config.yaml"
+    old.write_text(yaml.safe_dump(values))
+    cfg = load_config(old)
+    assert (cfg.self_training.init, cfg.loss.supervised, cfg.model.invariant) == (
+        "finetuned",
+        "mean_heads",
+        "sum",
+    )
+    assert cfg.loss.invariant == "ntxent" and cfg.loss.temperature_init == 0.2
+    # A hand-written partial config takes today's defaults.
+    partial = tmp_path / "mine.yaml"
+    partial.write_text(yaml.safe_dump({"model": {"layers": 1}, "loss": {"temperature": 0.2}}))
+    mine = load_config(partial)
+    assert (mine.self_training.init, mine.loss.supervised, mine.model.invariant) == (
+        "pretrained",
+        "released",
+        "figure",
+    )

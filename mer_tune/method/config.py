@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from mer_tune.data.layout import MER2024_CLASSES
 from mer_tune.errors import UsageError
+from mer_tune.method import legacy
 
 HEADS = ["fusion", "audio", "visual", "text"]
 # Bounds of a learned NT-Xent temperature: below 0.01 a term's logits blow up.
@@ -496,6 +497,7 @@ def load_config(path: str | Path) -> Config:
         raise UsageError(f"{path}: malformed YAML ({_yaml_where(err)})") from None
     if values is not None and not isinstance(values, dict):
         raise UsageError(f"{path}: a config file must be a mapping of keys to values")
+    values, _ = legacy.upgrade(values)  # a full config of an earlier release keeps its method
     return build_config(values, source=str(path))
 
 
