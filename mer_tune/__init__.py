@@ -3,7 +3,7 @@
 data/    the MERTools layout, packing, synthetic data, feature extraction from clips
 method/  config, model, training loops, the pipeline of one trial (no Ray, no MLflow)
 hpo/     spaces, Ray Tune + Optuna, MLflow records, stage cache, holdout and confirm
-cli.py   the `mer-tune` commands; runner.py: `mer-tune run` and `predict`
+cli/     the `mer-tune` commands, a module per group; runner.py: `mer-tune run` and `predict`
 """
 
 from __future__ import annotations

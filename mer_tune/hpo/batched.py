@@ -22,10 +22,9 @@ import numpy as np
 
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.hpo.callback import finished_fields
-from mer_tune.hpo.objectives import directions
+from mer_tune.hpo.objectives import METRIC, directions
 from mer_tune.hpo.spaces import Space, unused
 from mer_tune.hpo.tracking import SearchRecorder
-from mer_tune.hpo.trial import METRIC
 from mer_tune.method.stages import VOTE_STEP, step_of
 
 DEFAULT_BATCH = 100  # trials per actor call: a batch's results are written together

@@ -12,10 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from mer_tune.hpo.folder import SearchFolder
-from mer_tune.hpo.objectives import OBJECTIVES
+from mer_tune.hpo.objectives import METRIC, OBJECTIVES
 from mer_tune.hpo.spaces import Space, trial_config
 from mer_tune.hpo.tracking import SearchRecorder
-from mer_tune.hpo.trial import METRIC
 from mer_tune.method.config import Config
 from mer_tune.outputs import write_text
 

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mer_tune.errors import MerTuneError
-from mer_tune.hpo import confirm as step
-from mer_tune.hpo import objectives as objective
+from mer_tune.hpo import confirm, objectives
 from mer_tune.hpo.folder import SearchFolder
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.method.config import Config, build_config, with_overrides
@@ -30,7 +29,7 @@ def _folder_state(path: Path) -> tuple[dict, Config, Any]:
     return folder.state(), base, folder.space(base)
 
 
-def _baseline(path: Path, state: dict) -> tuple[step.Candidate | None, str, Path]:
+def _baseline(path: Path, state: dict) -> tuple[confirm.Candidate | None, str, Path]:
     """The baseline: trial 0 of this search, or of the first step of a staged search."""
     folder = path.parent / state["baseline_search"] if state.get("baseline_search") else path
     _, base, sp = _folder_state(folder)
@@ -38,10 +37,14 @@ def _baseline(path: Path, state: dict) -> tuple[step.Candidate | None, str, Path
     point = sp.defaults(base)
     paper = point == sp.defaults(sp.base_config(build_config()))
     name = "the paper's values" if paper else "the baseline (trial 0)"
-    row = results[(results["trial"] == step.BASELINE_TRIAL) & (results["status"] == "FINISHED")]
+    row = results[(results["trial"] == confirm.BASELINE_TRIAL) & (results["status"] == "FINISHED")]
     if row.empty or not _same_point(row.iloc[0], point):
         return None, name, folder
-    return step.candidate_from(row.iloc[0].to_dict(), base, list(sp.params), folder), name, folder
+    return (
+        confirm.candidate_from(row.iloc[0].to_dict(), base, list(sp.params), folder),
+        name,
+        folder,
+    )
 
 
 def _same_point(row: pd.Series, point: dict) -> bool:
@@ -86,17 +89,19 @@ def confirm_search(
     dataset, holdout, trial_data = search_data(path, state, base)
     baseline, baseline_name, baseline_folder = _baseline(path, state)
     own_baseline = baseline is not None and baseline_folder == path
-    goals = state.get("objectives") or ["weighted_f1"]
+    goals = state.get("objectives") or [objectives.METRIC]
     if len(goals) > 1:
         # A trade-off: every point of the front is confirmed, none adopted by the verdict.
-        front_trials = objective.pareto_front(results, goals)["trial"]
+        front_trials = objectives.pareto_front(results, goals)["trial"]
         chosen = [int(t) for t in front_trials if not own_baseline or t != baseline.trial]
         notes = [f"confirmed the {len(chosen)} Pareto-front trial(s) besides the baseline"]
     else:
-        chosen, notes = step.pick_candidates(results, top, baseline.trial if own_baseline else None)
+        chosen, notes = confirm.pick_candidates(
+            results, top, baseline.trial if own_baseline else None
+        )
     rows = results.set_index("trial")
     candidates = [
-        step.candidate_from(rows.loc[t].to_dict() | {"trial": t}, base, list(sp.params), path)
+        confirm.candidate_from(rows.loc[t].to_dict() | {"trial": t}, base, list(sp.params), path)
         for t in chosen
     ]
     if baseline is None:
@@ -105,7 +110,7 @@ def confirm_search(
     if seeds:
         init_ray(address)
         retrain = ray_retrain(trial_data, state, SearchFolder(path).cache_key())
-    outcome = step.confirm(
+    outcome = confirm.confirm(
         dataset,
         holdout,
         candidates,
@@ -126,7 +131,7 @@ def confirm_search(
         outcome.adopted = None
         if "adopted" in outcome.table:
             outcome.table["adopted"] = False
-    step.write(path, outcome, seeds, time.perf_counter() - started)
+    confirm.write(path, outcome, seeds, time.perf_counter() - started)
     table = _results_with_holdout(results, outcome.table, path)
     if recorder is None:
         recorder = SearchRecorder(stored_uri(state, path), state["experiment"])
@@ -174,7 +179,7 @@ def _results_with_holdout(results: pd.DataFrame, table: pd.DataFrame, path: Path
     return merged
 
 
-def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> None:
+def _log(recorder: SearchRecorder, path: Path, outcome: confirm.Confirmation) -> None:
     """The parent run's holdout metrics, verdict tag, confirm plot and files."""
     from mer_tune.hpo.report import confirm_png
 
@@ -213,7 +218,7 @@ def _log(recorder: SearchRecorder, path: Path, outcome: step.Confirmation) -> No
     plots.mkdir(exist_ok=True)
     confirm_png(outcome.table, plots / "confirm.png")
     recorder.log_artifact(recorder.parent_id, plots / "confirm.png", "plots")
-    for name in (step.CONFIRM_FILE, step.VERDICT_FILE, "results.csv", "best_config.yaml"):
+    for name in (confirm.CONFIRM_FILE, confirm.VERDICT_FILE, "results.csv", "best_config.yaml"):
         if (path / name).exists():
             recorder.log_artifact(recorder.parent_id, path / name)
 
@@ -243,7 +248,7 @@ def _retrain_one(
     return pipeline.fit_all(data, build_config(cfg), idx, cache=cache, device=device)
 
 
-def ray_retrain(trial_data: Any, state: dict, cache_key: str | None) -> step.Retrain:
+def ray_retrain(trial_data: Any, state: dict, cache_key: str | None) -> confirm.Retrain:
     """Retraining as Ray tasks with a trial's resources, on the data the trials saw."""
 
     def retrain(jobs: list[tuple[Config, int]], idx: np.ndarray) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from mer_tune.errors import UsageError
-from mer_tune.hpo import objectives as objective
+from mer_tune.hpo import objectives
 from mer_tune.hpo.folder import SearchFolder, read_table
 from mer_tune.hpo.spaces import Space, trial_config
 from mer_tune.method.config import Config
@@ -26,7 +26,7 @@ FRONT_DIR = "pareto"
 
 def table(results: pd.DataFrame, goals: list[str], sp: Space) -> pd.DataFrame:
     """The front as pareto.csv holds it: trial, objectives, then the searched values."""
-    points = objective.pareto_front(results, goals)
+    points = objectives.pareto_front(results, goals)
     params = [k for k in sp.params if k in points.columns]
     return points[["trial", *goals, *params]].reset_index(drop=True)
 
@@ -50,7 +50,7 @@ def write(
     for row in points.to_dict("records"):
         cfg = trial_config(base, {k: row[k] for k in sp.params if k in row})
         write_text(folder / f"trial-{int(row['trial']):03d}.yaml", cfg.to_yaml())
-    goals_text = ", ".join(f"{g} ({objective.OBJECTIVES[g]})" for g in goals)
+    goals_text = ", ".join(f"{g} ({objectives.OBJECTIVES[g]})" for g in goals)
     notes = [
         f"{len(points)} trial(s) on the Pareto front of {goals_text}: "
         f"{path / FRONT_FILE}, their configs in {folder}/"
@@ -85,7 +85,7 @@ def choose(
 ) -> tuple[Config, int]:
     """The front point `pick` asks for, written to best_config.yaml; raises UsageError
     (naming the closest point) when none meets its conditions."""
-    row = objective.apply_pick(points, objective.parse_pick(pick, goals))
+    row = objectives.apply_pick(points, objectives.parse_pick(pick, goals))
     cfg = trial_config(base, {k: row[k] for k in sp.params if k in row})
     write_text(SearchFolder(path).best_file, cfg.to_yaml())
     return cfg, int(row["trial"])
@@ -94,7 +94,7 @@ def choose(
 def repick(folder: SearchFolder, pick: str) -> tuple[int, Path]:
     """`mer-tune pick NAME EXPR`: choose again from a finished multi-objective search."""
     state = folder.state()
-    goals = state.get("objectives") or ["weighted_f1"]
+    goals = state.get("objectives") or [objectives.METRIC]
     if len(goals) < 2:
         raise UsageError(f"{folder.name}: a single-objective search has no Pareto front")
     if not (folder.path / FRONT_FILE).exists():

@@ -17,6 +17,9 @@ import pandas as pd
 
 from mer_tune.errors import UsageError
 
+# The official score: a search's one objective unless told otherwise, the score a trial
+# is ranked by and the rung metric of an early-stopping scheduler.
+METRIC = "weighted_f1"
 # name -> direction; what each one is, in the README's words
 OBJECTIVES = {
     "weighted_f1": "max",  # the official score
@@ -32,7 +35,7 @@ PER_EPOCH = ("weighted_f1", "min_class_f1", "train_seconds")
 def parse(names: list[str] | tuple[str, ...] | str | None) -> list[str]:
     """The objectives asked for (comma-separated or repeated), in order, checked."""
     if not names:
-        return ["weighted_f1"]
+        return [METRIC]
     if isinstance(names, str):
         names = [names]
     out: list[str] = []

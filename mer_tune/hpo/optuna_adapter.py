@@ -7,9 +7,8 @@ start adds earlier trials to `_ot_study` directly."""
 
 from __future__ import annotations
 
-from mer_tune.hpo.objectives import modes
+from mer_tune.hpo.objectives import METRIC, modes
 from mer_tune.hpo.spaces import Space
-from mer_tune.hpo.trial import METRIC
 
 
 class DefineByRun:

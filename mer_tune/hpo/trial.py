@@ -18,13 +18,12 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from mer_tune.data.layout import HOLDOUT, TEST, MERData
-from mer_tune.hpo import confirm as confirm_step
+from mer_tune.hpo import confirm
 from mer_tune.hpo.cache import StageStore
+from mer_tune.hpo.objectives import METRIC
 from mer_tune.hpo.spaces import trial_config
 from mer_tune.method import malloc, pipeline, train
 from mer_tune.method.config import Config, build_config
-
-METRIC = "weighted_f1"
 
 
 class TrialTimeout(RuntimeError):
@@ -123,7 +122,7 @@ def run_trial(
     )
     if outputs and res.extra_probs is not None and res.splits is not None:
         trial_id = tune.get_context().get_trial_id()
-        confirm_step.save_trial_outputs(
+        confirm.save_trial_outputs(
             Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
         )
     final = final_metrics(res, cfg, data)

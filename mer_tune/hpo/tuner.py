@@ -24,8 +24,6 @@ from mer_tune.data.layout import DataOptions, MERData
 from mer_tune.data.resolve import describe, reopen, resolve
 from mer_tune.errors import MerTuneError, SearchInterrupted, UsageError
 from mer_tune.hpo import card_features, front, tune_state
-from mer_tune.hpo import holdout as outer
-from mer_tune.hpo import objectives as objective
 from mer_tune.hpo.batched import batch_size, run_batches, told_from
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.callback import logger_callback, write_results
@@ -37,6 +35,10 @@ from mer_tune.hpo.gpu import (
     packing,
     trial_bytes,
 )
+from mer_tune.hpo.holdout import Holdout, check_fraction, check_same, withhold, write_csv
+from mer_tune.hpo.holdout import choose as choose_holdout
+from mer_tune.hpo.objectives import METRIC, check_scheduler, directions, parse_pick, rung
+from mer_tune.hpo.objectives import parse as parse_objectives
 from mer_tune.hpo.optuna_adapter import optuna_searcher
 from mer_tune.hpo.ray_setup import card_bytes, init_ray
 from mer_tune.hpo.shared_stages import SharedStagesTask, start_shared_stages
@@ -48,7 +50,7 @@ from mer_tune.hpo.tracking import (
     resolve_uri,
     ui_command,
 )
-from mer_tune.hpo.trial import METRIC, run_trial
+from mer_tune.hpo.trial import run_trial
 from mer_tune.hpo.warm_start import import_trials
 from mer_tune.hpo.whole_files import whole_file_filesystem
 from mer_tune.method.config import Config, build_config, load_config, with_overrides
@@ -152,10 +154,10 @@ def search(
         raise UsageError(f"--scheduler {scheduler}: expected none, asha or folds")
     if confirm_top < 0 or confirm_seeds < 0:
         raise UsageError("--confirm-top and --confirm-seeds must be 0 or more")
-    outer.check_fraction(holdout)  # before anything is created or loaded
-    goals = objective.parse(objectives)
-    objective.check_scheduler(goals, scheduler)
-    if pick and objective.parse_pick(pick, goals) and len(goals) == 1:
+    check_fraction(holdout)  # before anything is created or loaded
+    goals = parse_objectives(objectives)
+    check_scheduler(goals, scheduler)
+    if pick and parse_pick(pick, goals) and len(goals) == 1:
         raise UsageError("--pick chooses a point of a Pareto front: give several --objective")
     on_event = on_event or (lambda *a, **k: None)
     base = (
@@ -206,8 +208,8 @@ def search(
             "synthetic data (or a label file for the pool) gives"
         )
     holdout_seed = seed if holdout_seed is None else holdout_seed
-    ho = outer.choose(dataset, holdout, holdout_seed, base.eval.folds, base.eval.select_on)
-    trial_data = outer.withhold(dataset, ho)
+    ho = choose_holdout(dataset, holdout, holdout_seed, base.eval.folds, base.eval.select_on)
+    trial_data = withhold(dataset, ho)
     imported = None
     if from_searches:
         imported = import_trials(
@@ -249,7 +251,7 @@ def search(
     # Signs the stage cache's entries; a staged search's steps share one key and cache.
     write_secret(SearchFolder(path).key_file, (cache_key or new_key()).hex())
     if len(ho):
-        outer.write_csv(SearchFolder(path).holdout_file, dataset, ho)
+        write_csv(SearchFolder(path).holdout_file, dataset, ho)
     settings = {
         "space": sp.name,
         "trials": trials,
@@ -349,8 +351,8 @@ def _new_tuner(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             # The first objective is what Tune ranks and ASHA compares at its rungs.
-            metric=objective.rung(goals)[0],
-            mode=objective.rung(goals)[1],
+            metric=rung(goals)[0],
+            mode=rung(goals)[1],
             num_samples=state["trials"],
             max_concurrent_trials=state["concurrency"],
             scheduler=_scheduler(state["scheduler"]),
@@ -569,7 +571,7 @@ def stored_uri(state: dict, path: Path) -> str:
     )
 
 
-def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.Holdout, MERData]:
+def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, Holdout, MERData]:
     """(the data a search started on, its holdout, what its trials see), checked against
     what the search recorded: the same fingerprint and holdout, or a one-line refusal."""
     recorded = state.get("dataset")
@@ -577,7 +579,7 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
         dataset = resolve(state["data"], DataOptions(classes=tuple(base.data.classes)))
     else:
         dataset = reopen(recorded, str(SearchFolder(path).state_file))
-    ho = outer.choose(
+    ho = choose_holdout(
         dataset,
         state.get("holdout", 0.0),
         state.get("holdout_seed", state.get("seed", 0)),
@@ -585,8 +587,8 @@ def search_data(path: Path, state: dict, base: Config) -> tuple[MERData, outer.H
         base.eval.select_on,
     )
     if len(ho):
-        outer.check_same(SearchFolder(path).holdout_file, ho)
-    return dataset, ho, outer.withhold(dataset, ho)
+        check_same(SearchFolder(path).holdout_file, ho)
+    return dataset, ho, withhold(dataset, ho)
 
 
 def _holders(path: Path, state: dict) -> str:
@@ -835,7 +837,7 @@ def _export_study(path: Path, sp: Space, table: pd.DataFrame, goals: list[str]):
     study = optuna.create_study(
         storage=f"sqlite:///{db}",
         study_name=path.name,
-        directions=objective.directions(goals),
+        directions=directions(goals),
     )
     for row in table.to_dict("records"):
         state = states.get(row.get("status"))
