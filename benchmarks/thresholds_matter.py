@@ -27,7 +27,7 @@ from sklearn.metrics import f1_score
 
 from mer_tune.data import synthetic as synth
 from mer_tune.data.layout import TEST
-from mer_tune.hpo import holdout as outer
+from mer_tune.hpo import holdout
 from mer_tune.method import pipeline
 from mer_tune.method.config import build_config, parse_set_options, with_overrides
 
@@ -77,8 +77,8 @@ def main() -> None:
     rows: dict[tuple[str, str], list[dict]] = {}
     for seed in args.seeds:
         data = synth.in_memory(args.scale, seed)
-        hold = outer.choose(data, 0.2, seed, args.folds, base.eval.select_on)
-        trial_data = outer.withhold(data, hold)
+        hold = holdout.choose(data, 0.2, seed, args.folds, base.eval.select_on)
+        trial_data = holdout.withhold(data, hold)
         test = data.indices(TEST)
         truth = data.hidden_labels[test]
         predict_idx = np.concatenate([hold.idx, test])

@@ -159,7 +159,8 @@ def test_a_full_config_of_an_earlier_release_keeps_the_method_it_was_run_with(tm
     from mer_tune.method.config import build_config, load_config
 
     # An earlier release's full dump: today's keys less the ones the published defaults added.
-    values = build_config({"loss": {"temperature": 0.2, "invariant_weight": 0.5}}).to_dict()
+    loss = {"temperature": 0.2, "invariant": "ntxent", "invariant_weight": 0.5}
+    values = build_config({"loss": loss}).to_dict()
     for section, key in [
         ("self_training", "init"), ("loss", "supervised"), ("model", "invariant"),
         ("loss", "invariant"), ("loss", "temperature_init"),

@@ -180,6 +180,21 @@ def test_the_invariant_ntxent_term_pulls_a_sample_s_invariant_codes_together():
     on = model.contrastive(enc, None, ntxent).item()
     codes = sum(nt_xent(inv[p], inv[q], 0.1) for p, q in PAIRS).item() / 3
     assert on == pytest.approx(off + 0.5 * codes, rel=1e-6)
+    # An oversampled duplicate is no negative of its twin in this term either.
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1])
+    twin = {m: v.clone() for m, v in inv.items()}
+    for v in twin.values():
+        v[11] = v[1]
+    masked = model.invariant_loss(Encoded(_embeddings(0), twin), ntxent, ids).item()
+    expected = sum(nt_xent(twin[p], twin[q], 0.1, ids) for p, q in PAIRS).item() / 3
+    assert masked == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_invariant_weight_with_no_invariant_term_is_refused():
+    with pytest.raises(ValueError, match="weighs no term: set loss.invariant"):
+        LossConfig(invariant_weight=0.5)
+    assert LossConfig(invariant_weight=0.0).invariant == "none"  # off, as the weight says
+    assert LossConfig(invariant="cmd", invariant_weight=0.5).invariant_weight == 0.5
 
 
 def reference_cmd(x1, x2, moments=5):
@@ -205,6 +220,10 @@ def test_cmd_matches_a_hand_computed_value_and_is_zero_for_equal_batches():
     a, b = torch.tensor([[-1.0], [1.0]]), torch.tensor([[-1.0], [3.0]])
     assert cmd(a, b).item() == pytest.approx(1 + 3 + 15)
     assert cmd(a, a.clone()).item() == 0.0
+    # Equal batches: the gradient is zero, not NaN (a square root's at zero is infinite).
+    same = a.clone().requires_grad_()
+    cmd(same, a.clone()).backward()
+    assert torch.isfinite(same.grad).all()
 
 
 def test_the_cmd_term_acts_on_the_invariant_codes_alone():

@@ -42,7 +42,7 @@ INFERENCE_BATCH = 4096  # train.predict's batch size
 # margin over what benchmarks/step_memory.py measured: the fused step's shared blocks
 # (one fixed temperature) 27, its row-wise path (learned temperatures, or one below
 # 2 / MAX_SHIFTED_SPREAD) 49, the general path (MER_TUNE_FUSED=0) 53, and about 95 with
-# learned temperatures; the invariant codes' NT-Xent (loss.invariant_weight > 0) adds
+# learned temperatures; the invariant codes' NT-Xent (loss.invariant: ntxent) adds
 # about 4 more, within the margin.
 SIMILARITY_ARRAYS = {"blocks": 36, "rows": 64, "general": 128}
 # The searched keys that decide a trial's memory, and which of their values needs the

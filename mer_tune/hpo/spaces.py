@@ -38,10 +38,11 @@ from mer_tune.method.config import (
 
 
 def _shipped_spaces() -> Path:
-    """search_spaces/ beside the package in a checkout; inside it in an installed wheel."""
+    """search_spaces/ inside the package in an installed wheel; beside it in a checkout
+    (never a folder of that name that another package put beside an installed one)."""
     package = Path(__file__).resolve().parent.parent  # mer_tune/
-    tree = package.parent / "search_spaces"
-    return tree if tree.is_dir() else package / "search_spaces"
+    inside = package / "search_spaces"
+    return inside if inside.is_dir() else package.parent / "search_spaces"
 
 
 SPACES_DIR = _shipped_spaces()

@@ -29,8 +29,10 @@ from mer_tune.errors import UsageError
 from mer_tune.method import legacy
 
 HEADS = ["fusion", "audio", "visual", "text"]
-# Bounds of a learned NT-Xent temperature: below 0.01 a term's logits blow up.
-MIN_TAU, MAX_TAU = 0.01, 1.0
+# Bounds of a learned NT-Xent temperature: below 0.01 a term's logits blow up. The
+# released start, 1.0, sits well inside, so a temperature may rise from it too (at the
+# bound a clamp passes no gradient, and it would stay there).
+MIN_TAU, MAX_TAU = 0.01, 10.0
 
 # Paper: 0.99 for the four large classes, 0.85 for the two rare ones.
 PAPER_THRESHOLDS = {c: 0.99 for c in MER2024_CLASSES[:4]} | {"worried": 0.85, "surprise": 0.85}
@@ -184,7 +186,7 @@ class LossConfig(_Strict):
         1.0,
         ge=MIN_TAU,
         le=MAX_TAU,
-        description="start of the learned temperatures (released: 1.0), kept in [0.01, 1]",
+        description="start of the learned temperatures (released: 1.0), kept in [0.01, 10]",
     )
     weighting: Literal["paper", "equal"] = Field(
         "paper",
@@ -215,6 +217,17 @@ class LossConfig(_Strict):
     finetune_noise: bool = Field(
         True, description="the contrastive terms while finetuning include the noise terms"
     )
+
+    @model_validator(mode="after")
+    def _invariant_weight_of_a_term(self) -> LossConfig:
+        # Before loss.invariant existed, a weight above 0 turned the term on: a weight
+        # other than off (0) or the default (1) with no term chosen would now do nothing.
+        if self.invariant == "none" and self.invariant_weight not in (0.0, 1.0):
+            raise ValueError(
+                f"loss.invariant_weight = {self.invariant_weight} weighs no term: set "
+                "loss.invariant to cmd or ntxent (or leave the weight)"
+            )
+        return self
 
 
 class OptimConfig(_Strict):
@@ -449,10 +462,11 @@ def build_config(values: dict[str, Any] | None = None, source: str = "") -> Conf
 
 
 def _shipped_configs() -> Path:
-    """configs/ beside the package in a checkout; inside it in an installed wheel."""
+    """configs/ inside the package in an installed wheel; beside it in a checkout (never
+    a folder of that name that another package put beside an installed one)."""
     package = Path(__file__).resolve().parent.parent  # mer_tune/
-    tree = package.parent / "configs"
-    return tree if tree.is_dir() else package / "configs"
+    inside = package / "configs"
+    return inside if inside.is_dir() else package.parent / "configs"
 
 
 CONFIGS_DIR = _shipped_configs()

@@ -60,7 +60,10 @@ def upgrade(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     loss = out["loss"]
     # The invariant term was on whenever its weight was; a learned temperature started
     # at loss.temperature.
-    loss["invariant"] = "ntxent" if (loss.get("invariant_weight") or 0) > 0 else "none"
+    on = (loss.get("invariant_weight") or 0) > 0
+    loss["invariant"] = "ntxent" if on else "none"
+    if not on:
+        loss["invariant_weight"] = 0.0
     tau = loss.get("temperature")
     if isinstance(tau, int | float) and not isinstance(tau, bool):
         loss["temperature_init"] = min(max(float(tau), 0.01), 1.0)

@@ -377,7 +377,8 @@ def cmd(x1: torch.Tensor, x2: torch.Tensor, moments: int = 5) -> torch.Tensor:
     each per dimension over the batch."""
     m1, m2 = x1.mean(0), x2.mean(0)
     c1, c2 = x1 - m1, x2 - m2
-    total = (m1 - m2).pow(2).sum().sqrt()
+    # vector_norm's gradient at zero is zero, where sqrt of a sum of squares gives NaN.
+    total = torch.linalg.vector_norm(m1 - m2)
     for k in range(2, moments + 1):
-        total = total + (c1.pow(k).mean(0) - c2.pow(k).mean(0)).pow(2).sum().sqrt()
+        total = total + torch.linalg.vector_norm(c1.pow(k).mean(0) - c2.pow(k).mean(0))
     return total

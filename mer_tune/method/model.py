@@ -250,16 +250,22 @@ class MRCCL(nn.Module):
         if with_nee:
             loss = loss + cfg.nee_weight * sum(nee) / 3
         if cfg.invariant != "none" and cfg.invariant_weight > 0:
-            loss = loss + cfg.invariant_weight * self.invariant_loss(enc, cfg)
+            loss = loss + cfg.invariant_weight * self.invariant_loss(enc, cfg, ids)
         return loss
 
-    def invariant_loss(self, enc: Encoded, cfg: LossConfig) -> torch.Tensor:
+    def reads_invariant(self, cfg: LossConfig) -> bool:
+        """Whether the contrastive terms under `cfg` read the invariant codes."""
+        return self.wiring != "unused" or (cfg.invariant != "none" and cfg.invariant_weight > 0)
+
+    def invariant_loss(
+        self, enc: Encoded, cfg: LossConfig, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The mean over the three modality pairs of CMD (5 moments, as MISA) or NT-Xent
-        between their invariant codes."""
+        between their invariant codes (`ids`: an oversampled duplicate is no negative)."""
         inv = enc.invariant
         assert inv is not None
         if cfg.invariant == "cmd":
             with torch.autocast(inv["audio"].device.type, enabled=False):  # moments in fp32
                 return sum(cmd(inv[p].float(), inv[q].float()) for p, q in PAIRS) / 3
-        codes = nt_xent_terms([(inv[p], inv[q]) for p, q in PAIRS], [cfg.temperature] * 3)
+        codes = nt_xent_terms([(inv[p], inv[q]) for p, q in PAIRS], [cfg.temperature] * 3, ids)
         return sum(codes) / 3

@@ -331,8 +331,8 @@ def _self_train(
     """Rounds of pseudo-labelling the pool (by self_training.confidence, which never
     reads the searched voting weights) and retraining (stages.retrain_stage), each round
     labelling the whole pool afresh with the latest model. Returns (the last round's
-    pseudo-labels, their count per class in each round, the scored fold's logits, the
-    final weights)."""
+    pseudo-labels the final model trained on, their count per class in each round, the
+    scored fold's logits, the final weights)."""
     st = cfg.self_training
     _, unl = pools(data, cfg.data)
     thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
@@ -341,10 +341,11 @@ def _self_train(
     per_round = []
     picked = Picked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     for rnd in range(st.rounds):
-        picked = Picked(*select_pseudo_labels(doubt(logits_pool, st), thresholds))
-        per_round.append(np.bincount(picked.labels, minlength=len(data.classes)))
-        if len(picked.keep) == 0:
-            break
+        chosen = Picked(*select_pseudo_labels(doubt(logits_pool, st), thresholds))
+        per_round.append(np.bincount(chosen.labels, minlength=len(data.classes)))
+        if len(chosen.keep) == 0:
+            break  # the last round's model and the labels it trained on stay
+        picked = chosen
         start = pre_state if st.init == "pretrained" else state
         with_pool = rnd + 1 < st.rounds
         key = retrain_key(up, rnd, st.init, epochs, picked, data.names[unl], with_pool)

@@ -174,7 +174,7 @@ def _contrastive_loss(
 ) -> torch.Tensor:
     """The contrastive terms of a batch; `noise` adds the clean-vs-noised ones, `ids`
     (the batch's sample indices) keeps duplicates from being each other's negatives."""
-    enc = encoded or model.encode(x)
+    enc = encoded or model.encode(x, invariant=model.reads_invariant(steps.loss))
     noisy = None
     if noise and steps.noise.kind != "none" and steps.loss.nee_weight > 0:
         noisy = model.embed(
@@ -211,7 +211,7 @@ def supervised_loss(
 
     def loss_fn(x: dict[str, torch.Tensor], y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         # The invariant codes only where a contrastive term reads them.
-        encoded = model.encode(x, invariant=contrastive_on)
+        encoded = model.encode(x, invariant=contrastive_on and model.reads_invariant(steps.loss))
         loss = classification_loss(model.logits(encoded.specific), y, steps)
         if contrastive_on:
             contrastive = _contrastive_loss(
