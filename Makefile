@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: env run test check lint clean chromium
+.PHONY: env run test check lint limits clean chromium
 
 $(BIN)/mer-tune: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: env lint chromium
 # Ray, no server and no browser.
 check: env lint
 	$(BIN)/pytest -q -n 2 -m "not slow and not browser and not services"
+
+# The code's size limits (module, function, parameters, import circles): where it breaks them.
+limits: env
+	$(BIN)/python tests/code_limits.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
