@@ -70,10 +70,8 @@ def _counts(data, feats, pre, cfg, silent) -> None:
     ((tr, va),) = pipeline.fold_splits(y, 1, cfg.eval.seed)
     fit, sel = pipeline.selection_split(cfg, 0, y, tr, va)
     samples = stages.FoldSamples(0, lab[fit], y[fit], lab[sel], y[sel], lab[va])
-    fine = stages.finetune_stage(
-        data, feats, pre, samples, cfg.data, cfg.model, cfg.oversample, cfg.finetune, steps,
-        cfg.seed, silent,
-    )  # fmt: skip
+    run = stages.FoldRun(data, feats, samples, cfg.seed, silent)
+    fine = stages.finetune_stage(run, pre, cfg.data, cfg.model, cfg.oversample, cfg.finetune, steps)
     print(f"\nloss.supervised={cfg.loss.supervised}: finetuned in {time.perf_counter() - t0:.0f}s")
     _, pool = stages.pools(data, cfg.data)
     truth = data.hidden_labels[pool]

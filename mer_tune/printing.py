@@ -56,6 +56,15 @@ class SearchProgress:
     def running(self) -> int:
         return len(self.live)
 
+    def resumed(self, trials: int, rows: list[dict]) -> None:
+        """Counts of a resumed search: its own number of trials, and the trials it kept."""
+        self.trials = trials
+        ended = [r for r in rows if r.get("status") in ("FINISHED", "PRUNED", "FAILED")]
+        self.failed = sum(r["status"] == "FAILED" for r in ended)
+        self.done = len(ended) - self.failed
+        scores = [r["weighted_f1"] for r in ended if r["status"] == "FINISHED"]
+        self.best = max(scores) if scores else None
+
     def __call__(self, kind: str, row: dict) -> None:
         if kind == "note":
             console.print(row["text"], markup=False)

@@ -5,8 +5,8 @@
 Limits: no module over 400 lines, no function over 60 lines, no function taking more
 than 8 parameters (self and cls not counted; click commands excepted, since their
 parameters are their options), and no import circle between mer_tune's modules (imports
-inside functions count). Prints every breach and their count; exits 0 (a report: the
-suite's test of these limits comes with the search-session renovation).
+inside functions count). Prints every breach and their count; exits 0 (a report).
+tests/test_code_limits.py holds the suite to them, with the list of breaches still open.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -44,7 +44,7 @@ def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 def breaches(package: Path = PACKAGE) -> list[str]:
     """Every breach of the limits, one line each (path:line what)."""
     found: list[str] = []
-    modules = {module_name(p): p for p in sorted(package.rglob("*.py"))}
+    modules = {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         text = path.read_text()

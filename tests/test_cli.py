@@ -324,6 +324,25 @@ def test_the_progress_line_counts_a_retried_trial_once(capsys):
     assert "done 1/2, running 0, failed 1, best 0.5000" in lines[1]
 
 
+def test_the_progress_line_after_a_resume_counts_the_searchs_own_trials(capsys):
+    """--resume keeps the search's settings: its progress counts its own --trials (not
+    the option's default) and the trials it kept."""
+    from mer_tune.printing import SearchProgress
+
+    progress = SearchProgress(8)  # the CLI's default --trials
+    kept = [
+        {"trial": 0, "status": "FINISHED", "weighted_f1": 0.6},
+        {"trial": 1, "status": "FAILED"},
+        {"trial": 2, "status": "KILLED"},  # unfinished: it runs again
+    ]
+    progress.resumed(3, kept)
+    progress("start", row={"trial": 2, "trial_id": "c"})
+    progress(
+        "complete", row={"trial": 2, "trial_id": "c", "status": "FINISHED", "weighted_f1": 0.5}
+    )
+    assert "done 2/3, running 0, failed 1, best 0.6000" in capsys.readouterr().err
+
+
 def test_the_shipped_paper_config_runs_by_name_with_overrides_that_shrink_it(
     tiny_dir, tmp_path, capsys
 ):

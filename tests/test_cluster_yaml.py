@@ -41,6 +41,8 @@ def test_every_node_runs_ray_with_token_auth():
     assert any("ray get-auth-token --generate" in c for c in cfg["head_setup_commands"])
     assert cfg["cluster_synced_files"] == ["~/.ray/auth_token"]
     assert "auth_token" in " ".join(cfg["worker_start_ray_commands"])
+    for commands in (cfg["head_setup_commands"], cfg["worker_start_ray_commands"]):
+        assert any("chmod 700 ~/.ray && chmod 600 ~/.ray/auth_token" in c for c in commands)
 
 
 def test_gpu_workers_start_cuda_mps_before_ray_where_they_have_it():

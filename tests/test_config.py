@@ -184,3 +184,14 @@ def test_a_full_config_of_an_earlier_release_keeps_the_method_it_was_run_with(tm
         "released",
         "figure",
     )
+
+
+def test_a_per_class_key_the_config_leaves_unnamed_reads_its_default():
+    """What the staged strategy reads to fix a step's best values for the next: a
+    decision offset or threshold not named in the config is its class's default."""
+    from mer_tune.method.config import get_path
+
+    cfg = build_config({"decision": {"offsets": {"sad": 0.5}}})
+    assert get_path(cfg, "decision.offsets.neutral") == 0.0
+    assert get_path(cfg, "decision.offsets.sad") == 0.5
+    assert get_path(cfg, "self_training.thresholds.worried") == 0.85

@@ -218,3 +218,23 @@ def test_confirm_seeds_retrain_each_candidate_on_all_non_holdout_data(search_env
     assert (table["retrained_low"] <= table["retrained_f1"]).all()
     verdict = json.loads((res.path / "verdict.json").read_text())
     assert verdict["confirm_seeds"] == 2 and verdict["text"] == res.verdict.text
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "cannot read the trial's predictions"),
+        (lambda p: np.savez(str(p)[:-4], other=np.zeros(3)), "not a trial's predictions"),
+        (lambda p: p.write_text("hello"), "cannot read the trial's predictions"),
+    ],
+    ids=["truncated", "foreign", "text"],
+)
+def test_a_damaged_trial_output_is_one_line_naming_it(tmp_path, damage, message):
+    from mer_tune.hpo.confirm import load_trial_outputs, save_trial_outputs
+
+    splits = pd.DataFrame({"fold": [0], "role": ["fit"], "index": [1]})
+    save_trial_outputs(tmp_path, "t1", np.arange(4), np.ones((4, 6)), splits)
+    assert load_trial_outputs(tmp_path, "t1")["probs"].shape == (4, 6)
+    damage(tmp_path / "t1.npz")
+    with pytest.raises(MerTuneError, match=f"t1.npz: {message}"):
+        load_trial_outputs(tmp_path, "t1")

@@ -285,3 +285,95 @@ def test_a_modality_float16_would_blur_is_packed_as_float32_and_data_check_says_
     report, ok = check_report(root, DataOptions())
     assert ok and "note: text features are stored as float32" in report
     assert "audio features" not in report
+
+
+def _npy_claiming(path, shape, dtype="<f4") -> None:
+    """A .npy file whose header claims `shape` but holds 16 bytes of data."""
+    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}"
+    header = header + " " * (63 - (10 + len(header)) % 64) + "\n"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    path.write_bytes(body + b"\x00" * 16)
+
+
+@pytest.mark.parametrize("which", ["sample_00000000", "sample_00000009"])
+def test_a_feature_header_claiming_gigabytes_is_refused_before_its_data_is_read(tmp_path, which):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    _npy_claiming(_feat(root, "audio") / f"{which}.npy", (1342177280,))  # 5 GiB of float32
+    with pytest.raises(MerTuneError, match=f"{which}.npy: its header claims a 1342177280 float32"):
+        read_folders(root)
+
+
+def test_a_later_sample_of_another_dimension_is_refused_from_its_header(tmp_path, monkeypatch):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    np.save(_feat(root, "audio") / "sample_00000009.npy", np.zeros(7, np.float32))
+    loaded = []
+    real = np.load
+    monkeypatch.setattr(np, "load", lambda f, **k: loaded.append(str(f.name)) or real(f, **k))
+    with pytest.raises(MerTuneError, match="sample_00000009.npy: audio dim 7 differs from 4"):
+        read_folders(root)
+    assert loaded and not any("sample_00000009" in name for name in loaded)
+
+
+def test_a_feature_link_that_loops_is_one_line(tmp_path):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    loop = _feat(root, "visual") / "sample_00000099.npy"
+    loop.symlink_to(loop)
+    with pytest.raises(MerTuneError, match="sample_00000099.npy: cannot read \\(Too many levels"):
+        read_folders(root)
+
+
+def test_test_names_that_are_labelled_samples_are_refused_naming_some(tmp_path):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    names = ["sample_00000001", "sample_00000002", "sample_00000031"]
+    (root / "test-names.csv").write_text("name\n" + "\n".join(names) + "\n")
+    with pytest.raises(
+        MerTuneError,
+        match="test-names.csv: 2 of its test names are labelled samples "
+        "\\('sample_00000001', 'sample_00000002'\\)",
+    ):
+        read_folders(root)
+
+
+def test_labels_are_read_trimmed_and_an_empty_one_is_named(tmp_path):
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    table = pd.read_csv(root / "label-disdim.csv")
+    table["discrete"] = table["discrete"] + " "  # a spreadsheet's trailing spaces
+    table.to_csv(root / "label-disdim.csv", index=False)
+    assert read_folders(root).class_counts()["neutral"] == 5
+    table.loc[4, "discrete"] = "  "
+    table.to_csv(root / "label-disdim.csv", index=False)
+    with pytest.raises(MerTuneError, match="sample 'sample_00000004' has an empty label"):
+        read_folders(root)
+
+
+def test_a_class_list_hint_quotes_names_that_yaml_would_misread(tmp_path):
+    from mer_tune.method.config import parse_set_options
+
+    root = write_dataset(tmp_path, n_lab=30, n_unl=4, dims=(4, 3, 5))
+    table = pd.read_csv(root / "label-disdim.csv")
+    table.loc[2, "discrete"] = "very sad: 2"
+    table.to_csv(root / "label-disdim.csv", index=False)
+    with pytest.raises(MerTuneError) as err:
+        read_folders(root)
+    hint = str(err.value).split("--set '")[1].split("' reads them all")[0]
+    assert "very sad: 2" in parse_set_options([hint])["data.classes"]
+
+
+def test_a_damaged_pack_is_rebuilt_with_a_note_and_a_file_in_its_place_is_one_line(
+    tmp_path, capsys
+):
+    root = write_dataset(tmp_path / "d", n_lab=30, n_unl=4, dims=(4, 3, 5))
+    expected = np.array(load(root).features["audio"])  # a copy: the pack is a memory map
+    packed = next(p for p in (root / ".mer-tune-pack").iterdir() if p.is_dir()) / "audio.npy"
+    packed.write_bytes(packed.read_bytes()[:-40])  # truncated, its meta.json intact
+    from mer_tune.data.checks import check_report
+
+    report, ok = check_report(root, DataOptions())
+    assert ok and "packed copy" in report and "is damaged (audio.npy: its header claims" in report
+    again = load(root)
+    assert "audio.npy: its header claims" in capsys.readouterr().err
+    assert np.array_equal(np.asarray(again.features["audio"]), expected)
+    other = write_dataset(tmp_path / "e", n_lab=30, n_unl=4, dims=(4, 3, 5))
+    (other / ".mer-tune-pack").write_text("not a folder")
+    with pytest.raises(MerTuneError, match=r"\.mer-tune-pack: is a file; mer-tune keeps"):
+        load(other)

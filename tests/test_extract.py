@@ -242,25 +242,27 @@ def test_uniform_indices_spread_over_the_clip():
 def test_each_modality_has_its_own_trust_flag_and_revision_on_every_load(
     tiny_models, clips, tmp_path, capsys, monkeypatch
 ):
-    from mer_tune.data import extract as extract_module
+    import transformers
+
+    from mer_tune.data import extractors
 
     calls = []
-    real = extract_module._load
+    real = extractors.load_model
 
     def spy(option, spec, loader, opts, **kwargs):
         model = real(option, spec, loader, opts, **kwargs)
         calls.append((option, loader.__name__, opts.trust_remote_code, dict(opts.revisions)))
         return model
 
-    monkeypatch.setattr(extract_module, "_load", spy)
+    monkeypatch.setattr(extractors, "load_model", spy)
     seen = []
-    real_fp = extract_module.transformers.AutoConfig.from_pretrained
+    real_fp = transformers.AutoConfig.from_pretrained
 
     def record(spec, **kwargs):
         seen.append(kwargs)
         return real_fp(spec, **kwargs)
 
-    monkeypatch.setattr(extract_module.transformers.AutoConfig, "from_pretrained", record)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", record)
     root, _ = clips
     args = ["extract", "--videos", str(root / "videos"), "--out", str(tmp_path / "o")]
     args += [*model_args(tiny_models), "--transcripts", str(root / "transcription-merge.csv")]

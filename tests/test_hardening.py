@@ -255,7 +255,7 @@ def test_cache_clear_on_a_copied_search_clears_the_copy_not_the_original(tmp_pat
 
 
 def test_a_search_folder_is_private_and_two_default_names_never_collide(tmp_path):
-    from mer_tune.hpo.tuner import _reserve
+    from mer_tune.hpo.starting import _reserve
 
     first = _reserve(tmp_path, "thresholds-20261127-120000", given=False)
     second = _reserve(tmp_path, "thresholds-20261127-120000", given=False)
@@ -278,3 +278,56 @@ def test_written_files_honour_the_umask(tmp_path):
     for entry in (tmp_path / "cache").glob("pretrain-*"):
         if entry.suffix in (".pt", ".sha256"):
             assert stat.S_IMODE(entry.stat().st_mode) == expected, entry
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cache", "clear", "b", "--yes"],
+        ["cache", "info", "b"],
+        ["report", "b"],
+        ["confirm", "b"],
+        ["pick", "b", "max weighted_f1"],
+        ["search", "--resume", "b"],
+    ],
+)
+def test_a_search_name_that_is_a_symlink_is_refused_by_every_command(tmp_path, capsys, args):
+    """A name in one storage folder linking to a search in another: no command follows
+    it (`cache clear` would empty the other search's cache)."""
+    from test_cli import run_cli
+
+    other = tmp_path / "other" / "a"
+    (other / "cache").mkdir(parents=True)
+    (other / "search.yaml").write_text(yaml.safe_dump({"trials": 1}))
+    (other / "results.csv").write_text("trial,status\n")
+    (other / "cache" / "kept").write_text("x")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "b").symlink_to(other)
+    code, _, err = run_cli([*args, "--storage", str(runs)], capsys)
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith(
+        f" b: {runs / 'b'} is a symbolic link; a search is a folder in {runs} itself"
+    ), line
+    assert (other / "cache" / "kept").exists()
+
+
+def test_rays_token_and_a_store_mer_tune_creates_are_private(tmp_path, monkeypatch):
+    from mer_tune.hpo.ray_setup import private_ray_files
+    from mer_tune.hpo.tracking import SearchRecorder
+
+    ray_dir = tmp_path / ".ray"
+    ray_dir.mkdir(mode=0o755)
+    (ray_dir / "auth_token").write_text("secret")
+    os.chmod(ray_dir, 0o755)
+    os.chmod(ray_dir / "auth_token", 0o644)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert private_ray_files(tmp_path) == [ray_dir, ray_dir / "auth_token"]
+    assert stat.S_IMODE(ray_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((ray_dir / "auth_token").stat().st_mode) == 0o600
+    assert private_ray_files(tmp_path) == []  # already private: nothing to do
+    monkeypatch.chdir(tmp_path)
+    SearchRecorder(f"sqlite:///{tmp_path / 'mlflow.db'}", "e")
+    assert stat.S_IMODE((tmp_path / "mlflow.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "mlruns").stat().st_mode) == 0o700

@@ -126,7 +126,7 @@ def test_sigkilled_search_resumes_without_losing_or_duplicating_trials(tmp_path,
 
 def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, monkeypatch):
     from mer_tune.errors import SearchInterrupted
-    from mer_tune.hpo import shared_stages, tuner
+    from mer_tune.hpo import shared_stages, starting, tuner
 
     def ctrl_c(task, *args, **kwargs):
         task.cancel()  # as wait does on Ctrl-C
@@ -142,7 +142,7 @@ def test_a_search_stopped_before_its_first_trial_resumes(search_env, tiny_dir, m
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:  # Ctrl-C while a resume puts the data
-        patch.setattr(tuner, "_start_before_trials", ctrl_c_at_start)
+        patch.setattr(starting, "start_trials_data", ctrl_c_at_start)
         with pytest.raises(SearchInterrupted, match="--resume early"):
             tuner.resume("early", storage=search_env / "runs")
     state = yaml.safe_load((search_env / "runs" / "early" / "search.yaml").read_text())
@@ -170,7 +170,7 @@ def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
 ):
     """The shared stages' task starts before the MLflow store opens: when opening it
     fails, the task is stopped and the search folder is gone, with the store's error."""
-    from mer_tune.hpo import shared_stages, tuner
+    from mer_tune.hpo import shared_stages, starting
 
     stopped = []
     cancel = shared_stages.SharedStagesTask.cancel
@@ -183,7 +183,7 @@ def test_a_search_that_fails_before_it_is_recorded_leaves_nothing_behind(
         def __init__(self, *args, **kwargs):
             raise MerTuneError("the tracking store broke")
 
-    monkeypatch.setattr(tuner, "SearchRecorder", BrokenStore)
+    monkeypatch.setattr(starting, "SearchRecorder", BrokenStore)
     monkeypatch.setattr(shared_stages.SharedStagesTask, "cancel", record_cancel)
     monkeypatch.setattr(shared_stages, "CANCEL_WAIT_S", 60.0)  # a loaded machine is slow to
     with pytest.raises(MerTuneError, match="the tracking store broke"):
@@ -341,14 +341,21 @@ def test_max_failures_retries_a_failing_trial_in_the_same_run(search_env, tiny_d
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_the_search_killed_tells_how_to_resume_and_exits_130(tmp_path, tiny_dir):
+@pytest.mark.parametrize("stop, code", [("ctrl-c", 130), ("sigterm", 143)])
+def test_ctrl_c_or_sigterm_marks_the_search_killed_tells_how_to_resume(
+    tmp_path, tiny_dir, stop, code
+):
     proc, results, uri = _slow_search(
         tmp_path, tiny_dir, "c", 6, finished=1, stderr=subprocess.PIPE
     )
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    if stop == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    else:
+        os.kill(proc.pid, signal.SIGTERM)  # `kill`, a scheduler, a container stop
     _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
     assert "mer-tune search --resume c" in stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and "SIGABRT" not in stderr, stderr[-2000:]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("mer-tune")
     runs = client.search_runs([exp.experiment_id])
@@ -472,3 +479,33 @@ def test_a_search_killed_during_tunes_first_save(search_env, tiny_dir):
         [res.experiment_id], f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
     )
     assert sorted(r.data.tags["ray.trial_id"] for r in runs) == sorted(res.results["trial_id"])
+
+
+def test_a_full_disk_stops_the_search_in_one_line_and_it_resumes(search_env, tiny_dir, monkeypatch):
+    """No traceback and no RUNNING parent run when the disk fills: one line naming the
+    path and the free space, and the resume command; freed, the search resumes."""
+    import errno
+
+    from mer_tune.hpo import context, tuner
+
+    real = context.write_text
+    writes = []
+
+    def fills_up(path, text):
+        writes.append(path)
+        if len(writes) >= 2:  # the first trial's row is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(context, "write_text", fills_up)
+    with pytest.raises(MerTuneError) as err:
+        tiny_search(search_env, tiny_dir, trials=3, concurrency=1, name="full")
+    message = str(err.value)
+    assert "results.csv: the disk is full (" in message and "MiB free)" in message
+    assert message.endswith(f"mer-tune search --resume full --storage {search_env / 'runs'}")
+    state = yaml.safe_load((search_env / "runs" / "full" / "search.yaml").read_text())
+    store = MlflowClient(f"sqlite:///{search_env / 'mlflow.db'}")
+    assert store.get_run(state["parent_run_id"]).info.status == "KILLED"
+    monkeypatch.setattr(context, "write_text", real)  # space freed
+    res = tuner.resume("full", storage=search_env / "runs")
+    assert (res.results["status"] == "FINISHED").sum() == 3

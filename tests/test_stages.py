@@ -6,7 +6,7 @@ import pytest
 
 from mer_tune.data.pack import load
 from mer_tune.hpo.cache import key_digest
-from mer_tune.method import pipeline, stages
+from mer_tune.method import fold, pipeline, stages
 from mer_tune.method.config import HEADS, Config, SelfTrainingConfig, with_overrides
 from mer_tune.method.stages import step_of
 
@@ -217,7 +217,7 @@ def test_each_round_relabels_the_pool_with_the_retrained_model(tiny_dir, fast_cf
         seen.append(conf.log_doubt.copy())
         return real(conf, thresholds)
 
-    monkeypatch.setattr(pipeline, "select_pseudo_labels", spy)
+    monkeypatch.setattr(fold, "select_pseudo_labels", spy)
     cfg = with_overrides(fast_cfg, {"self_training.rounds": 2, "eval.folds": 2})
     res = pipeline.run(load(tiny_dir), cfg)
     assert len(seen) == 4  # two rounds in each of two folds
@@ -312,17 +312,15 @@ def test_each_round_retrains_from_the_pretrained_weights_unless_told_to_warm_sta
     starts = []
     real = stages.retrain_stage
 
-    def spy(data, feats, start, *args, **kwargs):
+    def spy(run, start, *args, **kwargs):
         starts.append(start)
-        return real(data, feats, start, *args, **kwargs)
+        return real(run, start, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "retrain_stage", spy)
+    monkeypatch.setattr(fold, "retrain_stage", spy)
     pre, fine = [], []
     real_pre, real_fine = stages.pretrain_stage, stages.finetune_stage
-    monkeypatch.setattr(pipeline, "pretrain_stage", lambda *a: pre.append(real_pre(*a)) or pre[-1])
-    monkeypatch.setattr(
-        pipeline, "finetune_stage", lambda *a: fine.append(real_fine(*a)) or fine[-1]
-    )
+    monkeypatch.setattr(fold, "pretrain_stage", lambda *a: pre.append(real_pre(*a)) or pre[-1])
+    monkeypatch.setattr(fold, "finetune_stage", lambda *a: fine.append(real_fine(*a)) or fine[-1])
     cfg = with_overrides(
         fast_cfg, {"eval.folds": 2, "self_training.rounds": 2, "self_training.epochs": None}
     )

@@ -27,8 +27,8 @@ def test_supervised_keeps_the_epoch_the_selection_samples_score_best(tiny_dir, m
 
     monkeypatch.setattr(train, "equal_vote_f1", score)
     state, info = train.supervised(
-        model, feats, fit, data.labels[fit], sel, data.labels[sel], 4,
-        train.Steps.of(cfg), seed=0, stage="finetune",
+        model, feats, fit, data.labels[fit], sel, data.labels[sel],
+        train.Schedule(4, train.Steps.of(cfg), seed=0, stage="finetune"),
     )  # fmt: skip
     assert info["best_epoch"] == 1 and info["history"] == [0.2, 0.9, 0.5, 0.1]
     for key, value in state.items():
@@ -56,7 +56,7 @@ def test_finetuning_contrastive_terms_leave_out_the_noise_terms_when_asked(tiny_
         model = train.make_model(data, cfg.model, 0, feats.device)
         train.supervised(
             model, feats, lab[:60], data.labels[lab[:60]], lab[60:80], data.labels[lab[60:80]],
-            1, train.Steps.of(cfg), seed=0, stage="finetune",
+            train.Schedule(1, train.Steps.of(cfg), seed=0, stage="finetune"),
         )  # fmt: skip
         assert bool(calls) == finetune_noise
 

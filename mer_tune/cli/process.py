@@ -56,6 +56,27 @@ def stop_ray() -> None:
             ray.shutdown()
 
 
+# SIGTERM (what `kill`, a cluster scheduler or a container stop sends) stops a command
+# as Ctrl-C does, with its own exit status (128 + 15).
+TERMINATED = 143
+_terminated = False
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
+def handle_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, so a search records the truth
+    (unfinished trials and the parent run KILLED) and prints how to resume.
+    ray_setup.init_ray puts this handler back after Ray's own."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
 def run_program(group: click.Group, argv: list[str] | None) -> None:
     """Run the command line `argv` (None: the program's own arguments, as the program
     itself): user errors become one line on stderr and a non-zero exit code."""
@@ -63,6 +84,7 @@ def run_program(group: click.Group, argv: list[str] | None) -> None:
     debug = "--debug" in args
     if argv is None:  # the program itself, not a caller in the same process
         fast_exit()
+        handle_sigterm()
     from mer_tune.method.malloc import tune_malloc
 
     tune_malloc()
@@ -80,8 +102,8 @@ def _with_exit_codes(command: Callable[[], object], debug: bool) -> None:
     try:
         command()
     except SearchInterrupted as exc:
-        click.echo(f"interrupted: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        click.echo(f"{'terminated' if _terminated else 'interrupted'}: {exc}", err=True)
+        sys.exit(TERMINATED if _terminated else exc.exit_code)
     except click.exceptions.Abort:
         console.print("aborted")
         sys.exit(130)
@@ -98,5 +120,5 @@ def _with_exit_codes(command: Callable[[], object], debug: bool) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        click.echo("terminated" if _terminated else "interrupted", err=True)
+        sys.exit(TERMINATED if _terminated else 130)

@@ -169,41 +169,7 @@ from mer_tune.printing import SearchProgress, console, print_confirm, print_summ
     "per card) instead of each uploading its own.",
 )
 @options.data_options
-def search(
-    space,
-    trials,
-    data_spec,
-    config_file,
-    sets,
-    folds,
-    concurrency,
-    cpus_per_trial,
-    gpus_per_trial,
-    scheduler,
-    seed,
-    address,
-    storage,
-    tracking_uri,
-    experiment,
-    name,
-    no_cache,
-    cache_dir,
-    resume_name,
-    trial_timeout,
-    strategy,
-    max_failures,
-    holdout,
-    holdout_seed,
-    repeats,
-    confirm_top,
-    confirm_seeds,
-    objectives,
-    pick,
-    from_searches,
-    batch,
-    share_features,
-    data_args,
-) -> None:
+def search(**opts) -> None:
     """Search hyperparameters: Ray Tune runs the trials, Optuna suggests them, MLflow
     records each one as a nested run under the search's parent run.
 
@@ -212,69 +178,62 @@ def search(
     paper's values) are scored on the holdout, and a verdict says whether the winner
     beats the baseline. Writes STORAGE/NAME/results.csv, confirm.csv, verdict.json and
     best_config.yaml (loadable by `mer-tune run --config`)."""
-    from mer_tune.hpo.staged import staged_search
-    from mer_tune.hpo.tuner import resume
-    from mer_tune.hpo.tuner import search as flat_search
+    from mer_tune.hpo.session import SearchSession
+    from mer_tune.hpo.staged import run_staged
 
-    if resume_name is not None:
+    progress = SearchProgress(opts["trials"])
+    if opts["resume_name"] is not None:
         _only_with_resume({"resume_name", "storage", "address"})
-        _conclude(resume(resume_name, storage, address, on_event=SearchProgress(trials)))
+        session = SearchSession.resume(
+            opts["resume_name"], opts["storage"], opts["address"], progress
+        )
+        progress.resumed(session.ctx.record.trials, list(session.ctx.rows.values()))
+        _conclude(session.run())
         return
+    settings = _settings(opts)
+    with no_empty_folder_left(Path(settings.storage).absolute()):
+        if opts["strategy"] == "staged":
+            res = run_staged(settings, progress)
+        else:
+            res = SearchSession.start(settings, progress).run()
+    _conclude(res)
 
-    run_search = staged_search if strategy == "staged" else flat_search
-    extra = {}
-    for option, value, key in (
-        ("--from-search", from_searches, "from_searches"),
-        ("--objective", objectives, "objectives"),
-        ("--pick", pick, "pick"),
-    ):
-        if value:
-            if strategy == "staged":
+
+# `search` options whose SearchSettings field has another name (or is not a field).
+RENAMED = {"data_spec": "data", "config_file": None, "sets": None, "no_cache": None}
+NOT_SETTINGS = {"resume_name", "strategy", "data_args"}
+
+
+def _settings(opts: dict):
+    """SearchSettings from the options, after the refusals of options that would do
+    nothing in this combination."""
+    from mer_tune.hpo.settings import SearchSettings
+
+    if opts["strategy"] == "staged":
+        for option, key in (
+            ("--from-search", "from_searches"),
+            ("--objective", "objectives"),
+            ("--pick", "pick"),
+        ):
+            if opts[key]:
                 raise click.BadParameter("not with --strategy staged", param_hint=option)
-            extra[key] = value
-
-    if trials < 1:
-        raise click.BadParameter(f"{trials}: must be at least 1", param_hint="--trials")
-    if holdout == 0:  # these would do nothing: refused rather than ignored
+    if opts["holdout"] == 0:  # these would do nothing: refused rather than ignored
         for param in ("holdout_seed", "confirm_top", "confirm_seeds"):
             if _given(param):
                 option = "--" + param.replace("_", "-")
                 raise click.UsageError(f"{option} with --holdout 0: there is no holdout to use")
-    cfg = config_from(config_file, sets)
-    opts = data_options_from(cfg, data_args)
-    with no_empty_folder_left(Path(storage).absolute()):
-        res = run_search(
-            space,
-            trials,
-            data_spec,
-            config=cfg,
-            folds=folds,
-            concurrency=concurrency,
-            cpus_per_trial=cpus_per_trial,
-            gpus_per_trial=gpus_per_trial,
-            scheduler=scheduler,
-            seed=seed,
-            address=address,
-            storage=storage,
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            name=name,
-            cache=not no_cache,
-            cache_dir=cache_dir,
-            max_failures=max_failures,
-            trial_timeout=trial_timeout,
-            share_features=share_features,
-            data_options=opts,
-            repeats=repeats,
-            holdout=holdout,
-            holdout_seed=holdout_seed,
-            confirm_top=confirm_top,
-            confirm_seeds=confirm_seeds,
-            batch=batch,
-            on_event=SearchProgress(trials),
-            **extra,
-        )
-    _conclude(res)
+    cfg = config_from(opts["config_file"], opts["sets"])
+    fields = {
+        RENAMED.get(k, k): v
+        for k, v in opts.items()
+        if k not in NOT_SETTINGS and RENAMED.get(k, k) is not None
+    }
+    return SearchSettings(
+        **fields,
+        config=cfg,
+        cache=not opts["no_cache"],
+        data_options=data_options_from(cfg, opts["data_args"]),
+    )
 
 
 def _conclude(res) -> None:

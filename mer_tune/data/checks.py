@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mer_tune.data.layout import LABELLED, MODALITIES, TEST, UNLABELLED, DataOptions, read_folders
-from mer_tune.data.pack import FP16_MAX_ERROR, fp16_error
+from mer_tune.data.pack import FP16_MAX_ERROR, default_pack_dir, fp16_error, pack_damage
 from mer_tune.errors import MerTuneError
 
 
@@ -36,5 +36,10 @@ def check_report(folder: str | Path, opts: DataOptions) -> tuple[str, bool]:
             )
     if not (data.split == UNLABELLED).any():
         problems.append("note: the unlabelled pool is empty: self-training will be skipped")
+    pack_dir = default_pack_dir(Path(folder), opts)
+    damage = pack_damage(pack_dir) if (pack_dir / "meta.json").exists() else None
+    if damage:
+        problems.append(f"note: the packed copy {pack_dir} is damaged ({damage}): the next "
+                        "run packs it again (or `mer-tune data pack --force`)")  # fmt: skip
     lines.extend(problems or ["no problems found"])
     return "\n".join(lines), True

@@ -17,14 +17,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mer_tune.data.feature_files import list_samples, stack
 from mer_tune.errors import MerTuneError
+from mer_tune.user_files import check_file
 
 MER2024_CLASSES = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 MODALITIES = ["audio", "visual", "text"]
@@ -50,6 +52,8 @@ LABELLED, UNLABELLED, TEST = "labelled", "unlabelled", "test"
 # A search's outer holdout: labelled samples whose labels no trial ever sees.
 HOLDOUT = "holdout"
 TRUTH_FILE = "synthetic-truth.csv"  # hidden labels of a synthetic pool: reporting only
+# A label or test-name list: MER2025's 20,000 candidates take under a megabyte.
+MAX_LIST_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -120,61 +124,6 @@ def _feature_dir(root: Path, folder: str, modality: str) -> Path:
     return path
 
 
-def _list_samples(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.endswith(".npy") and entry.is_file():
-                out[entry.name[:-4]] = Path(entry.path)
-            elif entry.is_dir():
-                out[entry.name] = Path(entry.path)
-    return out
-
-
-NPY_MAGIC = b"\x93NUMPY"
-LFS_POINTER = b"version https://git-lfs"
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    """One .npy array, never unpickled. A file without numpy's header is named for what
-    it is: numpy would call any such file pickled data."""
-    with open(path, "rb") as f:
-        head = f.read(len(LFS_POINTER))
-        if head and not head.startswith(NPY_MAGIC):
-            if head.startswith(LFS_POINTER):
-                raise MerTuneError(
-                    f"{path}: a Git LFS pointer, not the array (fetch the files: git lfs pull)"
-                )
-            raise MerTuneError(f"{path}: not a .npy file (it lacks numpy's header)")
-        f.seek(0)
-        return np.load(f, allow_pickle=False)
-
-
-def _read_feature(path: Path) -> np.ndarray:
-    try:
-        if path.is_dir():
-            frames = [_load_npy(p) for p in sorted(path.glob("*.npy"))]
-            if not frames:
-                raise MerTuneError(f"{path}: frame folder holds no .npy files")
-            arr = np.stack([np.asarray(f).reshape(-1) for f in frames])
-        else:
-            arr = _load_npy(path)
-    except EOFError:
-        raise MerTuneError(f"{path}: empty or truncated .npy file") from None
-    except (ValueError, OSError) as err:
-        raise MerTuneError(f"{path}: cannot read features ({err})") from None
-    if arr.dtype.kind not in "biuf":  # strings or objects do not convert to float32
-        raise MerTuneError(f"{path}: features must be numbers, got dtype {arr.dtype}")
-    if arr.size == 0:
-        raise MerTuneError(f"{path}: holds no feature values (shape {arr.shape})")
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 2:  # frame level (T, dim): mean over time
-        arr = arr.mean(axis=0)
-    if arr.ndim != 1:
-        raise MerTuneError(f"{path}: expected shape (dim,) or (T, dim), got {arr.shape}")
-    return arr
-
-
 def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
     if opts.labels:
         path = Path(opts.labels)
@@ -186,10 +135,11 @@ def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
         path = root / "label-6way.npz"
     else:
         raise MerTuneError(f"{root}: no label file (label-disdim.csv or label-6way.npz)")
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise MerTuneError(f"{path}: label file not found")
     if path.is_dir():
         raise MerTuneError(f"{path}: is a folder; --labels names a label file (CSV or .npz)")
+    check_file(path, "label", MAX_LIST_BYTES, MerTuneError)
     if path.suffix == ".npz":
         return _read_npz_labels(path, opts.trust_pickle)
     table = _read_name_discrete(path, "label CSV")
@@ -199,7 +149,15 @@ def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
             f"{path}: sample '{twice.iloc[0]}' is listed more than once "
             f"({len(twice)} repeated rows); each name needs one label"
         )
-    return dict(zip(table["name"], table["discrete"], strict=True))
+    # Compared trimmed: 'neutral ' is neutral (a spreadsheet's stray space, not a class).
+    labels = table["discrete"].str.strip()
+    empty = table["name"][labels == ""]
+    if len(empty):
+        raise MerTuneError(
+            f"{path}: sample '{empty.iloc[0]}' has an empty label ({len(empty)} such rows); "
+            "give each labelled sample its class, or leave it out of the file"
+        )
+    return dict(zip(table["name"], labels, strict=True))
 
 
 def _read_npz_labels(path: Path, trust_pickle: bool) -> dict[str, str]:
@@ -217,11 +175,11 @@ def _read_npz_labels(path: Path, trust_pickle: bool) -> dict[str, str]:
 
 def _read_names(path: str | Path) -> list[str]:
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise MerTuneError(f"{path}: test-name file not found")
     if path.is_dir():
         raise MerTuneError(f"{path}: is a folder; --test-names names a CSV or text file")
-    if path.stat().st_size == 0:
+    if check_file(path, "test-name", MAX_LIST_BYTES, MerTuneError) == 0:
         raise MerTuneError(f"{path}: the test-name file is empty")
     if path.suffix == ".csv":
         try:
@@ -243,7 +201,7 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
     root = Path(root)
     if not root.is_dir():
         raise MerTuneError(f"{root}: data folder not found")
-    per_mod = {m: _list_samples(_feature_dir(root, opts.folders[m], m)) for m in MODALITIES}
+    per_mod = {m: list_samples(_feature_dir(root, opts.folders[m], m)) for m in MODALITIES}
     names = _common_names(per_mod, root, opts)
     labels_by_name = _read_labels(root, opts)
     test_file = opts.test_names or (
@@ -260,6 +218,13 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
             f"(e.g. '{min(test_set)}')"
         )
 
+    both = sorted(test_set & set(labels_by_name) & set(names))
+    if both:
+        shown = ", ".join(f"'{n}'" for n in both[:3])
+        raise MerTuneError(
+            f"{test_file}: {len(both)} of its test names are labelled samples ({shown}); "
+            "a test name is scored, never trained on: remove them from one of the two files"
+        )
     classes = list(opts.classes)
     index = {c: i for i, c in enumerate(classes)}
     missing = sorted(set(labels_by_name) - set(names))
@@ -279,12 +244,12 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
                 raise MerTuneError(
                     f"label '{emo}' of sample '{name}' is not in the class list "
                     f"({', '.join(classes)}); the label file has {len(found)} classes: "
-                    f"--set 'data.classes=[{', '.join(found)}]' reads them all"
+                    f"--set 'data.classes=[{', '.join(map(_yaml_word, found))}]' reads them all"
                 )
             split[i], labels[i] = LABELLED, index[emo]
 
     features = {
-        m: _stack(per_mod[m], names, root / "features" / opts.folders[m], m) for m in MODALITIES
+        m: stack(per_mod[m], names, root / "features" / opts.folders[m], m) for m in MODALITIES
     }
     hidden = _read_truth(root, names, index)
     return assemble(names, split, labels, features, classes, hidden, str(root))
@@ -346,20 +311,9 @@ def _common_names(per_mod: dict[str, dict[str, Path]], root: Path, opts: DataOpt
     return sorted(all_names)
 
 
-def _stack(files: dict[str, Path], names: list[str], folder: Path, modality: str) -> np.ndarray:
-    first = _read_feature(files[names[0]])
-    out = np.empty((len(names), first.shape[0]), dtype=np.float32)
-    for i, name in enumerate(names):
-        arr = first if i == 0 else _read_feature(files[name])
-        if arr.shape != first.shape:
-            raise MerTuneError(
-                f"{files[name]}: {modality} dim {arr.shape[0]} differs from {first.shape[0]} "
-                f"of {names[0]} in {folder}"
-            )
-        if not np.isfinite(arr).all():
-            raise MerTuneError(f"{files[name]}: NaN or inf values in {modality} features")
-        out[i] = arr
-    return out
+def _yaml_word(text: str) -> str:
+    """A class name as a YAML list item that reads back as the same text when pasted."""
+    return text if re.fullmatch(r"[A-Za-z_][\w.-]*", text) else json.dumps(text)
 
 
 def _read_name_discrete(path: Path, what: str) -> pd.DataFrame:

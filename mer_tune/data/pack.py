@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from mer_tune.data.feature_files import npy_shape
 from mer_tune.data.layout import (
     MODALITIES,
     TRUTH_FILE,
@@ -192,6 +194,11 @@ def load(
     for m in MODALITIES:
         _feature_dir(root, opts.folders[m], m)
     pack_dir = pack_dir or default_pack_dir(root, opts)
+    if pack_dir.parent.exists() and not pack_dir.parent.is_dir():
+        raise MerTuneError(
+            f"{pack_dir.parent}: is a file; mer-tune keeps its packed copy of the data in a "
+            "folder of that name: move the file away"
+        )
     signature = _source_signature(root, opts)
     if not force and _current(pack_dir, signature):
         return load_pack(pack_dir)
@@ -213,6 +220,29 @@ def load(
 def _current(pack_dir: Path, signature: dict) -> bool:
     try:
         meta = json.loads((pack_dir / "meta.json").read_text())
-        return meta["signature"] == json.loads(json.dumps(signature))
+        if meta["signature"] != json.loads(json.dumps(signature)):
+            return False
     except (ValueError, KeyError, OSError):
         return False  # missing or damaged: (re)built by the caller
+    damage = pack_damage(pack_dir)
+    if damage:
+        print(f"note: {pack_dir}: {damage}; packing it again", file=sys.stderr)
+    return damage is None
+
+
+def pack_damage(pack_dir: Path) -> str | None:
+    """What is wrong with a pack whose meta.json is intact (a truncated array, a missing
+    file, rows that disagree with the sample table), or None when it is whole."""
+    try:
+        with open(pack_dir / "samples.csv", "rb") as f:
+            rows = sum(1 for _ in f) - 1
+        for m in MODALITIES:
+            for name in (f"{m}.npy", f"{m}.mean.npy", f"{m}.std.npy"):
+                shape = npy_shape(pack_dir / name)
+                if name == f"{m}.npy" and shape is not None and shape[0] != rows:
+                    return f"{name} holds {shape[0]} rows, samples.csv {rows}"
+    except MerTuneError as err:
+        return str(err).removeprefix(f"{pack_dir}/")
+    except OSError as err:
+        return f"{Path(err.filename or '').name or 'a file'} cannot be read ({err.strerror})"
+    return None

@@ -65,69 +65,75 @@ def write_transcripts(path: Path, names: list[str], seed: int = 0) -> None:
 
 def write_models(root: Path, size: str = "tiny", modalities=("visual", "audio", "text")) -> dict:
     """Save random-weight extractor models under `root`; returns modality -> folder."""
-    from transformers import (
-        BertTokenizer,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        HubertConfig,
-        HubertModel,
-        Wav2Vec2FeatureExtractor,
-    )
-
     torch.manual_seed(0)
     root.mkdir(parents=True, exist_ok=True)
     real = size == "real"
-    small = dict(intermediate_size=32, num_attention_heads=2)
     folders = {}
     if "visual" in modalities:
-        folders["visual"] = root / f"{size}-clip"
-        if real:  # ViT-L/14 at 224 px, 768-d projection
-            vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24)
-            vision |= dict(num_attention_heads=16, image_size=224, patch_size=14)
-            config = CLIPConfig(vision_config=vision, projection_dim=768)
-            crop = 224
-        else:
-            vision = dict(hidden_size=16, num_hidden_layers=2, image_size=32, patch_size=8, **small)
-            text = dict(hidden_size=16, num_hidden_layers=1, vocab_size=100, **small)
-            config = CLIPConfig(
-                text_config=text, vision_config=vision, projection_dim=TINY_DIMS["visual"]
-            )
-            crop = 32
-        CLIPModel(config).save_pretrained(folders["visual"])
-        CLIPImageProcessor(
-            size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}
-        ).save_pretrained(folders["visual"])
+        folders["visual"] = _clip(root / f"{size}-clip", real)
     if "audio" in modalities:
-        folders["audio"] = root / f"{size}-hubert"
-        if real:  # hubert-large: 1024-d, 24 layers, layer-norm conv front end
-            config = HubertConfig(
-                hidden_size=1024,
-                num_hidden_layers=24,
-                num_attention_heads=16,
-                intermediate_size=4096,
-                feat_extract_norm="layer",
-                do_stable_layer_norm=True,
-            )
-        else:
-            config = HubertConfig(
-                hidden_size=TINY_DIMS["audio"],
-                num_hidden_layers=4,
-                conv_dim=(8,) * 7,
-                num_conv_pos_embeddings=16,
-                num_conv_pos_embedding_groups=4,
-                **small,
-            )
-        HubertModel(config).save_pretrained(folders["audio"])
-        Wav2Vec2FeatureExtractor(sampling_rate=16_000).save_pretrained(folders["audio"])
+        folders["audio"] = _hubert(root / f"{size}-hubert", real)
     if "text" in modalities:
         folder = folders["text"] = root / f"{size}-text"
         folder.mkdir(parents=True, exist_ok=True)
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        from transformers import BertTokenizer
+
         BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
         _text_model(real, len(vocab)).save_pretrained(folder)
     return folders
+
+
+SMALL = dict(intermediate_size=32, num_attention_heads=2)
+
+
+def _clip(folder: Path, real: bool) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    if real:  # ViT-L/14 at 224 px, 768-d projection
+        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24)
+        vision |= dict(num_attention_heads=16, image_size=224, patch_size=14)
+        config = CLIPConfig(vision_config=vision, projection_dim=768)
+        crop = 224
+    else:
+        vision = dict(hidden_size=16, num_hidden_layers=2, image_size=32, patch_size=8, **SMALL)
+        text = dict(hidden_size=16, num_hidden_layers=1, vocab_size=100, **SMALL)
+        config = CLIPConfig(
+            text_config=text, vision_config=vision, projection_dim=TINY_DIMS["visual"]
+        )
+        crop = 32
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}
+    ).save_pretrained(folder)
+    return folder
+
+
+def _hubert(folder: Path, real: bool) -> Path:
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    if real:  # hubert-large: 1024-d, 24 layers, layer-norm conv front end
+        config = HubertConfig(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+        )
+    else:
+        config = HubertConfig(
+            hidden_size=TINY_DIMS["audio"],
+            num_hidden_layers=4,
+            conv_dim=(8,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            **SMALL,
+        )
+    HubertModel(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000).save_pretrained(folder)
+    return folder
 
 
 def _text_model(real: bool, vocab: int):

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.hpo.callback import finished_fields
-from mer_tune.hpo.objectives import METRIC, directions
+from mer_tune.hpo.context import finished_fields
+from mer_tune.hpo.objectives import directions
 from mer_tune.hpo.spaces import Space, unused
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.method.stages import VOTE_STEP, step_of
@@ -189,76 +188,6 @@ class FoldModels:
         device = "cuda" if setup["use_gpu"] and torch.cuda.is_available() else "cpu"
         folds, _ = pipeline.train_folds(self.data, cfg, cache, report, device, predict_idx)
         return folds
-
-
-def run_batches(
-    data_ref: Any,
-    base: dict,
-    state: dict,
-    path: Path,
-    sp: Space,
-    first_point: dict | None,
-    told: list[tuple[dict, list[float]]],
-    recorder: SearchRecorder,
-    rows: dict,
-    on_event: Callable[..., None],
-    save: Callable[[], None],
-) -> str:
-    """The whole batched search: trials len(rows) .. state['trials'] - 1, the baseline
-    alone first (it trains), then `state['batch']` at a time. Each batch's rows and child
-    runs are written as it arrives, while the actor scores the next. Returns a note when
-    the fold models could not be trained (the remaining trials are not run)."""
-    import ray
-
-    from mer_tune.hpo.folder import SearchFolder
-
-    folder = SearchFolder(path)
-    setup = {
-        "threads": state["cpus_per_trial"],
-        "use_gpu": state["gpus_per_trial"] > 0,
-        "cache_dir": state["cache_dir"],
-        "cache_key": folder.cache_key(),
-        "timeout": state.get("trial_timeout"),
-        "outputs": str(folder.outputs),
-    }
-    total, size = state["trials"], state["batch"]
-    number = len(rows)
-    note = ""
-    if number >= total:  # a search killed after its last batch was saved: nothing to run
-        return note
-    study = {
-        "space": sp,
-        "goals": state.get("objectives") or [METRIC],
-        "seed": int(state["seed"]),
-        "told": told,
-        "first_point": first_point,
-        "done": number,
-    }
-    actor_class = ray.remote(FoldModels).options(
-        num_cpus=state["cpus_per_trial"], num_gpus=state["gpus_per_trial"]
-    )
-    # The reference, not the data: Ray hands the actor the object store's one copy.
-    actor = actor_class.remote(data_ref, base, setup, study)
-    try:
-        # The baseline trains the fold models alone, so its batch is one trial.
-        pending = actor.run.remote(number, 1 if number == 0 else min(size, total - number))
-        while pending is not None:
-            batch, trained = ray.get(pending)
-            number = max(r["trial"] for r in batch) + 1
-            pending = None
-            if number < total and trained:
-                pending = actor.run.remote(number, min(size, total - number))
-            elif not trained and number < total:
-                note = (
-                    f"trial {batch[-1]['trial']} could not train the fold models every batched "
-                    f"trial votes on; the other {total - number} trials were not run"
-                )
-            record_batch(recorder, sp, rows, batch)
-            save()
-            on_event("batch", row={"rows": [rows[r["trial_id"]] for r in batch]})
-    finally:
-        ray.kill(actor)
-    return note
 
 
 def told_from(rows: dict, sp: Space, goals: list[str]) -> list[tuple[dict, list[float]]]:

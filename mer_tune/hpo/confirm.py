@@ -11,6 +11,7 @@ candidate is also retrained on all non-holdout labelled data once per seed, thro
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,23 @@ def save_trial_outputs(
     atomic_write(folder / f"{trial_id}.npz", write)
 
 
+OUTPUT_KEYS = ("idx", "probs", "split_fold", "split_role", "split_index")
+
+
 def load_trial_outputs(folder: Path, trial_id: str) -> dict[str, np.ndarray]:
+    """A trial's saved predictions, checked against what save_trial_outputs writes."""
     path = folder / f"{trial_id}.npz"
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
+            out = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise MerTuneError(f"{path}: cannot read the trial's predictions ({err})") from None
+    missing = [k for k in OUTPUT_KEYS if k not in out]
+    if missing:
+        raise MerTuneError(f"{path}: not a trial's predictions (no {missing[0]!r})")
+    if out["probs"].ndim != 2 or len(out["probs"]) != len(out["idx"]):
+        raise MerTuneError(f"{path}: its predictions and sample indices disagree in length")
+    return out
 
 
 # ---------------------------------------------------------------- the step
@@ -145,23 +156,10 @@ def confirm(
     y = holdout.labels
     rows, outer, gains = [], {}, {}
     for i, c in enumerate(everyone):
-        f1, low, high = score_interval(y, [fold_preds[i][0]], seed)
-        row = {
-            "trial": c.trial,
-            "search": c.folder.name,
-            "role": "baseline" if is_base[i] else "candidate",
-            "inner_f1": c.inner,
-            "holdout_f1": f1,
-            "holdout_low": low,
-            "holdout_high": high,
-            "optimism_gap": c.inner - f1,
-        }
-        if seeds > 0:
-            scores = [_f1(y, p) for p in preds[i]]
-            row |= {"retrained_f1": float(np.mean(scores)), "retrained_sd": float(np.std(scores))}
-            row["retrained_low"], row["retrained_high"] = score_interval(y, preds[i], seed)[1:]
+        retrained = preds[i] if seeds > 0 else None
+        row = _scores(c, is_base[i], y, fold_preds[i][0], retrained, seed)
         if not is_base[i]:
-            outer[c.trial] = row.get("retrained_f1", f1)
+            outer[c.trial] = row.get("retrained_f1", row["holdout_f1"])
             if baseline is not None:
                 gains[c.trial] = paired_difference(y, preds[i], preds[-1], seed)
                 keys = ("gain_vs_baseline", "gain_low", "gain_high")
@@ -171,7 +169,41 @@ def confirm(
             row["truth_f1"] = _f1(labels, fold_preds[i][1][known])
         rows.append(row)
     verdict = decide(gains, outer, baseline.trial if baseline else None, baseline_name)
-    table = pd.DataFrame(rows)
+    return _decision(pd.DataFrame(rows), verdict, candidates, baseline)
+
+
+def _scores(
+    c: Candidate,
+    is_base: bool,
+    y: np.ndarray,
+    fold_pred: np.ndarray,
+    retrained: list[np.ndarray] | None,
+    seed: int,
+) -> dict:
+    """A confirm.csv row: the fold models' holdout score and interval, and with retrained
+    seeds their mean, spread and interval."""
+    f1, low, high = score_interval(y, [fold_pred], seed)
+    row = {
+        "trial": c.trial,
+        "search": c.folder.name,
+        "role": "baseline" if is_base else "candidate",
+        "inner_f1": c.inner,
+        "holdout_f1": f1,
+        "holdout_low": low,
+        "holdout_high": high,
+        "optimism_gap": c.inner - f1,
+    }
+    if retrained is not None:
+        scores = [_f1(y, p) for p in retrained]
+        row |= {"retrained_f1": float(np.mean(scores)), "retrained_sd": float(np.std(scores))}
+        row["retrained_low"], row["retrained_high"] = score_interval(y, retrained, seed)[1:]
+    return row
+
+
+def _decision(
+    table: pd.DataFrame, verdict, candidates: list[Candidate], baseline: Candidate | None
+) -> Confirmation:
+    """The table's winner and adopted columns, and the config best_config.yaml takes."""
     keeps_baseline = verdict.outcome in ("no gain", "loss")
     is_candidate = table["role"] == "candidate"
     table["winner"] = is_candidate & (table["trial"] == verdict.winner)

@@ -16,22 +16,30 @@ import pandas as pd
 from mer_tune.errors import MerTuneError
 from mer_tune.hpo import confirm, objectives
 from mer_tune.hpo.folder import SearchFolder
+from mer_tune.hpo.holdout import search_data
+from mer_tune.hpo.ray_setup import init_ray
+from mer_tune.hpo.record import SearchRecord
+from mer_tune.hpo.result import SearchResult
+from mer_tune.hpo.spaces import Space
 from mer_tune.hpo.tracking import SearchRecorder
 from mer_tune.method.config import Config, build_config, with_overrides
 from mer_tune.outputs import write_text
 
 HOLDOUT_COLUMNS = ["holdout_f1", "holdout_low", "holdout_high", "optimism_gap", "confirmed"]
+TRADE_OFF = "a multi-objective search adopts nothing from it: --pick chooses best_config.yaml"
 
 
-def _folder_state(path: Path) -> tuple[dict, Config, Any]:
+def _folder_state(path: Path) -> tuple[SearchRecord, Config, Space]:
     folder = SearchFolder(path)
+    if not folder.state_file.exists():
+        raise MerTuneError(f"{folder.state_file}: missing")
     base = folder.base()
-    return folder.state(), base, folder.space(base)
+    return folder.record(), base, folder.space(base)
 
 
-def _baseline(path: Path, state: dict) -> tuple[confirm.Candidate | None, str, Path]:
+def _baseline(path: Path, record: SearchRecord) -> tuple[confirm.Candidate | None, str, Path]:
     """The baseline: trial 0 of this search, or of the first step of a staged search."""
-    folder = path.parent / state["baseline_search"] if state.get("baseline_search") else path
+    folder = path.parent / record.baseline_search if record.baseline_search else path
     _, base, sp = _folder_state(folder)
     results = SearchFolder(folder).required_results()
     point = sp.defaults(base)
@@ -65,34 +73,76 @@ def confirm_search(
     seeds: int | None = None,
     address: str | None = None,
     recorder: SearchRecorder | None = None,
-    result: Any = None,
-) -> Any:
+    result: SearchResult | None = None,
+) -> SearchResult:
     """Confirm the search in folder `path` (at the end of a search, or again later with
     other `top` / `seeds`); returns its SearchResult with `confirm` and `verdict` set."""
-    from mer_tune.hpo.ray_setup import init_ray
-    from mer_tune.hpo.tuner import SearchResult, search_data, stored_uri
-
     started = time.perf_counter()
-    results = SearchFolder(path).required_results()
-    if not SearchFolder(path).state_file.exists():
-        raise MerTuneError(f"{SearchFolder(path).state_file}: missing")
-    state, base, sp = _folder_state(path)
-    top = state.get("confirm_top", 3) if top is None else top
-    seeds = state.get("confirm_seeds", 0) if seeds is None else seeds
+    folder = SearchFolder(path)
+    results = folder.required_results()
+    record, base, sp = _folder_state(path)
+    top = record.confirm_top if top is None else top
+    seeds = record.confirm_seeds if seeds is None else seeds
     if not (results["status"] == "FINISHED").any():
         raise MerTuneError(f"{path.name}: no finished trial to confirm")
-    if not state.get("holdout_size"):
+    if not record.holdout_size:
         raise MerTuneError(
             f"{path.name}: this search ran without an outer holdout (--holdout 0); "
             "there is nothing to confirm on"
         )
-    dataset, holdout, trial_data = search_data(path, state, base)
-    baseline, baseline_name, baseline_folder = _baseline(path, state)
+    data = search_data(folder, record, base)
+    baseline, baseline_name, baseline_folder = _baseline(path, record)
+    candidates, notes = _candidates(path, record, results, base, sp, top, baseline, baseline_folder)
+    if baseline is None:
+        notes.append("the baseline trial (trial 0) did not finish: no verdict against it")
+    retrain = None
+    if seeds:
+        init_ray(address)
+        retrain = ray_retrain(data.trials, record, folder.cache_key())
+    outcome = confirm.confirm(
+        data.dataset, data.holdout, candidates, baseline, seeds, record.seed, retrain,
+        baseline_name,
+    )  # fmt: skip
+    outcome.notes = notes + _selection_note(len(candidates))
+    if len(record.objectives) > 1:
+        _adopt_nothing(outcome)
+    confirm.write(path, outcome, seeds, time.perf_counter() - started)
+    table = _results_with_holdout(results, outcome.table, path)
+    if recorder is None:
+        recorder = SearchRecorder(record.uri(folder.state_file), record.experiment)
+        recorder.parent_id = record.parent_run_id
+    _log(recorder, path, outcome)
+    if result is None:
+        finished = table[table["status"] == "FINISHED"]
+        result = SearchResult(
+            table, outcome.adopted, float(finished["weighted_f1"].max()), path,
+            recorder.experiment_id, recorder.parent_id, recorder.uri,
+        )  # fmt: skip
+    result.results = table
+    result.confirm = outcome.table
+    result.verdict = outcome.verdict
+    if outcome.adopted is not None:  # never on a trade-off: the pick decides there
+        result.best_config = outcome.adopted
+    result.holdout_size = len(data.holdout)
+    result.notes = list(result.notes) + outcome.notes
+    return result
+
+
+def _candidates(
+    path: Path,
+    record: SearchRecord,
+    results: pd.DataFrame,
+    base: Config,
+    sp: Space,
+    top: int,
+    baseline: confirm.Candidate | None,
+    baseline_folder: Path,
+) -> tuple[list[confirm.Candidate], list[str]]:
+    """The trials to confirm besides the baseline: the --confirm-top best, or on a
+    trade-off every point of the Pareto front."""
     own_baseline = baseline is not None and baseline_folder == path
-    goals = state.get("objectives") or [objectives.METRIC]
-    if len(goals) > 1:
-        # A trade-off: every point of the front is confirmed, none adopted by the verdict.
-        front_trials = objectives.pareto_front(results, goals)["trial"]
+    if len(record.objectives) > 1:
+        front_trials = objectives.pareto_front(results, list(record.objectives))["trial"]
         chosen = [int(t) for t in front_trials if not own_baseline or t != baseline.trial]
         notes = [f"confirmed the {len(chosen)} Pareto-front trial(s) besides the baseline"]
     else:
@@ -104,59 +154,15 @@ def confirm_search(
         confirm.candidate_from(rows.loc[t].to_dict() | {"trial": t}, base, list(sp.params), path)
         for t in chosen
     ]
-    if baseline is None:
-        notes.append("the baseline trial (trial 0) did not finish: no verdict against it")
-    retrain = None
-    if seeds:
-        init_ray(address)
-        retrain = ray_retrain(trial_data, state, SearchFolder(path).cache_key())
-    outcome = confirm.confirm(
-        dataset,
-        holdout,
-        candidates,
-        baseline,
-        seeds,
-        int(state.get("seed", 0)),
-        retrain,
-        baseline_name,
-    )
-    outcome.notes = notes + _selection_note(len(candidates))
-    if len(goals) > 1:
-        # The verdict speaks of weighted F1 alone: on a trade-off it adopts nothing.
-        v = outcome.verdict
-        text = v.text.split("; best_config.yaml")[0] + (
-            "; a multi-objective search adopts nothing from it: --pick chooses best_config.yaml"
-        )
-        outcome.verdict = dataclasses.replace(v, text=text, adopted=None)
-        outcome.adopted = None
-        if "adopted" in outcome.table:
-            outcome.table["adopted"] = False
-    confirm.write(path, outcome, seeds, time.perf_counter() - started)
-    table = _results_with_holdout(results, outcome.table, path)
-    if recorder is None:
-        recorder = SearchRecorder(stored_uri(state, path), state["experiment"])
-        recorder.parent_id = state["parent_run_id"]
-    _log(recorder, path, outcome)
-    if result is None:
-        result = SearchResult(
-            table,
-            outcome.adopted,
-            None,
-            path,
-            recorder.experiment_id,
-            recorder.parent_id,
-            recorder.uri,
-        )
-        finished = table[table["status"] == "FINISHED"]
-        result.best_score = float(finished["weighted_f1"].max())
-    result.results = table
-    result.confirm = outcome.table
-    result.verdict = outcome.verdict
-    if outcome.adopted is not None:  # never on a trade-off: the pick decides there
-        result.best_config = outcome.adopted
-    result.holdout_size = len(holdout)
-    result.notes = list(result.notes) + outcome.notes
-    return result
+    return candidates, notes
+
+
+def _adopt_nothing(outcome: confirm.Confirmation) -> None:
+    """The verdict speaks of weighted F1 alone: on a trade-off it adopts nothing."""
+    outcome.verdict = dataclasses.replace(outcome.verdict, consequence=TRADE_OFF, adopted=None)
+    outcome.adopted = None
+    if "adopted" in outcome.table:
+        outcome.table["adopted"] = False
 
 
 def _selection_note(k: int) -> list[str]:
@@ -248,7 +254,7 @@ def _retrain_one(
     return pipeline.fit_all(data, build_config(cfg), idx, cache=cache, device=device)
 
 
-def ray_retrain(trial_data: Any, state: dict, cache_key: str | None) -> confirm.Retrain:
+def ray_retrain(trial_data: Any, record: SearchRecord, cache_key: str | None) -> confirm.Retrain:
     """Retraining as Ray tasks with a trial's resources, on the data the trials saw."""
 
     def retrain(jobs: list[tuple[Config, int]], idx: np.ndarray) -> list[np.ndarray]:
@@ -257,16 +263,17 @@ def ray_retrain(trial_data: Any, state: dict, cache_key: str | None) -> confirm.
         ref = ray.put(trial_data.shareable())
         # A retraining uploads its own features: with --share-features the trials'
         # fraction of a card may hold only the part beside the card's shared copy.
-        gpus = state.get("own_copy_gpus", state["gpus_per_trial"])
-        task = ray.remote(num_cpus=state["cpus_per_trial"], num_gpus=gpus)(_retrain_one)
+        task = ray.remote(num_cpus=record.cpus_per_trial, num_gpus=record.retrain_gpus)(
+            _retrain_one
+        )
         refs = [
             task.remote(
                 ref,
                 with_overrides(cfg, {"seed": seed}).to_dict(),
                 idx,
-                int(state["cpus_per_trial"]),
-                state["gpus_per_trial"] > 0,
-                state.get("cache_dir"),
+                int(record.cpus_per_trial),
+                record.gpus_per_trial > 0,
+                record.cache_dir,
                 cache_key,
             )
             for cfg, seed in jobs

@@ -20,7 +20,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mer_tune import user_yaml
 from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.hpo.record import SearchRecord
 from mer_tune.outputs import plain_name, write_text
 
 # search.yaml keys read by type; a hand-edited value of another type is refused by name.
@@ -105,9 +107,21 @@ class SearchFolder:
     path: Path
 
     @classmethod
+    def named(cls, root: Path, name: str, option: str) -> SearchFolder:
+        """The search NAME in the storage folder `root`, never a path outside it: a plain
+        name (no '/', no '..'), and not a symbolic link, through which `cache clear`, a
+        resume or a report would act on another folder's search."""
+        path = root / plain_name(name, option)
+        if path.is_symlink():
+            raise UsageError(
+                f"{option} {name}: {path} is a symbolic link; a search is a folder in {root} itself"
+            )
+        return cls(path)
+
+    @classmethod
     def of(cls, storage: str | Path, name: str, option: str) -> SearchFolder:
         """The existing search NAME in STORAGE (`option` names where the name came from)."""
-        folder = cls(storage_root(storage) / plain_name(name, option))
+        folder = cls.named(storage_root(storage), name, option)
         if not folder.state_file.exists():
             raise MerTuneError(f"{folder.path}: no search of that name (see --storage)")
         return folder
@@ -147,17 +161,30 @@ class SearchFolder:
         where = state.get("cache_dir")
         if where and "://" not in where and Path(where).is_relative_to(self.path.resolve()):
             state = state | {"cache_dir": str(Path(where).relative_to(self.path.resolve()))}
-        write_text(self.state_file, yaml.safe_dump(state))
+        write_text(self.state_file, user_yaml.dump(state))
+
+    def record(self) -> SearchRecord:
+        """search.yaml as a typed SearchRecord (record.py)."""
+        return SearchRecord.from_dict(self.state())
+
+    def write_record(self, record: SearchRecord) -> None:
+        self.write_state(record.to_dict())
 
     def base(self):
-        from mer_tune.method.config import load_config
+        """The base config, read as mer-tune's own file (as `space`)."""
+        from mer_tune.method import legacy
+        from mer_tune.method.config import build_config
 
-        return load_config(self.base_file)
+        values, _ = legacy.upgrade(read_mapping(self.base_file))
+        return build_config(values, source=str(self.base_file))
 
     def space(self, base=None):
-        from mer_tune.hpo.spaces import load_space
+        """The space searched. Read as mer-tune's own file (an earlier release wrote YAML
+        aliases for repeated values), then checked as any space is."""
+        from mer_tune.hpo.spaces import space_from_dict
 
-        return load_space(str(self.space_file), base)
+        raw = read_mapping(self.space_file)
+        return space_from_dict(raw, base, self.space_file.stem, str(self.space_file))
 
     def results(self) -> pd.DataFrame | None:
         """results.csv as a table (None: no such file). A search stopped before any
@@ -185,7 +212,7 @@ class SearchFolder:
 
     def cache_dir(self) -> str:
         """Where this search's stage cache is (its --cache-dir, a URI or a folder)."""
-        return self.state().get("cache_dir") or str(self.default_cache)
+        return self.record().cache_dir or str(self.default_cache)
 
     def cache_key(self) -> str | None:
         """The hex key that signs this search's cache entries (None: an older search)."""

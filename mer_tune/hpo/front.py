@@ -93,8 +93,7 @@ def choose(
 
 def repick(folder: SearchFolder, pick: str) -> tuple[int, Path]:
     """`mer-tune pick NAME EXPR`: choose again from a finished multi-objective search."""
-    state = folder.state()
-    goals = state.get("objectives") or [objectives.METRIC]
+    goals = list(folder.record().objectives)
     if len(goals) < 2:
         raise UsageError(f"{folder.name}: a single-objective search has no Pareto front")
     if not (folder.path / FRONT_FILE).exists():

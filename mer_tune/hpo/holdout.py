@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mer_tune.data.layout import HOLDOUT, LABELLED, MERData
+from mer_tune.data.layout import HOLDOUT, LABELLED, DataOptions, MERData
+from mer_tune.data.resolve import reopen, resolve
 from mer_tune.errors import MerTuneError, UsageError
-from mer_tune.hpo.folder import read_table
+from mer_tune.hpo.folder import SearchFolder, read_table
+from mer_tune.hpo.record import SearchRecord
+from mer_tune.method.config import Config
 from mer_tune.method.pipeline import min_per_class
 from mer_tune.outputs import write_text
 
@@ -103,3 +106,25 @@ def check_same(path: Path, holdout: Holdout) -> None:
             f"{path}: the data now gives a different holdout{example}; "
             "the search cannot go on with other held-out samples"
         )
+
+
+def search_data(folder: SearchFolder, record: SearchRecord, base: Config) -> SearchData:
+    """(the data a search started on, its holdout, what its trials see), checked against
+    what the search recorded: the same fingerprint and holdout, or a one-line refusal."""
+    if record.dataset is None:  # a search from before the data was recorded in full
+        dataset = resolve(record.data, DataOptions(classes=tuple(base.data.classes)))
+    else:
+        dataset = reopen(record.dataset, str(folder.state_file))
+    ho = choose(
+        dataset, record.holdout, record.the_holdout_seed, base.eval.folds, base.eval.select_on
+    )
+    if len(ho):
+        check_same(folder.holdout_file, ho)
+    return SearchData(dataset, ho, withhold(dataset, ho))
+
+
+@dataclass(frozen=True)
+class SearchData:
+    dataset: MERData  # as the search started on it
+    holdout: Holdout
+    trials: MERData  # what the trials see: the holdout withheld

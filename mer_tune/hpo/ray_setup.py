@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import stat
+import threading
+from pathlib import Path
 
 from mer_tune.errors import MerTuneError
 
@@ -28,6 +32,7 @@ def init_ray(address: str | None) -> None:
     # A Ray started here for this search serves this machine only: its ports listen on
     # 127.0.0.1, not on the machine's network address.
     local = {} if address or os.environ.get("RAY_ADDRESS") else {"_node_ip_address": "127.0.0.1"}
+    own_sigterm = _sigterm_handler()
     try:
         ray.init(
             address=address,
@@ -38,6 +43,35 @@ def init_ray(address: str | None) -> None:
         )
     except (ConnectionError, RuntimeError) as err:
         raise MerTuneError(f"--address {address}: cannot connect to Ray ({err})") from None
+    if callable(own_sigterm):
+        # Ray's driver handler exits at once (a C stack dump, no resume line): the
+        # program's own (cli/process.py: SIGTERM as Ctrl-C) is put back.
+        signal.signal(signal.SIGTERM, own_sigterm)
+    private_ray_files()
+
+
+def _sigterm_handler():
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread handles signals
+    return signal.getsignal(signal.SIGTERM)
+
+
+def private_ray_files(home: Path | None = None) -> list[Path]:
+    """Ray writes its auth token (what guards its daemons, which listen on every
+    interface) readable by every local user: ~/.ray 0755, the token 0644. Tightened to
+    0700 and 0600 where this user owns them; returns what was changed."""
+    folder = (home or Path.home()) / ".ray"
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or folder / "auth_token")
+    changed = []
+    for path, mode in ((folder, 0o700), (token, 0o600)):
+        try:
+            info = path.stat()
+            if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & ~mode:
+                os.chmod(path, mode)
+                changed.append(path)
+        except OSError:  # absent, or not ours to change: Ray's own business
+            continue
+    return changed
 
 
 def card_bytes(gpus: float) -> int | None:

@@ -172,15 +172,16 @@ def _study(db: Path, name: str):
 def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5) -> dict[str, Any]:
     """The top trials, best config, parameter importances, failures and plot locations."""
     from mer_tune.hpo.folder import SearchFolder, read_table, storage_root
-    from mer_tune.outputs import plain_name
+    from mer_tune.hpo.record import SearchRecord
 
-    path = SearchFolder(storage_root(storage) / plain_name(name, "report")).path
-    table = SearchFolder(path).required_results()
-    state = SearchFolder(path).state() if SearchFolder(path).state_file.exists() else {}
-    study = _study(SearchFolder(path).study_db, name)
+    folder = SearchFolder.named(storage_root(storage), name, "report")
+    path = folder.path
+    table = folder.required_results()
+    record = folder.record() if folder.state_file.exists() else SearchRecord()
+    study = _study(folder.study_db, name)
     finished = table[table["status"] == "FINISHED"].sort_values("weighted_f1", ascending=False)
     failed = table[table["status"] == "FAILED"]
-    best = SearchFolder(path).best_file
+    best = folder.best_file
     from mer_tune.hpo.confirm import read as read_confirm
 
     confirmed = read_confirm(path)
@@ -197,13 +198,13 @@ def build_report(name: str, storage: str | Path = "mer-tune-runs", top: int = 5)
         "top": finished.head(top).drop(columns=["trial_id"], errors="ignore").to_dict("records"),
         "importances": importances(study) if study is not None else {},
         "failures": failed[["trial", "error"]].to_dict("records") if "error" in failed else [],
-        "plots": sorted(str(p) for p in (SearchFolder(path).plots).glob("*.png")),
+        "plots": sorted(str(p) for p in folder.plots.glob("*.png")),
         "mlflow": {
-            "tracking_uri": redact(state.get("tracking_uri")),
-            "parent_run_id": state.get("parent_run_id"),
+            "tracking_uri": redact(record.tracking_uri),
+            "parent_run_id": record.parent_run_id,
         },
-        "holdout_size": state.get("holdout_size", 0),
-        "objectives": state.get("objectives") or ["weighted_f1"],
+        "holdout_size": record.holdout_size,
+        "objectives": list(record.objectives),
         "pareto": front,
         "confirm": None
         if confirmed is None

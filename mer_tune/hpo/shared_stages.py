@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mer_tune.data.layout import MERData
+from mer_tune.hpo.record import SearchRecord
 from mer_tune.hpo.spaces import Space
 from mer_tune.method.config import Config
 from mer_tune.method.stages import STAGES, shared_upto
@@ -32,19 +33,19 @@ def shared_stages(sp: Space) -> list[str]:
     return names[: names.index(upto) + 1] if upto else []
 
 
-def task_resources(state: dict[str, Any]) -> tuple[float, float]:
+def task_resources(record: SearchRecord) -> tuple[float, float]:
     """(CPUs, GPUs) of the task. On a GPU, a trial's share: the card does the work. On
     CPUs, the most CPUs one node has, up to what the search's concurrent trials hold and
     what the cluster has free now (other work may hold some: the task must not wait for
     CPUs the trials could start without)."""
-    cpus, gpus = state["cpus_per_trial"], state["gpus_per_trial"]
+    cpus, gpus = record.cpus_per_trial, record.gpus_per_trial
     if gpus > 0:
         return cpus, gpus
     import ray
 
     node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
     free = ray.available_resources().get("CPU", 0)
-    return max(cpus, min(node, free, state["concurrency"] * cpus)), 0.0
+    return max(cpus, min(node, free, record.concurrency * cpus)), 0.0
 
 
 def _train(
@@ -149,17 +150,17 @@ class SharedStagesTask:
 
 
 def start_shared_stages(
-    data_ref: Any, base: Config, state: dict[str, Any], sp: Space, cache_key: str | None
+    data_ref: Any, base: Config, record: SearchRecord, sp: Space, cache_key: str | None
 ) -> SharedStagesTask | None:
     """Start training the stages every trial shares into the search's stage cache, in
     one Ray task (`data_ref`: the trials' data in the object store). None when nothing
     is shared or the cache is off."""
     stages = shared_stages(sp)
-    if not stages or not state.get("cache_dir"):
+    if not stages or not record.cache_dir:
         return None
     import ray
 
-    cpus, gpus = task_resources(state)
+    cpus, gpus = task_resources(record)
     threads = max(1, int(cpus))
     task = ray.remote(_train).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     ref = task.remote(
@@ -167,12 +168,12 @@ def start_shared_stages(
         base.to_dict(),
         threads,
         gpus > 0,
-        state["cache_dir"],
+        record.cache_dir,
         cache_key,
-        state.get("trial_timeout"),
+        record.trial_timeout,
         stages[-1],
     )
-    return SharedStagesTask(ref, stages, threads, state.get("trial_timeout"))
+    return SharedStagesTask(ref, stages, threads, record.trial_timeout)
 
 
 def _first_line(err: BaseException) -> str:

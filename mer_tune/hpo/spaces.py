@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
+from mer_tune import user_yaml
 from mer_tune.errors import MerTuneError, UsageError
 from mer_tune.method.config import (
     PER_CLASS,
@@ -168,12 +168,12 @@ def available() -> list[str]:
 
 def resolve_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
+    if path.suffix in (".yaml", ".yml") or path.exists() or path.is_symlink():
+        if not path.exists() and not path.is_symlink():
             raise UsageError(f"{path}: search space file not found")
-        if not path.is_file():
+        if path.is_dir():
             raise UsageError(f"{path}: is a folder; --space names a shipped space or a YAML file")
-        return path
+        return path  # anything else but a regular file is refused when read (user_yaml)
     candidate = SPACES_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
         raise UsageError(
@@ -190,14 +190,7 @@ def load_space(name_or_path: str | Space, base: Config | None = None) -> Space:
         sp = name_or_path
         return space_from_dict(sp.to_dict(), base, sp.name, sp.source)
     path = resolve_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}: malformed YAML{where}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: cannot read the search space ({err})") from None
+    raw = user_yaml.read_file(path, "search space")
     return space_from_dict(raw, base, path.stem, str(path))
 
 

@@ -12,15 +12,18 @@ the first step's baseline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from mer_tune.errors import UsageError
 from mer_tune.hpo.batched import batch_size
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.folder import SearchFolder, storage_root
+from mer_tune.hpo.result import SearchResult
+from mer_tune.hpo.session import SearchSession
+from mer_tune.hpo.settings import SearchSettings
 from mer_tune.hpo.spaces import load_space
-from mer_tune.hpo.tuner import SearchResult, search
 from mer_tune.method.config import get_path
 from mer_tune.method.stages import VOTE_STEP, step_of
 
@@ -37,57 +40,59 @@ def split_budget(trials: int, steps: list[str]) -> dict[str, int]:
 
 
 def staged_search(
-    space: str,
-    trials: int,
+    space: str = "thresholds",
+    trials: int = 8,
     data: str | None = None,
-    storage: str | Path = "mer-tune-runs",
-    name: str | None = None,
-    **kwargs: Any,
+    *,
+    on_event: Callable[..., None] | None = None,
+    **options: Any,
 ) -> SearchResult:
-    """Run the steps in order; each step's best values are fixed for the next. Takes
-    the arguments of `search` (tuner.py), in the same places."""
-    sp = load_space(space)
+    """The staged strategy from Python; takes the arguments of `search` (tuner.py)."""
+    settings = SearchSettings(space=space, trials=trials, data=data, **options)
+    return run_staged(settings, on_event)
+
+
+def run_staged(
+    settings: SearchSettings, on_event: Callable[..., None] | None = None
+) -> SearchResult:
+    """Run the steps in order, one search session each; each step's best values are
+    fixed for the next."""
+    sp = load_space(settings.space)
     groups: dict[str, dict] = {}
     for key, _ in sp.describe():
         groups.setdefault(step_of(key), {})[key] = key
     steps = [s for s in STEP_SHARES if s in groups]
-    if trials < len(steps):
-        from mer_tune.errors import UsageError
-
+    if settings.trials < len(steps):
         raise UsageError(
-            f"--trials {trials}: the staged strategy needs at least {len(steps)} (one per step)"
+            f"--trials {settings.trials}: the staged strategy needs at least {len(steps)} "
+            "(one per step)"
         )
-    budget = split_budget(trials, steps)
+    budget = split_budget(settings.trials, steps)
     fixed = dict(sp.fixed)
-    name = name or f"{sp.name}-staged-{datetime.now():%Y%m%d-%H%M%S}"
+    name = settings.name or f"{sp.name}-staged-{datetime.now():%Y%m%d-%H%M%S}"
+    # One cache for every step, signed with one key: later steps reuse the stages
+    # earlier ones computed.
     shared_cache = (
-        kwargs.pop("cache_dir", None) or SearchFolder(storage_root(storage) / name).default_cache
+        settings.cache_dir or SearchFolder(storage_root(settings.storage) / name).default_cache
     )
-    result: SearchResult | None = None
-    confirm_top = kwargs.pop("confirm_top", 3)
-    batch = kwargs.pop("batch", None)  # the voting step's trials are batched (batched.py)
     if VOTE_STEP in groups:  # a --batch the voting step cannot take fails before any step
         vote_space = sp.subspace(list(groups[VOTE_STEP]), VOTE_STEP, fixed)
-        batch_size(batch, vote_space, kwargs.get("cache", True), kwargs.get("scheduler", "none"))
-    cache_key = new_key()  # one key for the one cache all steps share
+        batch_size(settings.batch, vote_space, settings.cache, settings.scheduler)
+    common = settings.replace(cache_dir=shared_cache, cache_key=new_key())
+    result: SearchResult | None = None
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
-        # One cache for every step: later steps reuse the stages earlier ones computed.
         # Every step selects on inner folds of the same holdout split; only the last one
         # confirms, against the first step's trial 0 (the paper's values).
-        result = search(
-            sp.subspace(list(groups[step]), step, fixed),
-            budget[step],
-            data,
-            storage=storage,
+        step_settings = common.replace(
+            space=sp.subspace(list(groups[step]), step, fixed),
+            trials=budget[step],
             name=f"{name}-{step}",
-            cache_dir=shared_cache,
-            confirm_top=confirm_top if last else 0,
+            confirm_top=settings.confirm_top if last else 0,
             baseline_search=f"{name}-{steps[0]}" if last and i else None,
-            cache_key=cache_key,
-            batch=batch if step == VOTE_STEP else 1,
-            **kwargs,
+            batch=settings.batch if step == VOTE_STEP else 1,  # the voting step is batched
         )
+        result = SearchSession.start(step_settings, on_event).run()
         if result.best_config is None:
             return result
         fixed |= {k: get_path(result.best_config, k) for k in groups[step]}

@@ -86,10 +86,16 @@ class Verdict:
     gain: float | None  # winner minus baseline on the holdout
     low: float | None
     high: float | None
-    text: str
+    finding: str  # what the holdout shows
+    consequence: str = ""  # what best_config.yaml holds because of it, when that is said
+
+    @property
+    def text(self) -> str:
+        return f"{self.finding}; {self.consequence}" if self.consequence else self.finding
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        fields = ("outcome", "winner", "adopted", "gain", "low", "high")
+        return {k: getattr(self, k) for k in fields} | {"text": self.text}
 
 
 def decide(
@@ -114,7 +120,8 @@ def decide(
             None,
             None,
             f"no verdict: the baseline trial did not finish (trial {winner} scores best on "
-            "the holdout; best_config.yaml keeps the search's inner best)",
+            "the holdout)",
+            "best_config.yaml keeps the search's inner best",
         )
     above = [t for t in gains if gains[t][1] > 0]
     adopted = max(above, key=lambda t: outer[t]) if above else baseline
@@ -124,18 +131,17 @@ def decide(
     gain, low, high = gains[winner]
     shown = winner
     ci = f"95% CI {low:+.3f} to {high:+.3f}"
+    keeps = f"best_config.yaml keeps {baseline_name}"
     if low > 0:
         outcome, text = "gain", f"trial {shown} beats {baseline_name} by {gain:+.3f} ({ci})"
+        keeps = ""
     elif high < 0:
         outcome = "loss"
         text = (
             f"the best candidate, trial {shown}, is worse than {baseline_name} by "
-            f"{gain:+.3f} ({ci}); best_config.yaml keeps {baseline_name}"
+            f"{gain:+.3f} ({ci})"
         )
     else:
         outcome = "no gain"
-        text = (
-            f"no detectable gain over {baseline_name}: trial {shown} gains {gain:+.3f} ({ci}); "
-            f"best_config.yaml keeps {baseline_name}"
-        )
-    return Verdict(outcome, winner, adopted, gain, low, high, text)
+        text = f"no detectable gain over {baseline_name}: trial {shown} gains {gain:+.3f} ({ci})"
+    return Verdict(outcome, winner, adopted, gain, low, high, text, keeps)

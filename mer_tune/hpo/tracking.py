@@ -8,6 +8,7 @@ driver logs over HTTP to `mlflow server`), so trials never contend for the store
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import time
@@ -116,6 +117,18 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise MerTuneError(f"--tracking-uri {shown}: MLflow cannot use it ({first})") from None
 
 
+def _private_artifact_root(location: str | None) -> None:
+    """A local artifact folder (./mlruns beside a sqlite store) that does not exist yet
+    is made with mode 0700 before MLflow makes it with the umask's."""
+    if not location or not location.startswith(("file:", "/", ".")):
+        return  # a server's or a bucket's
+    root = Path(urllib.parse.urlsplit(location).path).parent
+    if not root.exists():
+        with contextlib.suppress(OSError):  # MLflow then makes it, or says why not
+            root.mkdir(mode=0o700, parents=True)
+            os.chmod(root, 0o700)
+
+
 def ui_command(uri: str, experiment_id: str) -> str:
     uri = redact(uri) or uri
     if uri.startswith(("http://", "https://")):
@@ -131,11 +144,16 @@ class SearchRecorder:
 
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
+        db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        new_db = db is not None and not db.exists()
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             found.experiment_id if found else self.client.create_experiment(experiment)
         )
+        if new_db and db.exists():
+            os.chmod(db, 0o600)  # the runs of a store mer-tune made are its user's alone
+        _private_artifact_root(self.client.get_experiment(self.experiment_id).artifact_location)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self._steps: dict[str, int] = {}

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,83 +43,51 @@ def deadline(timeout: float | None) -> Callable[[str], None]:
     return check
 
 
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a search shares besides the data and the base config."""
+
+    threads: int
+    use_gpu: bool
+    cache_dir: str | None
+    timeout: float | None = None
+    outputs: str | None = None  # where the fold models' holdout and test predictions go
+    cache_key: str | None = None
+    share_features: str | None = None  # the name of the search's card holders
+
+
 def run_trial(
-    config: dict[str, Any],
-    data_ref: list,
-    base: dict[str, Any],
-    threads: int,
-    use_gpu: bool,
-    cache_dir: str | None,
-    timeout: float | None = None,
-    outputs: str | None = None,
-    cache_key: str | None = None,
-    share_features: str | None = None,
+    config: dict[str, Any], data_ref: list, base: dict[str, Any], setup: TrialSetup
 ) -> None:
     """One Ray Tune trial: the full pipeline on `base` + the suggested values, on the
-    data in the object store at `data_ref[0]`. With `outputs`, the fold models'
+    data in the object store at `data_ref[0]`. With `setup.outputs`, the fold models'
     predictions on the holdout and test names go to a file there, out of sight of the
-    search (no metric, no column) until the confirm step. With `share_features` (the
-    name of the search's card holders), a GPU trial reads the one copy of the features
-    on its card (card_features.py)."""
+    search (no metric, no column) until the confirm step. With `setup.share_features`,
+    a GPU trial reads the one copy of the features on its card (card_features.py)."""
     import ray
     import torch
     from ray import tune
 
     data: MERData = ray.get(data_ref[0])  # zero-copy views of the object store's arrays
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, setup.threads))
     malloc.tune_malloc()
     cfg = trial_config(build_config(base), config)
-    key = bytes.fromhex(cache_key) if cache_key else None
-    cache = StageStore(cache_dir, key=key, timeout=timeout) if cache_dir else None
-    started = time.monotonic()
-    check = deadline(timeout)
-    worst = [0.0]  # the best worst-class F1 of any epoch so far
-    folds: list[float] = []  # the weighted F1 of each fold finished so far
-
-    def report(kind: str, **f: Any) -> None:
-        check(f.get("stage", kind))
-        if kind == "fold":
-            # Each fold's score as it finishes, for the fold pruner (--scheduler folds).
-            folds.append(f["weighted_f1"])
-            tune.report(
-                {
-                    METRIC: float(np.mean(folds)),
-                    "min_class_f1": worst[0],
-                    "train_seconds": time.monotonic() - started,
-                    "pseudo_precision": float("nan"),
-                    "fold_f1": f["weighted_f1"],
-                    "fold": f["fold"],
-                    "folds": f["folds"],
-                    "final": False,
-                }
-            )
-        # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
-        # the stage so far, comparable across trial lengths.
-        if kind == "epoch" and "val_f1" in f:
-            worst[0] = max(worst[0], f["val_min_class_f1"])
-            tune.report(
-                {
-                    METRIC: f["best_val_f1"],
-                    # Every objective a search may optimise, so that any can be a rung
-                    # metric (pseudo_precision is known only at the end).
-                    "min_class_f1": worst[0],
-                    "train_seconds": time.monotonic() - started,
-                    "pseudo_precision": float("nan"),
-                    "val_f1": f["val_f1"],
-                    "train_loss": f["train_loss"],
-                    "stage": f["stage"],
-                    "fold": f["fold"],
-                    "final": False,
-                }
-            )
-
+    key = bytes.fromhex(setup.cache_key) if setup.cache_key else None
+    cache = StageStore(setup.cache_dir, key=key, timeout=setup.timeout) if setup.cache_dir else None
+    outputs = setup.outputs
     predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST])) if outputs else None
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    device = "cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu"
     feats = None
-    if share_features and device == "cuda":
-        feats = _card_features(data, data_ref, share_features)
+    if setup.share_features and device == "cuda":
+        feats = _card_features(data, data_ref, setup.share_features)
     res = pipeline.run(
-        data, cfg, cache=cache, report=report, device=device, predict_idx=predict_idx, feats=feats
+        data,
+        cfg,
+        cache=cache,
+        report=Reporter(setup.timeout),
+        device=device,
+        predict_idx=predict_idx,
+        feats=feats,
     )
     if outputs and res.extra_probs is not None and res.splits is not None:
         trial_id = tune.get_context().get_trial_id()
@@ -129,6 +98,44 @@ def run_trial(
     final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
     final["shared_features"] = feats is not None
     tune.report(final)
+
+
+class Reporter:
+    """The pipeline's progress as Tune reports, and the --trial-timeout check."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.check = deadline(timeout)
+        self.started = time.monotonic()
+        self.worst = 0.0  # the best worst-class F1 of any epoch so far
+        self.folds: list[float] = []  # the weighted F1 of each fold finished so far
+
+    def __call__(self, kind: str, **f: Any) -> None:
+        from ray import tune
+
+        self.check(f.get("stage", kind))
+        common = {
+            "train_seconds": time.monotonic() - self.started,
+            "pseudo_precision": float("nan"),  # known only at the end
+            "final": False,
+        }
+        if kind == "fold":
+            # Each fold's score as it finishes, for the fold pruner (--scheduler folds).
+            self.folds.append(f["weighted_f1"])
+            tune.report(
+                {METRIC: float(np.mean(self.folds)), "min_class_f1": self.worst}
+                | common
+                | {"fold_f1": f["weighted_f1"], "fold": f["fold"], "folds": f["folds"]}
+            )
+        # Per-epoch scores let ASHA compare trials; each is the best validation F1 of
+        # the stage so far, comparable across trial lengths.
+        if kind == "epoch" and "val_f1" in f:
+            self.worst = max(self.worst, f["val_min_class_f1"])
+            # Every objective a search may optimise, so that any can be a rung metric.
+            tune.report(
+                {METRIC: f["best_val_f1"], "min_class_f1": self.worst}
+                | common
+                | {k: f[k] for k in ("val_f1", "train_loss", "stage", "fold")}
+            )
 
 
 def _card_features(data: MERData, data_ref: list, search: str) -> train.Features | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,47 @@ def _adopt(study: Any, searcher: Any, config: dict):
         )
     )
     return optuna.trial.Trial(study, study.get_trials(deepcopy=False)[-1]._trial_id)
+
+
+def relink_callbacks(ray_dir: Path, callbacks: list) -> bool:
+    """Tune restores a run with the callbacks saved in its tuner.pkl. mer-tune's logger is
+    saved as a reference to its search (callback.py), which loads as `callbacks`; a search
+    saved by an earlier release holds a copy of its old logger instead (its MLflow client
+    and rows as they were), and gets `callbacks` written in its place. Returns whether
+    the file was rewritten."""
+    import io
+
+    import ray.cloudpickle as cloudpickle
+
+    path = ray_dir / "tuner.pkl"
+    if not path.exists():
+        return False
+    from ray.tune import RunConfig
+
+    state = _Lenient(io.BytesIO(path.read_bytes())).load()
+    values = state.values() if isinstance(state, dict) else []
+    run_config = next((v for v in values if isinstance(v, RunConfig)), None)
+    saved = list(getattr(run_config, "callbacks", None) or [])
+    if run_config is None or all(any(c is mine for mine in callbacks) for c in saved):
+        return False
+    run_config.callbacks = list(callbacks)
+    blob = cloudpickle.dumps(state)
+    atomic_write(path, lambda tmp: tmp.write_bytes(blob), 0o600)
+    return True
+
+
+class _Lenient(pickle.Unpickler):
+    """Loads a tuner.pkl whose old logger refers to mer-tune names that have since moved
+    (the logger is replaced, so what they were no longer matters)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (AttributeError, ModuleNotFoundError):
+            if module.split(".")[0] != "mer_tune":
+                raise
+            return _Moved
+
+
+def _Moved(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a name an old logger referred to."""

@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 
 from mer_tune.errors import UsageError
-from mer_tune.hpo.folder import SearchFolder, plain_name
+from mer_tune.hpo.folder import SearchFolder
 from mer_tune.hpo.spaces import Space, trial_config, unused, value_at
 from mer_tune.method.config import Config, valid_paths
 
@@ -74,11 +74,10 @@ def import_trials(
     here = _leaves(base)
     for name in names:
         option = f"--from-search {name}"
-        folder = SearchFolder(root / plain_name(name, "--from-search"))
+        folder = SearchFolder.named(root, name, "--from-search")
         if not folder.state_file.exists() or folder.results() is None:
             raise UsageError(f"{option}: no finished search of that name in {root}")
-        state = folder.state()
-        theirs = (state.get("dataset") or {}).get("fingerprint")
+        theirs = (folder.record().dataset or {}).get("fingerprint")
         if theirs != fingerprint:
             raise UsageError(
                 f"{option}: the data fingerprint differs ({theirs} there, {fingerprint} "

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,43 +24,19 @@ from mer_tune.data.layout import LABELLED, MERData
 from mer_tune.errors import MerTuneError
 from mer_tune.method import train
 from mer_tune.method.config import Config
-from mer_tune.method.stages import (
-    STAGES,
-    FoldSamples,
-    Picked,
-    decide,
-    derive_seed,
-    doubt,
-    finetune_stage,
-    pools,
-    pretrain_stage,
-    retrain_key,
-    retrain_stage,
-    select_pseudo_labels,
-    stage_keys,
-    vote,
+from mer_tune.method.fold import (
+    ALL_LABELLED,
+    FoldResult,
+    FoldTrainer,
+    MemoryCache,
+    Report,
+    StageCache,
+    selection_split,
 )
+from mer_tune.method.stages import STAGES, decide, vote
 
-Report = Callable[..., None]
-ALL_LABELLED = -1  # the fold number of a model trained on every labelled sample
-
-
-class StageCache(Protocol):
-    def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any: ...
-
-
-class MemoryCache:
-    """Keeps stage outputs for the length of one run: the fold-independent pretraining
-    is computed once, not once per fold. Nothing outlives the run."""
-
-    def __init__(self) -> None:
-        self._store: dict[str, Any] = {}
-
-    def get_or_compute(self, stage: str, key: dict, compute: Callable[[], Any]) -> Any:
-        digest = repr(sorted(key.items()))
-        if digest not in self._store:
-            self._store[digest] = compute()
-        return self._store[digest]
+# Part of this module's interface (benchmarks and tests use them from here).
+__all__ = ["MemoryCache", "Report", "StageCache", "selection_split"]
 
 
 def evaluate(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -117,42 +92,6 @@ def check_counts(data: MERData, cfg: Config) -> None:
             )
 
 
-def stratified_slice(
-    y: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions into y into (rest, slice): of each class, round(n * fraction)
-    samples and at least one go to the slice, while the rest keeps at least one (a
-    class with a single sample stays whole in the rest). Both returned sorted."""
-    taken = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        k = min(max(1, round(len(members) * fraction)), len(members) - 1)
-        if k > 0:
-            taken.append(rng.choice(members, size=k, replace=False))
-    chosen = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(len(y)), chosen)
-    return rest, chosen
-
-
-# Roles a labelled or pool sample plays in a fold, as recorded in RunResult.splits.
-FIT, SELECT, SCORED, PSEUDO = "fit", "select", "scored", "pseudo"
-
-
-@dataclass
-class FoldResult:
-    fold: int
-    val_idx: np.ndarray  # data indices of the scored fold
-    logits: dict[str, np.ndarray]  # final heads on the scored fold
-    pseudo_added: dict[str, int]
-    pseudo_precision: float | None
-    seconds: dict[str, float]
-    cache_hits: list[str] = field(default_factory=list)
-    state: dict[str, torch.Tensor] | None = None  # the final model's weights
-    roles: dict[str, np.ndarray] = field(default_factory=dict)  # role -> data indices
-    extra_logits: dict[str, np.ndarray] | None = None  # final heads on `predict_idx`
-    pseudo_by_round: np.ndarray | None = None  # (rounds, classes) pseudo-labels per round
-
-
 @dataclass
 class RunResult:
     weighted_f1: float  # mean over folds
@@ -192,191 +131,6 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def selection_split(
-    cfg: Config, fold: int, y: np.ndarray, tr: np.ndarray, va: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(positions the fold model fits on, positions that pick its best epoch).
-    select_on=inner (or no scored fold at all): a stratified slice of the training part;
-    scored: the scored fold itself (MERTools' protocol)."""
-    if cfg.eval.select_on == "scored" and len(va):
-        return tr, va
-    rng = np.random.default_rng(derive_seed(cfg.seed, "select", fold))
-    rest, chosen = stratified_slice(y[tr], cfg.eval.select_fraction, rng)
-    return tr[rest], tr[chosen]
-
-
-def run_fold(
-    data: MERData,
-    cfg: Config,
-    fold: int,
-    tr: np.ndarray,
-    va: np.ndarray,
-    feats: train.Features,
-    cache: StageCache,
-    report: Report,
-    predict_idx: np.ndarray | None = None,
-    upto: str | None = None,
-) -> FoldResult | None:
-    """Train one fold model on the labelled positions `tr` (plus pseudo-labels) and give
-    its final heads on the scored positions `va` (which may be empty). Each stage runs
-    through the cache, computed from its own config sections inside its compute call.
-    With `upto`, only the stages up to that one are computed (into the cache), and
-    nothing is returned."""
-    lab = data.indices(LABELLED)
-    y = data.labels[lab]
-    keys = stage_keys(cfg, data.fingerprint, fold)
-    fit, sel = selection_split(cfg, fold, y, tr, va)
-    samples = FoldSamples(fold, lab[fit], y[fit], lab[sel], y[sel], lab[va])
-    seconds: dict[str, float] = {}
-
-    def hook(stage: str, epoch: int, values: dict) -> None:
-        report("epoch", fold=fold, stage=stage, epoch=epoch, **values)
-
-    def cached(stage: str, compute: Callable[[], Any], key: dict | None = None) -> Any:
-        label = "self_training" if stage == "pseudo" else stage
-        report("stage", fold=fold, stage=label)
-        t0 = time.perf_counter()
-        out = cache.get_or_compute(stage, key or keys[stage], compute)
-        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
-        return out
-
-    pre_state = cached(
-        "pretrain",
-        lambda: pretrain_stage(
-            data,
-            feats,
-            cfg.data,
-            cfg.model,
-            cfg.pretrain,
-            train.Steps.of(cfg, supervised=False),
-            cfg.seed,
-            hook,
-        ),
-    )
-    if upto == "pretrain":
-        return None
-    fine = cached(
-        "finetune",
-        lambda: finetune_stage(
-            data,
-            feats,
-            pre_state,
-            samples,
-            cfg.data,
-            cfg.model,
-            cfg.oversample,
-            cfg.finetune,
-            train.Steps.of(cfg),
-            cfg.seed,
-            hook,
-        ),
-    )
-    if upto == "finetune":
-        return None
-    val_logits, final_state = fine["val"], fine["state"]
-    added = {c: 0 for c in data.classes}
-    precision = None
-    pseudo_idx = np.zeros(0, dtype=np.int64)
-    by_round = None
-    _, unl = pools(data, cfg.data)
-    st = cfg.self_training
-    if st.enabled and st.rounds > 0 and len(unl) > 0:
-        picked, by_round, val_logits, final_state = _self_train(
-            data, cfg, feats, pre_state, fine, samples, keys["finetune"], cached, hook
-        )
-        pseudo_idx = unl[picked.keep]
-        for c in picked.labels:
-            added[data.classes[int(c)]] += 1
-        if data.hidden_labels is not None and len(picked.keep):
-            truth = data.hidden_labels[pseudo_idx]
-            known = truth >= 0
-            if known.any():
-                precision = float((truth[known] == picked.labels[known]).mean())
-    elif st.enabled and st.rounds > 0:
-        report("note", text="the unlabelled pool is empty: self-training skipped")
-    if upto is not None:
-        return None
-    extra = None
-    if predict_idx is not None:
-        model = train.make_model(data, cfg.model, derive_seed(cfg.seed, "init"), feats.device)
-        model.load_state_dict(final_state)
-        extra = train.predict(model, feats, predict_idx)
-    roles = {FIT: samples.fit, SELECT: samples.select, SCORED: samples.scored, PSEUDO: pseudo_idx}
-    return FoldResult(
-        fold,
-        samples.scored,
-        val_logits,
-        added,
-        precision,
-        seconds,
-        list(getattr(cache, "hits", [])),
-        final_state,
-        roles,
-        extra,
-        by_round,
-    )
-
-
-def _self_train(
-    data: MERData,
-    cfg: Config,
-    feats: train.Features,
-    pre_state: dict[str, torch.Tensor],
-    fine: dict[str, Any],
-    samples: FoldSamples,
-    up: dict,
-    cached: Callable[..., Any],
-    hook: Callable[[str, int, dict], None],
-) -> tuple[Picked, np.ndarray, dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """Rounds of pseudo-labelling the pool (by self_training.confidence, which never
-    reads the searched voting weights) and retraining (stages.retrain_stage), each round
-    labelling the whole pool afresh with the latest model. Returns (the last round's
-    pseudo-labels the final model trained on, their count per class in each round, the
-    scored fold's logits, the final weights)."""
-    st = cfg.self_training
-    _, unl = pools(data, cfg.data)
-    thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
-    steps, epochs = train.Steps.of(cfg), cfg.retrain_epochs()
-    logits_pool, val, state = fine["pool"], fine["val"], fine["state"]
-    per_round = []
-    picked = Picked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    for rnd in range(st.rounds):
-        chosen = Picked(*select_pseudo_labels(doubt(logits_pool, st), thresholds))
-        per_round.append(np.bincount(chosen.labels, minlength=len(data.classes)))
-        if len(chosen.keep) == 0:
-            break  # the last round's model and the labels it trained on stay
-        picked = chosen
-        start = pre_state if st.init == "pretrained" else state
-        with_pool = rnd + 1 < st.rounds
-        key = retrain_key(up, rnd, st.init, epochs, picked, data.names[unl], with_pool)
-        out = cached(
-            "pseudo",
-            lambda start=start, picked=picked, rnd=rnd, with_pool=with_pool: retrain_stage(
-                data,
-                feats,
-                start,
-                fine,
-                samples,
-                picked,
-                cfg.data,
-                cfg.model,
-                epochs,
-                steps,
-                cfg.seed,
-                rnd,
-                with_pool,
-                hook,
-            ),
-            key,
-        )
-        val, state, logits_pool = out["val"], out["state"], out.get("pool")
-        # Under init=pretrained a round's model depends on its pseudo-labels alone, not on
-        # the round before (whose labels it was chosen with).
-        up = up if st.init == "pretrained" else key
-    by_round = np.asarray(per_round, dtype=np.int64).reshape(-1, len(data.classes))
-    return picked, by_round, val, state
-
-
 def _split_table(results: list[FoldResult]) -> pd.DataFrame:
     parts = [
         pd.DataFrame({"fold": r.fold, "role": role, "index": idx})
@@ -411,9 +165,10 @@ def train_folds(
         report(kind, **fields)
 
     folds = fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)
+    trainer = FoldTrainer(data, cfg, feats, cache, collect)
     results: list[FoldResult] = []
     for k, (tr, va) in enumerate(folds):
-        res = run_fold(data, cfg, k, tr, va, feats, cache, collect, predict_idx)
+        res = trainer.run(k, tr, va, predict_idx)
         assert res is not None  # a whole fold (no `upto`)
         results.append(res)
         pred = _decision(results[-1].logits, cfg, data.classes).argmax(1)
@@ -438,8 +193,9 @@ def warm(
     check_counts(data, cfg)
     feats = train.Features(data, pick_device(device))
     y = data.labels[data.indices(LABELLED)]
+    trainer = FoldTrainer(data, cfg, feats, cache, report or (lambda *a, **f: None))
     for k, (tr, va) in enumerate(fold_splits(y, cfg.eval.folds, cfg.eval.seed, cfg.eval.repeats)):
-        run_fold(data, cfg, k, tr, va, feats, cache, report or (lambda *a, **f: None), upto=upto)
+        trainer.run(k, tr, va, upto=upto)
         if not STAGES[upto].fold_dependent:
             break  # every fold shares it (and every stage before it)
 
@@ -540,17 +296,8 @@ def fit_all(
     report = report or (lambda *a, **k: None)
     feats = train.Features(data, pick_device(device))
     everything = np.arange(len(data.indices(LABELLED)))
-    res = run_fold(
-        data,
-        cfg,
-        ALL_LABELLED,
-        everything,
-        np.zeros(0, dtype=np.int64),
-        feats,
-        cache or MemoryCache(),
-        report,
-        predict_idx,
-    )
+    trainer = FoldTrainer(data, cfg, feats, cache or MemoryCache(), report)
+    res = trainer.run(ALL_LABELLED, everything, np.zeros(0, dtype=np.int64), predict_idx)
     assert res is not None and res.extra_logits is not None
     return _decision(res.extra_logits, cfg, data.classes)
 

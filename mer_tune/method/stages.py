@@ -5,10 +5,9 @@ describes them once: the config sections (or dotted keys) each one reads and the
 upstream of it. From that table come the stage cache's keys (a stage's key holds every
 value it reads plus its upstream stage's key) and the staged search's steps;
 tests/test_stages.py checks that the sections a stage really reads are the ones its key
-holds. A self-training round's retraining is cached under a key of what it trains on
-(`retrain_key`: the pseudo-labels themselves, not the thresholds that chose them). The
-vote and the decision stage after it are not cached: they read `voting` and `decision`
-alone and cost milliseconds.
+holds. A self-training round's retraining is keyed on what it trains on (`retrain_key`:
+the pseudo-labels, not the thresholds that chose them). The vote and the decision stage
+after it are not cached: they read `voting` and `decision` alone and cost milliseconds.
 """
 
 from __future__ import annotations
@@ -269,9 +268,6 @@ def _model(data: MERData, model_cfg: ModelConfig, seed: int, feats: train.Featur
     return model
 
 
-# ---------------------------------------------------------------- the stages
-
-
 def pretrain_stage(
     data: MERData,
     feats: train.Features,
@@ -303,47 +299,44 @@ class FoldSamples:
     scored: np.ndarray
 
 
+@dataclass(frozen=True)
+class FoldRun:
+    """What every fold-dependent stage of one fold model reads besides its config: the
+    data, its features on the device, the fold's samples, the seed and the epoch hook."""
+
+    data: MERData
+    feats: train.Features
+    samples: FoldSamples
+    seed: int
+    hook: EpochHook
+
+
 def finetune_stage(
-    data: MERData,
-    feats: train.Features,
+    run: FoldRun,
     pre_state: dict[str, torch.Tensor],
-    samples: FoldSamples,
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
     oversample_cfg: OversampleConfig,
     finetune_cfg: FinetuneConfig,
     steps: train.Steps,
-    seed: int,
-    hook: EpochHook,
 ) -> dict[str, Any]:
     """Oversample the fit samples, finetune from the pretrained weights, keep the best
     epoch on the selection samples; the heads' logits on the scored fold and the pool."""
-    rng = np.random.default_rng(derive_seed(seed, "oversample", samples.fold))
+    data, feats, samples = run.data, run.feats, run.samples
+    rng = np.random.default_rng(derive_seed(run.seed, "oversample", samples.fold))
     over = oversample(samples.fit_y, oversample_cfg.target, len(data.classes), rng)
     train_idx, train_y = samples.fit[over], samples.fit_y[over]
-    model = _model(data, model_cfg, seed, feats, pre_state)
+    model = _model(data, model_cfg, run.seed, feats, pre_state)
+    seed = derive_seed(run.seed, "finetune", samples.fold)
     state, info = train.supervised(
-        model,
-        feats,
-        train_idx,
-        train_y,
-        samples.select,
-        samples.select_y,
-        finetune_cfg.epochs,
-        steps,
-        derive_seed(seed, "finetune", samples.fold),
-        "finetune",
-        hook,
-    )
+        model, feats, train_idx, train_y, samples.select, samples.select_y,
+        train.Schedule(finetune_cfg.epochs, steps, seed, "finetune", run.hook),
+    )  # fmt: skip
     _, unl = pools(data, data_cfg)
-    return {
-        "val": train.predict(model, feats, samples.scored),
-        "pool": train.predict(model, feats, unl),
-        "state": _cpu(state),
-        "best_epoch": info["best_epoch"],
-        "train_idx": train_idx,
-        "train_y": train_y,
-    }
+    logits = {"val": train.predict(model, feats, samples.scored)}
+    logits["pool"] = train.predict(model, feats, unl)
+    kept = {"state": _cpu(state), "best_epoch": info["best_epoch"]}
+    return logits | kept | {"train_idx": train_idx, "train_y": train_y}
 
 
 class Picked(NamedTuple):
@@ -367,43 +360,41 @@ def retrain_key(
     return key | {"epochs": epochs, "set": digest.hexdigest(), "pool": with_pool}
 
 
+class Round(NamedTuple):
+    """One self-training round's schedule."""
+
+    number: int
+    epochs: int
+    steps: train.Steps
+    with_pool: bool  # another round follows: its model also labels the pool
+
+
 def retrain_stage(
-    data: MERData,
-    feats: train.Features,
+    run: FoldRun,
     start: dict[str, torch.Tensor],
     fine: dict[str, Any],
-    samples: FoldSamples,
     picked: Picked,
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
-    epochs: int,
-    steps: train.Steps,
-    seed: int,
-    rnd: int,
-    with_pool: bool,
-    hook: EpochHook,
+    rnd: Round,
 ) -> dict[str, Any]:
     """One self-training round: a model from the weights `start` (the pretrained ones, as
     the paper's step 2 trains MR-CCL anew; or the finetuned / last round's) trained on the
     oversampled labelled fit samples plus the pool samples `picked`, its best epoch picked
     on the selection samples. Its heads' logits on the scored fold, and on the pool when
     another round follows."""
+    data, feats, samples = run.data, run.feats, run.samples
     _, unl = pools(data, data_cfg)
-    model = _model(data, model_cfg, seed, feats, start)
+    model = _model(data, model_cfg, run.seed, feats, start)
+    seed = derive_seed(run.seed, "retrain", samples.fold, rnd.number)
     state, _ = train.supervised(
-        model,
-        feats,
+        model, feats,
         np.concatenate([fine["train_idx"], unl[picked.keep]]),
         np.concatenate([fine["train_y"], picked.labels]),
-        samples.select,
-        samples.select_y,
-        epochs,
-        steps,
-        derive_seed(seed, "retrain", samples.fold, rnd),
-        "retrain",
-        hook,
-    )
+        samples.select, samples.select_y,
+        train.Schedule(rnd.epochs, rnd.steps, seed, "retrain", run.hook),
+    )  # fmt: skip
     out = {"val": train.predict(model, feats, samples.scored), "state": _cpu(state)}
-    if with_pool:
+    if rnd.with_pool:
         out["pool"] = train.predict(model, feats, unl)
     return out

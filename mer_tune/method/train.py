@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -239,6 +240,17 @@ def classification_loss(
     return F.cross_entropy(sum(weighted), y) + heads
 
 
+class Schedule(NamedTuple):
+    """How a supervised stage trains: its epochs, steps and seed, and its name and
+    epoch hook for progress reports."""
+
+    epochs: int
+    steps: Steps
+    seed: int
+    stage: str
+    on_epoch: EpochHook | None = None
+
+
 def supervised(
     model: MRCCL,
     feats: Features,
@@ -246,15 +258,12 @@ def supervised(
     train_y: np.ndarray,
     val_idx: np.ndarray,
     val_y: np.ndarray,
-    epochs: int,
-    steps: Steps,
-    seed: int,
-    stage: str,
-    on_epoch: EpochHook | None = None,
+    schedule: Schedule,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The classification loss plus the contrastive terms; keep the epoch that
     scores best on the samples `val_idx` (the selection samples: they pick, never train).
     Returns (best state, {best_epoch, best_f1, history})."""
+    epochs, steps, seed, stage, on_epoch = schedule
     rng = np.random.default_rng(seed)
     loss_fn = supervised_loss(model, feats, steps, _noise_generator(feats.device, seed))
     targets = torch.as_tensor(train_y, device=feats.device)
