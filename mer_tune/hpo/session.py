@@ -137,8 +137,9 @@ class SearchSession:
         except SearchInterrupted:
             raise  # the runner recorded it
         except BaseException as err:
-            if disk_full(err):
-                raise self._stopped_by_full_disk(err) from None
+            full = disk_full(err)
+            if full is not None:
+                raise self._stopped_by_full_disk(full) from None
             self.interrupted()
             raise
         return self.finish(notes)
@@ -244,17 +245,17 @@ def _resumed_runner(ctx: SearchContext, batched: bool, warm: list) -> Runner:
     return TuneRunner(warm, restore=True)
 
 
-def disk_full(err: BaseException | None) -> bool:
-    """Whether `err`, or an error it came from, is a full disk (an OSError, or the
-    sqlite MLflow store's own words for it)."""
+def disk_full(err: BaseException | None) -> BaseException | None:
+    """The full-disk error `err` is or came from (an OSError, or the sqlite MLflow
+    store's own words for it; Tune may wrap either), or None."""
     seen = 0
     while err is not None and seen < 10:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
+            return err
         if "database or disk is full" in str(err):
-            return True
+            return err
         err, seen = err.__cause__ or err.__context__, seen + 1
-    return False
+    return None
 
 
 def tune_environment() -> None:
