@@ -27,14 +27,25 @@ def data() -> None:
 @data.command()
 @click.option("--out", required=True, type=NonEmptyPath(file_okay=False))
 @click.option(
-    "--scale", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True
+    "--scale",
+    type=click.Choice(["tiny", "small", "full", "mer2025"]),
+    default="tiny",
+    show_default=True,
+    help="mer2025: MER2025-SEMI Track 1's size (7,369 labelled, 20,000 candidates).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["mer2024", "mer2025"]),
+    help="Whose release files to write: mer2024 (label-disdim.csv, test-names.csv) or "
+    "mer2025 (track1_train_disdim.csv, track_all_candidates.csv); default: the scale's.",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def synth(out, scale, seed) -> None:
+def synth(out, scale, layout, seed) -> None:
     """Write a synthetic MER-shaped dataset in the MERTools layout."""
     from mer_tune.data import synthetic
 
-    path = synthetic.write(out, scale, seed)
+    release = {"mer2024": "MER2024-SEMI", "mer2025": "MER2025-SEMI"}.get(layout)
+    path = synthetic.write(out, scale, seed, release)
     click.echo(f"wrote {scale} synthetic dataset to {path}")
 
 

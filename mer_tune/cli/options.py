@@ -36,7 +36,7 @@ def non_empty(ctx, param, value):
     return value
 
 
-DATA_HELP = "A MERTools feature folder, or synthetic:tiny|small|full (default: the built-in synthetic:small)."
+DATA_HELP = "A MERTools feature folder (a MER2024- or MER2025-SEMI release), or synthetic:tiny|small|full|mer2025 (default: the built-in synthetic:small)."
 
 data_spec = click.option("--data", "data_spec", help=DATA_HELP)
 storage = click.option("--storage", type=NonEmptyPath(), default="mer-tune-runs", show_default=True)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mer_tune.data.layout import LABELLED, MODALITIES, TEST, UNLABELLED, DataOptions, read_folders
+from mer_tune.data.layout import (
+    LABELLED,
+    MODALITIES,
+    TEST,
+    UNLABELLED,
+    DataOptions,
+    read_folders,
+)
 from mer_tune.data.pack import FP16_MAX_ERROR, default_pack_dir, fp16_error, pack_damage
+from mer_tune.data.releases import LAYOUTS, find_layout
 from mer_tune.errors import MerTuneError
 
 
@@ -13,6 +21,9 @@ def check_report(folder: str | Path, opts: DataOptions) -> tuple[str, bool]:
     """A readable report, and whether the dataset is usable."""
     lines = [f"dataset: {folder}"]
     try:
+        layout = find_layout(Path(folder))
+        files = [f for f in LAYOUTS[layout].values() if (Path(folder) / f).exists()]
+        lines.append(f"layout: {layout}" + (f" ({', '.join(files)})" if files else ""))
         data = read_folders(folder, opts)
     except MerTuneError as err:
         lines.append(f"problem: {err}")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mer_tune.data.feature_files import list_samples, stack
+from mer_tune.data.releases import LAYOUTS, find_layout
 from mer_tune.errors import MerTuneError
 from mer_tune.user_files import check_file
 
@@ -125,16 +126,18 @@ def _feature_dir(root: Path, folder: str, modality: str) -> Path:
 
 
 def _read_labels(root: Path, opts: DataOptions) -> dict[str, str]:
+    files = LAYOUTS[find_layout(root)]
     if opts.labels:
         path = Path(opts.labels)
         if not path.is_absolute() and not path.exists():
             path = root / opts.labels
-    elif (root / "label-disdim.csv").exists():
-        path = root / "label-disdim.csv"
-    elif (root / "label-6way.npz").exists():
-        path = root / "label-6way.npz"
+    elif (root / files["labels"]).exists():
+        path = root / files["labels"]
+    elif (root / files["pickled"]).exists():
+        path = root / files["pickled"]
     else:
-        raise MerTuneError(f"{root}: no label file (label-disdim.csv or label-6way.npz)")
+        names = " or ".join(f"{f['labels']} ({name})" for name, f in LAYOUTS.items())
+        raise MerTuneError(f"{root}: no label file ({names})")
     if not path.exists() and not path.is_symlink():
         raise MerTuneError(f"{path}: label file not found")
     if path.is_dir():
@@ -196,17 +199,15 @@ def _read_names(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData:
-    """Read and validate a MERTools dataset file by file (slow at full scale: see `load`)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MerTuneError(f"{root}: data folder not found")
-    per_mod = {m: list_samples(_feature_dir(root, opts.folders[m], m)) for m in MODALITIES}
-    names = _common_names(per_mod, root, opts)
-    labels_by_name = _read_labels(root, opts)
-    test_file = opts.test_names or (
-        root / "test-names.csv" if (root / "test-names.csv").exists() else None
-    )
+def _test_names(
+    root: Path, opts: DataOptions, names: list[str], labels_by_name: dict[str, str]
+) -> set[str]:
+    """The test names (--test-names, else the release's own file), checked: they name
+    samples of this data, none of them labelled, and under MER2025-SEMI every candidate
+    has features."""
+    layout = find_layout(root)
+    default_test = root / LAYOUTS[layout]["test"]
+    test_file = opts.test_names or (default_test if default_test.exists() else None)
     test_set = set(_read_names(test_file)) if test_file else set()
     if opts.test_names and not test_set:  # given on purpose, it must name some
         raise MerTuneError(f"{test_file}: lists no test names")
@@ -217,6 +218,14 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
             f"{test_file}: none of its {len(test_set)} test names is a sample in {root} "
             f"(e.g. '{min(test_set)}')"
         )
+    lacking = sorted(test_set - set(names))
+    if layout == "MER2025-SEMI" and not opts.test_names and lacking:
+        # MER2025's scorer wants a prediction for every candidate.
+        raise MerTuneError(
+            f"{test_file}: {len(lacking)} of its candidates have no features in {root} "
+            f"(e.g. '{lacking[0]}'); extract them (mer-tune extract): a submission needs "
+            "a row for each"
+        )
 
     both = sorted(test_set & set(labels_by_name) & set(names))
     if both:
@@ -225,6 +234,18 @@ def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData
             f"{test_file}: {len(both)} of its test names are labelled samples ({shown}); "
             "a test name is scored, never trained on: remove them from one of the two files"
         )
+    return test_set
+
+
+def read_folders(root: str | Path, opts: DataOptions = DataOptions()) -> MERData:
+    """Read and validate a MERTools dataset file by file (slow at full scale: see `load`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MerTuneError(f"{root}: data folder not found")
+    per_mod = {m: list_samples(_feature_dir(root, opts.folders[m], m)) for m in MODALITIES}
+    names = _common_names(per_mod, root, opts)
+    labels_by_name = _read_labels(root, opts)
+    test_set = _test_names(root, opts, names, labels_by_name)
     classes = list(opts.classes)
     index = {c: i for i, c in enumerate(classes)}
     missing = sorted(set(labels_by_name) - set(names))

@@ -25,6 +25,7 @@ from mer_tune.data.layout import (
     _feature_dir,
     read_folders,
 )
+from mer_tune.data.releases import LAYOUTS
 from mer_tune.errors import MerTuneError
 from mer_tune.outputs import UMASK
 
@@ -69,6 +70,10 @@ def _source_signature(root: Path, opts: DataOptions) -> dict:
     for name in ("label-disdim.csv", "label-6way.npz", "test-names.csv", TRUTH_FILE):
         p = root / name
         sig[name] = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+    for name in LAYOUTS["MER2025-SEMI"].values():  # only where present: older packs stay current
+        p = root / name
+        if p.exists():
+            sig[name] = (p.stat().st_mtime_ns, p.stat().st_size)
     for extra in (opts.labels, opts.test_names):
         if extra and Path(extra).exists():
             sig[str(extra)] = Path(extra).stat().st_mtime_ns

@@ -32,7 +32,9 @@ def resolve(spec: str | None, opts: DataOptions = DataOptions()) -> MERData:
         return load(synth.builtin_dir(scale, int(seed or 0)), opts)
     path = Path(spec)
     if not path.is_dir():
-        raise UsageError(f"--data {spec}: no such folder (or use synthetic:tiny|small|full)")
+        raise UsageError(
+            f"--data {spec}: no such folder (or use synthetic:tiny|small|full|mer2025)"
+        )
     return load(path, opts)
 
 

@@ -38,6 +38,7 @@ from mer_tune.data.layout import (
     MERData,
     assemble,
 )
+from mer_tune.data.releases import LAYOUTS
 from mer_tune.errors import MerTuneError
 
 LABELLED_COUNTS = [1248, 1208, 1038, 730, 616, 190]  # MER2024-SEMI, classes in order
@@ -60,7 +61,11 @@ SCALES = {
     "tiny": Scale(180, 360, 60, {"audio": 24, "visual": 16, "text": 32}, 0.8, 1.0, 0.5),
     "small": Scale(1006, 3000, 500, {"audio": 1024, "visual": 768, "text": 5120}),
     "full": Scale(5030, 115595, 20000, {"audio": 1024, "visual": 768, "text": 5120}),
+    # MER2025-SEMI Track 1: 7,369 labelled, about 124,800 other clips, 20,000 candidates.
+    "mer2025": Scale(7369, 124800, 20000, {"audio": 1024, "visual": 768, "text": 5120}),
 }
+# The release a scale is laid out as (releases.LAYOUTS); the others are MER2024-SEMI's.
+RELEASE = {"mer2025": "MER2025-SEMI"}
 
 # Signal strength of each class (columns, in MER2024 order) in each modality.
 STRENGTH = {
@@ -175,8 +180,10 @@ def in_memory(scale: str | Scale = "tiny", seed: int = 0) -> MERData:
     )
 
 
-def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
-    """Write a synthetic dataset in the MERTools layout (atomically: temp folder, rename)."""
+def write(out: str | Path, scale: str = "tiny", seed: int = 0, release: str | None = None) -> Path:
+    """Write a synthetic dataset in the MERTools layout (atomically: temp folder, rename),
+    with the label and test-name files of `release` (default: the scale's, RELEASE)."""
+    files = LAYOUTS[release or RELEASE.get(scale, "MER2024-SEMI")]
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise MerTuneError(f"{out}: folder exists and is not empty")
@@ -194,13 +201,14 @@ def write(out: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
             for name, row in zip(names, lay.features[m], strict=True):
                 np.save(folder / f"{name}.npy", row)
         cls = np.asarray(MER2024_CLASSES, dtype=object)[lay.labels]
-        pd.DataFrame({"name": names[:n_lab], "discrete": cls[:n_lab]}).to_csv(
-            tmp / "label-disdim.csv", index=False
-        )
+        labelled = pd.DataFrame({"name": names[:n_lab], "discrete": cls[:n_lab]})
+        if files["labels"] != LAYOUTS["MER2024-SEMI"]["labels"]:
+            labelled["valence"] = 0.0  # MER2025's file has more columns than these two
+        labelled.to_csv(tmp / files["labels"], index=False)
         pd.DataFrame({"name": names[n_lab:], "discrete": cls[n_lab:]}).to_csv(
             tmp / TRUTH_FILE, index=False
         )
-        pd.DataFrame({"name": lay.test}).to_csv(tmp / "test-names.csv", index=False)
+        pd.DataFrame({"name": lay.test}).to_csv(tmp / files["test"], index=False)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -219,6 +227,6 @@ def builtin_dir(scale: str, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent first runs (several trials, several test workers) generate it once.
     with FileLock(str(path) + ".lock"):
-        if not (path / "label-disdim.csv").exists():
+        if not (path / LAYOUTS[RELEASE.get(scale, "MER2024-SEMI")]["labels"]).exists():
             write(path, scale, seed)
     return path

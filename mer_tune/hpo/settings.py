@@ -30,7 +30,7 @@ STRATEGIES = ("flat", "staged")
 class SearchSettings:
     space: str | Space = "thresholds"
     trials: int = 8
-    data: str | None = None  # a MERTools folder, or synthetic:tiny|small|full
+    data: str | None = None  # a MERTools folder, or synthetic:tiny|small|full|mer2025
     config: str | Path | Config | None = None  # base config: a file, a Config, or built-in
     overrides: dict[str, Any] = field(default_factory=dict)
     folds: int | None = 1
