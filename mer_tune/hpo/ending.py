@@ -45,9 +45,12 @@ def interrupted(ctx: SearchContext) -> None:
     """Record the truth of a stopped search: unfinished trials and their child runs, and
     the parent run, are KILLED (a resume reopens them)."""
     for trial_id, row in ctx.rows.items():
-        if row.get("status") == "RUNNING":
+        if row.get("status") in (None, "RUNNING"):
             row["status"] = "KILLED"
             ctx.recorder.finish_child(trial_id, "KILLED", {"mer_tune.status": "KILLED"})
+    # A signal (SIGTERM arrives anywhere in the driver) may have cut a trial's start short
+    # after its run was created: no run of the search is left RUNNING.
+    ctx.recorder.kill_running_children()
     finish(ctx, "KILLED")
 
 

@@ -307,6 +307,13 @@ class SearchRecorder:
             self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=status)
 
+    def kill_running_children(self) -> None:
+        """Every child run of the search still RUNNING ended as KILLED."""
+        for run in self.child_runs():
+            if run.info.status == "RUNNING":
+                self.set_tags(run.info.run_id, {"mer_tune.status": "KILLED"})
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+
     def finish_parent(self, status: str = "FINISHED") -> None:
         if self.parent_id:
             self.client.set_terminated(self.parent_id, status=status)
