@@ -17,6 +17,7 @@ from mer_tune.cli.options import (
     non_empty,
 )
 from mer_tune.errors import MerTuneError
+from mer_tune.hpo.samplers import SAMPLERS
 from mer_tune.outputs import no_empty_folder_left
 from mer_tune.printing import SearchProgress, console, print_confirm, print_summary
 
@@ -161,6 +162,16 @@ from mer_tune.printing import SearchProgress, console, print_confirm, print_summ
     type=click.IntRange(1),
     help="Trials per Ray task when every searched parameter is downstream of the stage "
     "cache (voting, decision): default 100 there; 1 = a Ray Tune trial each.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(SAMPLERS),
+    metavar="NAME",
+    default="tpe",
+    show_default=True,
+    help="Optuna's sampler: tpe, gp (small budgets, numeric spaces), random, cmaes "
+    "(numeric spaces, one objective) or auto (gp for a numeric space and at most 40 "
+    "trials, else tpe).",
 )
 @click.option(
     "--share-features",

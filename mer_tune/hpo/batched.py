@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.hpo import samplers
 from mer_tune.hpo.context import finished_fields
 from mer_tune.hpo.objectives import directions
 from mer_tune.hpo.spaces import Space, unused
@@ -83,7 +84,7 @@ class FoldModels:
             seed = int(np.random.SeedSequence([seed, study["done"]]).generate_state(1)[0])
         self.study = optuna.create_study(
             directions=directions(self.goals),
-            sampler=optuna.samplers.TPESampler(seed=seed),
+            sampler=samplers.make(study.get("sampler", "tpe"), seed),
         )
         for values, scores in study["told"]:  # warm start and a resumed search's trials
             self.study.add_trial(

@@ -7,6 +7,7 @@ start adds earlier trials to `_ot_study` directly."""
 
 from __future__ import annotations
 
+from mer_tune.hpo import samplers
 from mer_tune.hpo.objectives import METRIC, modes
 from mer_tune.hpo.spaces import Space
 
@@ -46,6 +47,7 @@ def optuna_searcher(
     study: str,
     warm: list[tuple[dict, list[float]]] | None = None,
     goals: list[str] | None = None,
+    sampler: str = "tpe",
 ):
     """Ray's OptunaSearch over `space`, `first_point` suggested first; `warm` holds
     (values, scores) of earlier trials, told to the study as finished before it asks.
@@ -81,7 +83,7 @@ def optuna_searcher(
         metric=goals if len(goals) > 1 else goals[0],
         mode=modes(goals) if len(goals) > 1 else modes(goals)[0],
         points_to_evaluate=[first_point],
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=samplers.make(sampler, seed),
         study_name=study,
         # In memory: Ray checkpoints the searcher with the experiment state, so a resumed
         # search continues the very study Ray knows. `_finish` exports it to optuna.db.

@@ -23,7 +23,7 @@ SETTINGS = (
     "space", "trials", "seed", "folds", "repeats", "select_on", "holdout", "holdout_seed",
     "holdout_size", "confirm_top", "confirm_seeds", "scheduler", "concurrency",
     "cpus_per_trial", "gpus_per_trial", "gpu_memory_estimate_gib", "data", "cache",
-    "max_failures", "trial_timeout", "batch", "share_features", "own_copy_gpus",
+    "max_failures", "trial_timeout", "batch", "share_features", "own_copy_gpus", "sampler",
 )  # fmt: skip
 # Keys written only once they hold something (a search from before them has none).
 LATER_MARKS = ("shared_stages", "finished")
@@ -58,6 +58,7 @@ class SearchRecord:
     batch: int = 1
     share_features: bool = False
     own_copy_gpus: float | None = None  # None: gpus_per_trial
+    sampler: str = "tpe"  # samplers.py (a search from before --sampler used TPE)
     cache_dir: str | None = None
     dataset: dict | None = None  # data.resolve.describe; None in searches before it
     baseline_search: str | None = None

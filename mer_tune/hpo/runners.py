@@ -72,8 +72,9 @@ def _new_tuner(ctx: SearchContext, data_ref: Any, warm: list):
 
     rec, goals = ctx.record, ctx.goals
     searcher = optuna_searcher(
-        ctx.space, ctx.space.defaults(ctx.base), rec.seed, ctx.path.name, warm, goals
-    )
+        ctx.space, ctx.space.defaults(ctx.base), rec.seed, ctx.path.name, warm, goals,
+        rec.sampler,
+    )  # fmt: skip
     return tune.Tuner(
         _trainable(ctx, data_ref),
         tune_config=tune.TuneConfig(
@@ -102,9 +103,11 @@ def prepare_restore(ctx: SearchContext) -> None:
     """Before Tune's saved run is restored: its files made to agree (a driver killed
     while Tune saved them), and this process's logger registered for the restored run.
     Runs from a release that saved the logger itself get it replaced in their file."""
+    rec = ctx.record
     searcher = optuna_searcher(
-        ctx.space, ctx.space.defaults(ctx.base), ctx.record.seed, ctx.path.name, [], ctx.goals
-    )
+        ctx.space, ctx.space.defaults(ctx.base), rec.seed, ctx.path.name, [], ctx.goals,
+        rec.sampler,
+    )  # fmt: skip
     fixed = tune_state.agree(ctx.folder.ray_dir, searcher)
     if fixed:
         ctx.note(
@@ -241,6 +244,7 @@ def _fold_models(ctx: SearchContext, data_ref: Any, first_point: dict | None, to
         "space": ctx.space,
         "goals": ctx.goals,
         "seed": int(rec.seed),
+        "sampler": rec.sampler,
         "told": told,
         "first_point": first_point,
         "done": len(ctx.rows),

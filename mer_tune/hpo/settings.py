@@ -19,6 +19,7 @@ from mer_tune.errors import UsageError
 from mer_tune.hpo.holdout import check_fraction
 from mer_tune.hpo.objectives import METRIC, check_scheduler, parse_pick
 from mer_tune.hpo.objectives import parse as parse_objectives
+from mer_tune.hpo.samplers import SAMPLERS
 from mer_tune.hpo.spaces import Space
 from mer_tune.method.config import Config
 
@@ -61,6 +62,7 @@ class SearchSettings:
     pick: str | None = None
     batch: int | None = None  # None: batched where the space allows it (batched.py)
     share_features: bool = False
+    sampler: str = "tpe"  # samplers.py: tpe, gp, random, cmaes or auto
 
     def __post_init__(self) -> None:
         # Normalised forms of what callers may give loosely (a comma list, a list).
@@ -73,6 +75,8 @@ class SearchSettings:
     def _check(self, goals: list[str]) -> None:
         if self.trials < 1:
             raise UsageError(f"--trials {self.trials}: must be at least 1")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"--sampler {self.sampler}: expected one of {', '.join(SAMPLERS)}")
         if self.scheduler not in SCHEDULERS:
             raise UsageError(f"--scheduler {self.scheduler}: expected none, asha or folds")
         if self.confirm_top < 0 or self.confirm_seeds < 0:

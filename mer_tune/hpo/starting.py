@@ -15,6 +15,7 @@ from mer_tune import user_yaml
 from mer_tune.data.layout import DataOptions
 from mer_tune.data.resolve import describe, resolve
 from mer_tune.errors import MerTuneError, UsageError
+from mer_tune.hpo import samplers
 from mer_tune.hpo.batched import batch_size
 from mer_tune.hpo.cache import new_key
 from mer_tune.hpo.context import SearchContext, no_events
@@ -54,6 +55,7 @@ class Plan:
     data: SearchData
     imported: Imported | None
     data_options: DataOptions
+    sampler: str  # samplers.resolve: `auto` decided
 
 
 def plan(s: SearchSettings) -> Plan:
@@ -81,7 +83,8 @@ def plan(s: SearchSettings) -> Plan:
             sorted(ho.names), base, sp, list(s.objectives),
         )  # fmt: skip
     data = SearchData(dataset, ho, withhold(dataset, ho))
-    return Plan(s, base, sp, batch, notes, uri, folder, cache_dir, data, imported, opts)
+    sampler = samplers.resolve(s.sampler, sp, s.trials, list(s.objectives))
+    return Plan(s, base, sp, batch, notes, uri, folder, cache_dir, data, imported, opts, sampler)
 
 
 def _base_config(s: SearchSettings) -> Config:
@@ -191,7 +194,8 @@ def first_record(p: Plan, settled: dict[str, Any]) -> SearchRecord:
         confirm_top=s.confirm_top, confirm_seeds=s.confirm_seeds, scheduler=s.scheduler,
         cpus_per_trial=s.cpus_per_trial, data=p.data.dataset.source, cache=s.cache,
         max_failures=s.max_failures, trial_timeout=s.trial_timeout, batch=p.batch,
-        share_features=s.share_features, cache_dir=p.cache_dir, **settled,
+        share_features=s.share_features, cache_dir=p.cache_dir, sampler=p.sampler,
+        **settled,
     )  # fmt: skip
 
 
