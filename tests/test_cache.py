@@ -204,6 +204,7 @@ class _SlowFiles(ArrowFiles):
         super().write(name, blob)
 
 
+@pytest.mark.slow  # seconds of waiting or a subprocess: CI runs it, `make check` not
 def test_leases_on_a_slow_store_admit_one_computer(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "ArrowFiles", _SlowFiles)
     calls, results = _three_users_at_once(f"file://{tmp_path}/slow")

@@ -343,6 +343,7 @@ def test_the_progress_line_after_a_resume_counts_the_searchs_own_trials(capsys):
     assert "done 2/3, running 0, failed 1, best 0.6000" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds of waiting or a subprocess: CI runs it, `make check` not
 def test_the_shipped_paper_config_runs_by_name_with_overrides_that_shrink_it(
     tiny_dir, tmp_path, capsys
 ):

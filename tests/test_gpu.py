@@ -154,6 +154,7 @@ FAST_SETS = [  # a trial of a few seconds on the CPU
 ]
 
 
+@pytest.mark.slow  # seconds of waiting or a subprocess: CI runs it, `make check` not
 def test_the_card_benchmarks_run_without_the_search_stack(tmp_path):
     """benchmarks/gpu_check.sh runs gpu_trial.py and card_sharing.py on a bare GPU machine
     that has PyTorch, pandas, scikit-learn, PyYAML and filelock but no Optuna, Ray, MLflow

@@ -23,6 +23,7 @@ from mer_tune.hpo.tracking import check_reachable, redact, resolve_uri, ui_comma
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a subprocess that imports Ray: CI runs it, `make check` not
 def test_mer_tune_never_turns_ray_auth_off():
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     code = "import os, mer_tune.hpo.tuner, mer_tune.cli; print(os.environ.get('RAY_AUTH_MODE'))"

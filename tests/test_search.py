@@ -198,6 +198,7 @@ def test_bad_search_input_fails_before_any_trial(search_env, tiny_dir, kw, error
     assert not (search_env / "runs" / "bad" / "ray").exists()
 
 
+@pytest.mark.slow  # a subprocess that imports Ray: CI runs it, `make check` not
 def test_unreachable_ray_address_is_a_clear_error(tmp_path):
     import subprocess
     import sys
