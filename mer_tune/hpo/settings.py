@@ -24,7 +24,6 @@ from mer_tune.hpo.spaces import Space
 from mer_tune.method.config import Config
 
 SCHEDULERS = ("none", "asha", "folds")
-STRATEGIES = ("flat", "staged")
 
 
 @dataclass(frozen=True, kw_only=True)
