@@ -82,7 +82,7 @@ def _counts(data, feats, pre, cfg, silent) -> None:
         st = cfg.self_training.model_copy(update={"confidence": rule})
         keep, labels = stages.select_pseudo_labels(stages.doubt(fine["pool"], st), thresholds)
         counts = np.bincount(labels, minlength=len(data.classes))
-        known = truth[keep] >= 0
+        known = truth[keep] != -1  # a clip of no class (NO_CLASS): a wrong label
         precision = float((truth[keep][known] == labels[known]).mean()) if known.any() else 0.0
         cells = " | ".join(f"+{n}" for n in counts)
         print(f"| {rule} | {cells} | {counts.sum()} | {precision:.3f} |")

@@ -53,6 +53,10 @@ LABELLED, UNLABELLED, TEST = "labelled", "unlabelled", "test"
 # A search's outer holdout: labelled samples whose labels no trial ever sees.
 HOLDOUT = "holdout"
 TRUTH_FILE = "synthetic-truth.csv"  # hidden labels of a synthetic pool: reporting only
+# A synthetic pool clip of no one class (a mixture, another emotion, little signal): in
+# the truth file NO_CLASS_NAME, in hidden_labels NO_CLASS (-1 stays "truth unknown"): a
+# pseudo-label on it is a wrong one.
+NO_CLASS, NO_CLASS_NAME = -2, "none"
 # A label or test-name list: MER2025's 20,000 candidates take under a megabyte.
 MAX_LIST_BYTES = 256 << 20
 
@@ -355,7 +359,8 @@ def _read_truth(root: Path, names: list[str], index: dict[str, int]) -> np.ndarr
         return None
     truth = _read_name_discrete(path, "the truth CSV")
     lookup = dict(zip(truth["name"], truth["discrete"], strict=True))
-    return np.asarray([index.get(lookup.get(n, ""), -1) for n in names], dtype=np.int64)
+    codes = index | {NO_CLASS_NAME: NO_CLASS}
+    return np.asarray([codes.get(lookup.get(n, ""), -1) for n in names], dtype=np.int64)
 
 
 def validate(data: MERData) -> None:

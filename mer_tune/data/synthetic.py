@@ -32,6 +32,8 @@ from mer_tune.data.layout import (
     LABELLED,
     MER2024_CLASSES,
     MODALITIES,
+    NO_CLASS,
+    NO_CLASS_NAME,
     TEST,
     TRUTH_FILE,
     UNLABELLED,
@@ -55,6 +57,12 @@ class Scale:
     spread: float = 1.5
     nuisance: float = 3.0
     noise: float = 1.0
+    # The pool, like MER2024-SEMI's, is mostly clips of no one class: the shares of clean
+    # in-class clips (at the labelled class mix; the test names are drawn from them), of
+    # two-class mixtures and of emotions outside the six; the rest carry little signal.
+    in_class: float = 0.3
+    mixtures: float = 0.3
+    others: float = 0.2
 
 
 SCALES = {
@@ -64,7 +72,7 @@ SCALES = {
     # MER2025-SEMI Track 1: 7,369 labelled, about 124,800 other clips, 20,000 candidates.
     "mer2025": Scale(7369, 124800, 20000, {"audio": 1024, "visual": 768, "text": 5120}),
 }
-# The release a scale is laid out as (releases.LAYOUTS); the others are MER2024-SEMI's.
+# The release a scale is laid out as (layout.LAYOUTS); the others are MER2024-SEMI's.
 RELEASE = {"mer2025": "MER2025-SEMI"}
 
 # Signal strength of each class (columns, in MER2024 order) in each modality.
@@ -74,6 +82,12 @@ STRENGTH = {
     "text": [0.7, 0.6, 0.6, 1.3, 1.3, 0.4],
 }
 UNINFORMATIVE = {"audio": 0.15, "visual": 0.2, "text": 0.25}
+# How much of the shared latent each modality carries: audio most, text least, the order
+# the paper's voting weights (audio 0.7, visual 0.4, text 0.3) imply.
+MODALITY_GAIN = {"audio": 1.0, "visual": 0.75, "text": 0.55}
+OTHER_EMOTIONS = 4  # emotions outside the six, each with its own prototype
+OTHER_SPREAD = 0.5  # how far their prototypes lie from the centre of the six
+LOW_INFORMATION = 0.2  # the share of its class's prototype a low-information clip keeps
 LATENT, NUISANCE = 16, 32
 CHUNK = 8192
 
@@ -95,39 +109,68 @@ def _scale(scale: str | Scale) -> Scale:
 
 
 def generate(scale: str | Scale, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-    """Features per modality (N, dim) float32, labels (N,), and how many are labelled."""
+    """Features per modality (N, dim) float32, true labels (N,; NO_CLASS for a pool clip
+    of no one class), and how many are labelled (the first ones)."""
     sc = _scale(scale)
     rng = np.random.default_rng(seed)
     lab_counts = class_counts(sc.labelled)
-    # The pool follows the same class mix as the labelled set.
-    pool = rng.choice(
-        len(MER2024_CLASSES), size=sc.unlabelled, p=np.asarray(lab_counts) / sum(lab_counts)
+    mix = np.asarray(lab_counts) / sum(lab_counts)
+    lab = np.repeat(np.arange(len(lab_counts)), lab_counts)
+    # Prototypes of the six classes, then of the emotions outside them: those lie among
+    # the six (near their centre), where a classifier of the six is unsure, not far out
+    # where it would extrapolate with confidence.
+    classes = rng.normal(size=(len(MER2024_CLASSES), LATENT))
+    others = classes.mean(axis=0) + OTHER_SPREAD * rng.normal(size=(OTHER_EMOTIONS, LATENT))
+    basis = np.vstack([classes, others])
+    coords, carrier, truth = _pool(sc, rng, mix)
+    centres = np.concatenate([basis[lab], coords @ basis])
+    z = (centres + sc.spread * rng.normal(size=centres.shape)).astype(np.float32)
+    carriers = np.concatenate([lab, carrier])  # whose per-class strength a clip has
+    feats = {m: _modality(sc, rng, m, z, carriers) for m in MODALITIES}
+    return feats, np.concatenate([lab, truth]), sc.labelled
+
+
+def _pool(sc: Scale, rng: np.random.Generator, mix: np.ndarray):
+    """Each pool clip as weights over the prototypes (a clean clip of a class: one 1),
+    the class whose per-class strength it carries, and its truth (NO_CLASS but for the
+    clean in-class clips)."""
+    n, k = sc.unlabelled, len(mix)
+    rest = 1 - sc.in_class - sc.mixtures - sc.others
+    kinds = rng.choice(4, size=n, p=[sc.in_class, sc.mixtures, sc.others, rest])
+    carrier = rng.choice(k, size=n, p=mix)
+    second = (carrier + 1 + rng.integers(0, k - 1, size=n)) % k  # another of the six
+    weight = rng.uniform(0.4, 0.6, size=n)
+    other = rng.integers(0, OTHER_EMOTIONS, size=n)
+    coords = np.zeros((n, k + OTHER_EMOTIONS))
+    rows = np.arange(n)
+    coords[rows, carrier] = np.select(
+        [kinds == 0, kinds == 1, kinds == 2], [1.0, weight, 0.0], LOW_INFORMATION
     )
-    labels = np.concatenate([np.repeat(np.arange(len(lab_counts)), lab_counts), pool])
-    n = len(labels)
-    prototypes = rng.normal(size=(len(MER2024_CLASSES), LATENT))
-    z = (prototypes[labels] + sc.spread * rng.normal(size=(n, LATENT))).astype(np.float32)
-    feats = {}
-    for m in MODALITIES:
-        dim = sc.dims[m]
-        strength = np.asarray(STRENGTH[m], dtype=np.float32)[labels][:, None]
-        informative = (rng.random(n) >= UNINFORMATIVE[m]).astype(np.float32)[:, None]
-        mix = (rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
-        nuisance_mix = (rng.normal(size=(NUISANCE, dim)) / np.sqrt(NUISANCE)).astype(np.float32)
-        out = np.empty((n, dim), dtype=np.float32)
-        # A block of rows at a time, in float32: the full scale stays within a few GiB.
-        for start in range(0, n, CHUNK):
-            rows = slice(start, min(n, start + CHUNK))
-            k = rows.stop - rows.start
-            signal = (z[rows] * strength[rows] * informative[rows]) @ mix
-            nuisance = (
-                sc.nuisance * rng.standard_normal((k, NUISANCE), dtype=np.float32)
-            ) @ nuisance_mix
-            out[rows] = (
-                signal + nuisance + sc.noise * rng.standard_normal((k, dim), dtype=np.float32)
-            )
-        feats[m] = out
-    return feats, labels, sc.labelled
+    mixed = kinds == 1
+    coords[rows[mixed], second[mixed]] = 1 - weight[mixed]
+    coords[rows[kinds == 2], k + other[kinds == 2]] = 1.0
+    return coords, carrier, np.where(kinds == 0, carrier, NO_CLASS)
+
+
+def _modality(
+    sc: Scale, rng: np.random.Generator, m: str, z: np.ndarray, carriers: np.ndarray
+) -> np.ndarray:
+    n, dim = len(z), sc.dims[m]
+    strength = (MODALITY_GAIN[m] * np.asarray(STRENGTH[m], dtype=np.float32))[carriers][:, None]
+    informative = (rng.random(n) >= UNINFORMATIVE[m]).astype(np.float32)[:, None]
+    mix = (rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
+    nuisance_mix = (rng.normal(size=(NUISANCE, dim)) / np.sqrt(NUISANCE)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    # A block of rows at a time, in float32: the full scale stays within a few GiB.
+    for start in range(0, n, CHUNK):
+        rows = slice(start, min(n, start + CHUNK))
+        k = rows.stop - rows.start
+        signal = (z[rows] * strength[rows] * informative[rows]) @ mix
+        nuisance = (
+            sc.nuisance * rng.standard_normal((k, NUISANCE), dtype=np.float32)
+        ) @ nuisance_mix
+        out[rows] = signal + nuisance + sc.noise * rng.standard_normal((k, dim), dtype=np.float32)
+    return out
 
 
 @dataclass
@@ -149,9 +192,9 @@ def layout(scale: str | Scale, seed: int) -> Layout:
     order = np.random.default_rng(seed + 1).permutation(len(names))
     names = [names[i] for i in order]
     pool_names = names[n_lab:]
-    test = np.random.default_rng(seed + 2).choice(
-        len(pool_names), size=_scale(scale).test, replace=False
-    )
+    # Test names are clips of one class (MER2024's test set is labelled), in the pool.
+    clean = np.flatnonzero(labels[n_lab:] >= 0)
+    test = np.random.default_rng(seed + 2).choice(clean, size=_scale(scale).test, replace=False)
     return Layout(names, feats, labels, n_lab, sorted(pool_names[i] for i in test))
 
 
@@ -200,7 +243,8 @@ def write(out: str | Path, scale: str = "tiny", seed: int = 0, release: str | No
             folder.mkdir(parents=True)
             for name, row in zip(names, lay.features[m], strict=True):
                 np.save(folder / f"{name}.npy", row)
-        cls = np.asarray(MER2024_CLASSES, dtype=object)[lay.labels]
+        named = np.asarray([*MER2024_CLASSES, NO_CLASS_NAME], dtype=object)
+        cls = named[np.where(lay.labels == NO_CLASS, len(MER2024_CLASSES), lay.labels)]
         labelled = pd.DataFrame({"name": names[:n_lab], "discrete": cls[:n_lab]})
         if files["labels"] != LAYOUTS["MER2024-SEMI"]["labels"]:
             labelled["valence"] = 0.0  # MER2025's file has more columns than these two

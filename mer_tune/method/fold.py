@@ -209,7 +209,7 @@ class FoldTrainer:
             out.added[data.classes[int(c)]] += 1
         if data.hidden_labels is not None and len(picked.keep):
             truth = data.hidden_labels[out.pseudo_idx]
-            known = truth >= 0
+            known = truth != -1  # a clip of no class (NO_CLASS) counts as a wrong label
             if known.any():
                 out.precision = float((truth[known] == picked.labels[known]).mean())
         return out
