@@ -86,7 +86,8 @@ UNINFORMATIVE = {"audio": 0.15, "visual": 0.2, "text": 0.25}
 # the paper's voting weights (audio 0.7, visual 0.4, text 0.3) imply.
 MODALITY_GAIN = {"audio": 1.0, "visual": 0.75, "text": 0.55}
 OTHER_EMOTIONS = 4  # emotions outside the six, each with its own prototype
-OTHER_SPREAD = 0.5  # how far their prototypes lie from the centre of the six
+OTHER_SPREAD = 0.5
+LABELLED_AMBIGUOUS = 0.4  # labelled clips that lean only partly to their class  # how far their prototypes lie from the centre of the six
 LOW_INFORMATION = 0.2  # the share of its class's prototype a low-information clip keeps
 LATENT, NUISANCE = 16, 32
 CHUNK = 8192
@@ -123,7 +124,17 @@ def generate(scale: str | Scale, seed: int) -> tuple[dict[str, np.ndarray], np.n
     others = classes.mean(axis=0) + OTHER_SPREAD * rng.normal(size=(OTHER_EMOTIONS, LATENT))
     basis = np.vstack([classes, others])
     coords, carrier, truth = _pool(sc, rng, mix)
-    centres = np.concatenate([basis[lab], coords @ basis])
+    # Annotators label ambiguous clips too (by their dominant emotion): a share of the
+    # labelled clips lean only partly to their class, the rest towards another one.
+    lab_coords = np.zeros((len(lab), len(basis)))
+    lab_coords[np.arange(len(lab)), lab] = 1.0
+    leaning = rng.random(len(lab)) < LABELLED_AMBIGUOUS
+    weight = rng.uniform(0.55, 0.75, size=len(lab))
+    other = (lab + 1 + rng.integers(0, len(mix) - 1, size=len(lab))) % len(mix)
+    rows = np.flatnonzero(leaning)
+    lab_coords[rows, lab[rows]] = weight[rows]
+    lab_coords[rows, other[rows]] = 1 - weight[rows]
+    centres = np.concatenate([lab_coords @ basis, coords @ basis])
     z = (centres + sc.spread * rng.normal(size=centres.shape)).astype(np.float32)
     carriers = np.concatenate([lab, carrier])  # whose per-class strength a clip has
     feats = {m: _modality(sc, rng, m, z, carriers) for m in MODALITIES}
