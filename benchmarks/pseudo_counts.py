@@ -34,6 +34,7 @@ from mer_tune.method.config import (
     with_overrides,
 )
 
+PAPER_ADDED = (170, 122, 206, 429, 321, 150)  # pseudo-labels per class on MER2024-SEMI
 RULES = typing.get_args(SelfTrainingConfig.model_fields["confidence"].annotation)
 
 
@@ -86,6 +87,8 @@ def _counts(data, feats, pre, cfg, silent) -> None:
         precision = float((truth[keep][known] == labels[known]).mean()) if known.any() else 0.0
         cells = " | ".join(f"+{n}" for n in counts)
         print(f"| {rule} | {cells} | {counts.sum()} | {precision:.3f} |")
+    paper = " | ".join(f"+{n}" for n in PAPER_ADDED)
+    print(f"| paper (MER2024-SEMI, released rule) | {paper} | {sum(PAPER_ADDED)} | unknown |")
     print(
         f"\npool: {len(pool)} samples; thresholds: "
         + ", ".join(f"{c} {t:g}" for c, t in zip(data.classes, thresholds, strict=True))
