@@ -102,7 +102,7 @@ def test_synthetic_mer2025_is_built_in_that_layout(tmp_path, monkeypatch):
     monkeypatch.setitem(synthetic.SCALES, "mer2025", synthetic.SCALES["tiny"])
     monkeypatch.setenv("MER_TUNE_HOME", str(tmp_path))
     data = resolve("synthetic:mer2025")
-    folder = tmp_path / "synthetic" / "mer2025-seed0"
+    folder = tmp_path / "synthetic" / f"mer2025-seed0-{synthetic.GENERATOR}"
     assert (folder / "track_all_candidates.csv").exists()
     assert not (folder / "label-disdim.csv").exists()
     assert (data.split == "test").sum() == 60

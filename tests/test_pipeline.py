@@ -53,3 +53,20 @@ def test_empty_unlabelled_pool_skips_self_training_with_a_note(tmp_path, fast_cf
     res = pipeline.run(load(root), fast_cfg)
     assert any("unlabelled pool is empty" in n for n in res.notes)
     assert sum(res.pseudo_added.values()) == 0
+
+
+def test_a_pseudo_label_on_a_clip_of_no_class_counts_as_a_wrong_one(tiny_dir, fast_cfg):
+    import dataclasses
+
+    from mer_tune.data.layout import NO_CLASS
+
+    data = load(tiny_dir)
+    pool = data.split != "labelled"
+    keep_all = {f"self_training.thresholds.{c}": 0.01 for c in data.classes}
+    cfg = with_overrides(fast_cfg, {"eval.folds": 2, **keep_all})
+    none = dataclasses.replace(data, hidden_labels=np.where(pool, NO_CLASS, -1))
+    res = pipeline.run(none, cfg)
+    assert sum(res.pseudo_added.values()) > 0 and res.pseudo_precision == 0.0
+    # Truth unknown (-1) is not truth "none": no precision at all.
+    unknown = dataclasses.replace(data, hidden_labels=np.full(len(data.names), -1))
+    assert pipeline.run(unknown, cfg).pseudo_precision is None

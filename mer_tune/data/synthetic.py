@@ -107,6 +107,9 @@ LOW_INFORMATION = 0.2  # the share of its class's prototype a low-information cl
 # the released confidence rule at full scale (RESULTS.md: "Calibration of the built-in data").
 WEAK_EXPRESSION = 0.1
 LATENT, NUISANCE = 16, 32
+# The generator's version: in the built-in folders' names and the in-memory fingerprints,
+# so that data (and cached stages) of an earlier generator are never read as this one's.
+GENERATOR = "g2"
 CHUNK = 8192
 
 
@@ -264,7 +267,7 @@ def in_memory(scale: str | Scale = "tiny", seed: int = 0) -> MERData:
         list(MER2024_CLASSES),
         hidden,
         f"synthetic:{label}",
-        fingerprint=f"synthetic-{label}-seed{seed}",
+        fingerprint=f"synthetic-{GENERATOR}-{label}-seed{seed}",
     )
 
 
@@ -312,7 +315,7 @@ def write(out: str | Path, scale: str = "tiny", seed: int = 0, release: str | No
 def builtin_dir(scale: str, seed: int = 0) -> Path:
     """The built-in dataset's folder, generated once and cached."""
     base = Path(os.environ.get("MER_TUNE_HOME", Path.home() / ".cache" / "mer-tune"))
-    path = base / "synthetic" / f"{scale}-seed{seed}"
+    path = base / "synthetic" / f"{scale}-seed{seed}-{GENERATOR}"
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent first runs (several trials, several test workers) generate it once.
     with FileLock(str(path) + ".lock"):
