@@ -141,7 +141,11 @@ def main() -> None:
             added = sum(res.pseudo_added.values())
             pseudo[name][0] += added
             pseudo[name][1] += added * (res.pseudo_precision or 0.0)
-            print(f"seed {seed}, {name}: " + ", ".join(f"{v:.4f}" for v in res.fold_f1))
+            truth_note = f"; truth {truth_f1[name][-1]:.4f}" if len(test) else ""
+            print(
+                f"seed {seed}, {name}: " + ", ".join(f"{v:.4f}" for v in res.fold_f1) + truth_note,
+                flush=True,
+            )
     n = args.folds * args.seeds
     full = np.asarray(folds["full method"])
     print(

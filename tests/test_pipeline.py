@@ -63,10 +63,26 @@ def test_a_pseudo_label_on_a_clip_of_no_class_counts_as_a_wrong_one(tiny_dir, fa
     data = load(tiny_dir)
     pool = data.split != "labelled"
     keep_all = {f"self_training.thresholds.{c}": 0.01 for c in data.classes}
-    cfg = with_overrides(fast_cfg, {"eval.folds": 2, **keep_all})
+    # Inductive: the pool holds unlabelled clips only (a scored one's label is known).
+    cfg = with_overrides(fast_cfg, {"eval.folds": 2, "eval.inner_pool": "inductive", **keep_all})
     none = dataclasses.replace(data, hidden_labels=np.where(pool, NO_CLASS, -1))
     res = pipeline.run(none, cfg)
     assert sum(res.pseudo_added.values()) > 0 and res.pseudo_precision == 0.0
     # Truth unknown (-1) is not truth "none": no precision at all.
     unknown = dataclasses.replace(data, hidden_labels=np.full(len(data.names), -1))
     assert pipeline.run(unknown, cfg).pseudo_precision is None
+
+
+@pytest.mark.parametrize("inner_pool", ["transductive", "inductive"])
+def test_a_scored_fold_joins_its_models_pool_only_when_transductive(tiny_dir, fast_cfg, inner_pool):
+    """eval.inner_pool: under transductive a fold model may pseudo-label the samples it is
+    scored on (their labels hidden), as it may the holdout and the test names."""
+    data = load(tiny_dir)
+    keep_all = {f"self_training.thresholds.{c}": 0.01 for c in data.classes}
+    cfg = with_overrides(fast_cfg, {"eval.folds": 2, "eval.inner_pool": inner_pool, **keep_all})
+    splits = pipeline.run(data, cfg).splits
+    for _, fold in splits.groupby("fold"):
+        scored = set(fold.loc[fold.role == "scored", "index"])
+        pseudo = set(fold.loc[fold.role == "pseudo", "index"])
+        assert bool(scored & pseudo) == (inner_pool == "transductive")
+        assert pseudo - scored  # the unlabelled pool either way

@@ -29,7 +29,7 @@ from mer_tune.method.stages import (
     derive_seed,
     doubt,
     finetune_stage,
-    pools,
+    fold_pool,
     pretrain_stage,
     retrain_key,
     retrain_stage,
@@ -166,7 +166,8 @@ class FoldTrainer:
         lab = data.indices(LABELLED)
         y = data.labels[lab]
         fit, sel = selection_split(cfg, fold, y, tr, va)
-        samples = FoldSamples(fold, lab[fit], y[fit], lab[sel], y[sel], lab[va])
+        transductive = cfg.eval.inner_pool == "transductive"
+        samples = FoldSamples(fold, lab[fit], y[fit], lab[sel], y[sel], lab[va], transductive)
         st = _Stages(self.cache, self.report, fold, stage_keys(cfg, data.fingerprint, fold))
         run = FoldRun(data, feats, samples, cfg.seed, st.hook)
         pre_state = st.cached(
@@ -197,7 +198,7 @@ class FoldTrainer:
     ) -> SelfTrained:
         data, st_cfg = self.data, self.cfg.self_training
         out = SelfTrained(fine["val"], fine["state"], {c: 0 for c in data.classes})
-        _, unl = pools(data, self.cfg.data)
+        unl = fold_pool(data, self.cfg.data, run.samples)
         if not (st_cfg.enabled and st_cfg.rounds > 0):
             return out
         if len(unl) == 0:
@@ -208,7 +209,9 @@ class FoldTrainer:
         for c in picked.labels:
             out.added[data.classes[int(c)]] += 1
         if data.hidden_labels is not None and len(picked.keep):
-            truth = data.hidden_labels[out.pseudo_idx]
+            # A scored sample in the pool (eval.inner_pool) has its label in data.labels.
+            hidden = data.hidden_labels[out.pseudo_idx]
+            truth = np.where(hidden == -1, data.labels[out.pseudo_idx], hidden)
             known = truth != -1  # a clip of no class (NO_CLASS) counts as a wrong label
             if known.any():
                 out.precision = float((truth[known] == picked.labels[known]).mean())
@@ -224,7 +227,7 @@ class FoldTrainer:
         round, the scored fold's logits, the final weights)."""
         data, cfg = self.data, self.cfg
         stc = cfg.self_training
-        _, unl = pools(data, cfg.data)
+        unl = fold_pool(data, cfg.data, run.samples)
         thresholds = np.asarray([cfg.threshold_of(c) for c in data.classes])
         steps, epochs = train.Steps.of(cfg), cfg.retrain_epochs()
         logits_pool, val, state = fine["pool"], fine["val"], fine["state"]

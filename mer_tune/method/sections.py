@@ -349,3 +349,9 @@ class EvalConfig(_Strict):
     select_fraction: float = Field(
         0.15, gt=0.0, le=0.5, description="share of a training part that picks the epoch"
     )
+    inner_pool: Literal["transductive", "inductive"] = Field(
+        "transductive",
+        description="transductive: each scored fold's features join its fold model's "
+        "unlabelled pool (labels hidden), as the outer holdout and the test names do, so a "
+        "threshold is scored as it is deployed; inductive: the pool never holds them",
+    )

@@ -153,6 +153,15 @@ def pools(data: MERData, data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate([data.indices(LABELLED), unl])), unl
 
 
+def fold_pool(data: MERData, data_cfg: DataConfig, samples: FoldSamples) -> np.ndarray:
+    """The pool one fold model pseudo-labels: the unlabelled (`pools`), plus its scored
+    samples where `samples.scored_in_pool` and the test names join the pool too."""
+    _, unl = pools(data, data_cfg)
+    if samples.scored_in_pool and data_cfg.test_in_pool and len(samples.scored):
+        return np.concatenate([unl, samples.scored])
+    return unl
+
+
 def oversample(
     labels: np.ndarray, target: int, n_classes: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -297,6 +306,8 @@ class FoldSamples:
     select: np.ndarray
     select_y: np.ndarray
     scored: np.ndarray
+    # eval.inner_pool=transductive: the scored samples' features join the pool.
+    scored_in_pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -332,7 +343,7 @@ def finetune_stage(
         model, feats, train_idx, train_y, samples.select, samples.select_y,
         train.Schedule(finetune_cfg.epochs, steps, seed, "finetune", run.hook),
     )  # fmt: skip
-    _, unl = pools(data, data_cfg)
+    unl = fold_pool(data, data_cfg, samples)
     logits = {"val": train.predict(model, feats, samples.scored)}
     logits["pool"] = train.predict(model, feats, unl)
     kept = {"state": _cpu(state), "best_epoch": info["best_epoch"]}
@@ -384,7 +395,7 @@ def retrain_stage(
     on the selection samples. Its heads' logits on the scored fold, and on the pool when
     another round follows."""
     data, feats, samples = run.data, run.feats, run.samples
-    _, unl = pools(data, data_cfg)
+    unl = fold_pool(data, data_cfg, samples)
     model = _model(data, model_cfg, run.seed, feats, start)
     seed = derive_seed(run.seed, "retrain", samples.fold, rnd.number)
     state, _ = train.supervised(
