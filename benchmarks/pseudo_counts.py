@@ -26,7 +26,7 @@ import torch
 
 from mer_tune.data import synthetic as synth
 from mer_tune.data.layout import LABELLED
-from mer_tune.method import pipeline, stages, train
+from mer_tune.method import pipeline, stages, train, voting
 from mer_tune.method.config import (
     SelfTrainingConfig,
     build_config,
@@ -81,7 +81,7 @@ def _counts(data, feats, pre, cfg, silent) -> None:
     print("| --- " * (len(data.classes) + 3) + "|")
     for rule in RULES:
         st = cfg.self_training.model_copy(update={"confidence": rule})
-        keep, labels = stages.select_pseudo_labels(stages.doubt(fine["pool"], st), thresholds)
+        keep, labels = voting.select_pseudo_labels(voting.doubt(fine["pool"], st), thresholds)
         counts = np.bincount(labels, minlength=len(data.classes))
         known = truth[keep] != -1  # a clip of no class (NO_CLASS): a wrong label
         precision = float((truth[keep][known] == labels[known]).mean()) if known.any() else 0.0

@@ -6,7 +6,7 @@ import pytest
 
 from mer_tune.data.pack import load
 from mer_tune.hpo.cache import key_digest
-from mer_tune.method import fold, pipeline, stages
+from mer_tune.method import fold, pipeline, stages, voting
 from mer_tune.method.config import HEADS, Config, SelfTrainingConfig, with_overrides
 from mer_tune.method.stages import step_of
 
@@ -20,7 +20,7 @@ def test_pseudo_labels_use_the_threshold_of_the_predicted_class():
             [0.3, 0.7],  # class 1 at 0.7: below
         ]
     )
-    keep, labels = stages.select_pseudo_labels(probs, np.array([0.99, 0.8]))
+    keep, labels = voting.select_pseudo_labels(probs, np.array([0.99, 0.8]))
     assert keep.tolist() == [1, 2]
     assert labels.tolist() == [0, 1]
 
@@ -35,24 +35,24 @@ def test_weighted_logits_confidence_accepts_what_the_mean_of_probabilities_rejec
 
     def conf(kind, **weights):
         cfg = SelfTrainingConfig(confidence=kind, **weights)
-        return stages.confidence(logits, cfg)
+        return voting.confidence(logits, cfg)
 
     assert conf("equal_probs").max() == pytest.approx(0.95)
     assert conf("weighted_probs").max() == pytest.approx(0.95)
     assert conf("weighted_logits").max() == pytest.approx(0.99965, abs=5e-5)
-    assert len(stages.select_pseudo_labels(conf("equal_probs"), paper)[0]) == 0
-    assert len(stages.select_pseudo_labels(conf("weighted_logits"), paper)[0]) == 1
+    assert len(voting.select_pseudo_labels(conf("equal_probs"), paper)[0]) == 0
+    assert len(voting.select_pseudo_labels(conf("weighted_logits"), paper)[0]) == 1
     # The weighted mean follows the weights: a head with weight 0 has no say.
     split = dict(logits, audio=np.array([[0, logit, 0, 0, 0, 0]]))
     only_audio = {"audio": 1.0, "visual": 0.0, "text": 0.0, "fusion": 0.0}
     cfg = SelfTrainingConfig(confidence="weighted_probs", confidence_weights=only_audio)
-    assert stages.confidence(split, cfg).argmax() == 1
+    assert voting.confidence(split, cfg).argmax() == 1
 
 
 def test_the_decision_stage_shifts_the_vote_by_class_and_zero_leaves_it_alone():
     probs = np.array([[0.5, 0.3, 0.2], [0.2, 0.45, 0.35]])
-    assert stages.decide(probs, np.zeros(3)) is probs
-    moved = stages.decide(probs, np.array([0.0, 0.0, 0.6]))
+    assert voting.decide(probs, np.zeros(3)) is probs
+    moved = voting.decide(probs, np.array([0.0, 0.0, 0.6]))
     np.testing.assert_allclose(moved.sum(axis=1), 1.0)
     assert list(moved.argmax(axis=1)) == [0, 2]  # the second sample crosses to class 2
     # An offset is a log-odds shift: class 2 against class 1 grows by exactly e^0.6.
@@ -91,11 +91,11 @@ def test_weighted_soft_voting():
         "visual": np.log([[0.5, 0.5]]),
         "text": np.log([[0.5, 0.5]]),
     }
-    probs = stages.vote(logits, {"fusion": 0.7, "audio": 0.7, "visual": 0.0, "text": 0.0})
+    probs = voting.vote(logits, {"fusion": 0.7, "audio": 0.7, "visual": 0.0, "text": 0.0})
     assert np.allclose(probs, [[0.55, 0.45]])
-    audio_only = stages.vote(logits, {"fusion": 0.0, "audio": 1.0, "visual": 0.0, "text": 0.0})
+    audio_only = voting.vote(logits, {"fusion": 0.0, "audio": 1.0, "visual": 0.0, "text": 0.0})
     assert np.allclose(audio_only, [[0.2, 0.8]])
-    by_logits = stages.vote(
+    by_logits = voting.vote(
         logits, {"fusion": 1.0, "audio": 1.0, "visual": 0.0, "text": 0.0}, "logits"
     )
     assert np.allclose(by_logits.sum(1), 1.0) and by_logits[0, 0] > 0.5
@@ -211,7 +211,7 @@ def test_every_config_section_belongs_to_a_stage_or_the_vote():
 
 def test_each_round_relabels_the_pool_with_the_retrained_model(tiny_dir, fast_cfg, monkeypatch):
     seen = []
-    real = stages.select_pseudo_labels
+    real = voting.select_pseudo_labels
 
     def spy(conf, thresholds):
         seen.append(conf.log_doubt.copy())
@@ -256,10 +256,10 @@ def test_confidence_near_one_is_resolved_and_a_threshold_of_one_keeps_nothing():
         # Under weighted_logits the heads' weights sum to 2.1: scale the logits back.
         scale = 1 / 2.1 if kind == "weighted_logits" else 1.0
         logits = {h: head * np.float32(scale) for h in HEADS}
-        assert (stages.confidence(logits, st).max(axis=1) == 1.0).all()  # saturated
-        conf = stages.doubt(logits, st)
+        assert (voting.confidence(logits, st).max(axis=1) == 1.0).all()  # saturated
+        conf = voting.doubt(logits, st)
         kept = {
-            t: stages.select_pseudo_labels(conf, np.full(6, t))[0].tolist()
+            t: voting.select_pseudo_labels(conf, np.full(6, t))[0].tolist()
             for t in (1 - 1e-8, 1 - 1e-9, 1 - 1e-11, 1 - 1e-13, 1.0)
         }
         assert kept == {
@@ -270,7 +270,7 @@ def test_confidence_near_one_is_resolved_and_a_threshold_of_one_keeps_nothing():
             1.0: [],
         }, kind
     # From saturated probabilities too, a threshold of 1 keeps nothing.
-    assert len(stages.select_pseudo_labels(np.array([[1.0, 0.0]]), np.array([1.0, 1.0]))[0]) == 0
+    assert len(voting.select_pseudo_labels(np.array([[1.0, 0.0]]), np.array([1.0, 1.0]))[0]) == 0
 
 
 class _Counting(pipeline.MemoryCache):

@@ -27,15 +27,14 @@ from mer_tune.method.stages import (
     Picked,
     Round,
     derive_seed,
-    doubt,
     finetune_stage,
     fold_pool,
     pretrain_stage,
     retrain_key,
     retrain_stage,
-    select_pseudo_labels,
     stage_keys,
 )
+from mer_tune.method.voting import doubt, select_pseudo_labels
 
 Report = Callable[..., None]
 ALL_LABELLED = -1  # the fold number of a model trained on every labelled sample

@@ -33,7 +33,8 @@ from mer_tune.method.fold import (
     StageCache,
     selection_split,
 )
-from mer_tune.method.stages import STAGES, decide, vote
+from mer_tune.method.stages import STAGES
+from mer_tune.method.voting import decide, vote
 
 # Part of this module's interface (benchmarks and tests use them from here).
 __all__ = ["MemoryCache", "Report", "StageCache", "selection_split"]
