@@ -5,7 +5,7 @@
 Runs real searches (local Ray, Optuna, sqlite MLflow, stage cache on) on the built-in
 `synthetic:small` data with the default settings (20% outer holdout, 1 inner fold with
 epochs picked on an inner slice, confirm top 3). The generator knows the true labels of
-the 500 test names, so each trial's test predictions can be scored against the truth.
+the 300 scored test names (of 500), so each trial's test predictions can be scored against the truth.
 
 For the trial the search ranks first (its inner best) and for the trial the verdict
 adopts, it prints the inner score, the outer holdout estimate and the truth F1, and the
