@@ -224,6 +224,8 @@ def print_confirm(table, holdout_size: int) -> None:
                 f"vs baseline {row['gain_vs_baseline']:+.3f} "
                 f"({row['gain_low']:+.3f} to {row['gain_high']:+.3f})"
             )
+        if _present(row.get("p_adjusted")):
+            extra.append(f"adjusted p {row['p_adjusted']:.3f}")
         if _present(row.get("retrained_f1")):
             extra.append(f"retrained {row['retrained_f1']:.3f} ± {row['retrained_sd']:.3f}")
         if _present(row.get("truth_f1")):

@@ -43,6 +43,11 @@ def test_no_trial_sees_the_holdout_and_the_winner_is_confirmed_on_it(search_env,
             assert labelled.sum() > 100
             assert not set(npz["split_index"][labelled].tolist()) & held_idx
             assert held_idx <= set(npz["idx"].tolist())  # predicted, out of sight
+            # ... and each fold model's own vote on the holdout, for the verdict's spread
+            folds = len(set(npz["split_fold"].tolist()))
+            assert set(npz["fold_idx"].tolist()) == held_idx
+            assert npz["fold_votes"].shape == (folds, 36, len(data.classes))
+            assert np.allclose(npz["fold_votes"].sum(-1), 1, atol=1e-4)
 
     # Nothing of the holdout shows before the confirm step: no trial metric mentions it.
     client = MlflowClient(res.tracking_uri)
@@ -62,7 +67,18 @@ def test_no_trial_sees_the_holdout_and_the_winner_is_confirmed_on_it(search_env,
     assert (table["holdout_low"] <= table["holdout_f1"]).all()
     assert (table["holdout_f1"] <= table["holdout_high"]).all()
     assert "truth_f1" in table  # synthetic data: the test names' truth is known
+    # Each candidate's gain is also adjusted for the three candidates (Holm): never a
+    # smaller p-value, never a narrower interval.
+    cands = table[table["role"] == "candidate"]
+    assert (cands["p_adjusted"] >= cands["p_value"]).all() and (cands["p_adjusted"] <= 1).all()
+    assert (cands["adjusted_low"] <= cands["gain_low"] + 1e-12).all()
+    assert (cands["adjusted_high"] >= cands["gain_high"] - 1e-12).all()
     v = res.verdict
+    written_verdict = json.loads((path / "verdict.json").read_text())
+    assert written_verdict["candidates"] == 3
+    assert written_verdict["p_adjusted"] == pytest.approx(
+        float(cands.set_index("trial").loc[v.winner, "p_adjusted"])
+    )
     assert v.outcome in {"gain", "no gain", "loss"} and v.text
     adopted = int(table.loc[table["adopted"], "trial"].iloc[0])
     assert adopted == v.adopted
@@ -86,6 +102,7 @@ def test_no_trial_sees_the_holdout_and_the_winner_is_confirmed_on_it(search_env,
         "gain_vs_baseline",
         "gain_vs_baseline_low",
         "gain_vs_baseline_high",
+        "gain_vs_baseline_p_adjusted",
         "truth_f1_adopted",
         "truth_f1_baseline",
         "best_weighted_f1",

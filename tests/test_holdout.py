@@ -169,3 +169,89 @@ def test_the_verdict_adopts_the_best_candidate_whose_gain_is_clear():
     # no baseline to compare with: no verdict, and nothing adopted on the holdout alone
     none = stats.decide({}, {3: 0.80}, baseline=None)
     assert none.outcome == "no baseline" and none.adopted is None
+
+
+def test_holm_tests_the_smallest_p_at_alpha_over_k_and_keeps_the_order():
+    adjusted = stats.holm({1: 0.01, 2: 0.04, 3: 0.03})
+    assert adjusted[1] == pytest.approx((0.03, 1 - 0.05 / 3))
+    assert adjusted[3] == pytest.approx((0.06, 1 - 0.05 / 2))
+    assert adjusted[2] == pytest.approx((0.06, 0.95))  # never below an earlier step's
+    assert stats.holm({7: 0.6, 8: 0.7})[8][0] == 1.0  # capped at one
+
+
+def test_a_gain_clear_alone_but_not_among_three_candidates_is_not_adopted():
+    # Clear at 95% on its own, but one of three: Holm tests it at 0.05 / 3.
+    found = stats.Gain(0.03, 0.002, 0.06, p=0.04, p_adjusted=0.12,
+                       adjusted_low=-0.004, adjusted_high=0.068)  # fmt: skip
+    others = {t: stats.Gain(0.0, -0.03, 0.03, 0.9, 1.0, -0.04, 0.04) for t in (4, 5)}
+    v = stats.decide({3: found, **others}, {3: 0.82, 4: 0.80, 5: 0.79}, baseline=0)
+    assert (v.outcome, v.adopted, v.winner) == ("no gain", 0, 3)
+    assert "adjusted for 3 candidates: p = 0.120" in v.text
+    assert v.to_dict()["p_adjusted"] == 0.12 and v.to_dict()["candidates"] == 3
+
+
+def test_the_p_value_agrees_with_the_interval_for_one_candidate():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 300)
+    base = _preds(y, 0.7, rng)
+    for fixed in (0, 6, 30):
+        cand = base.copy()
+        cand[:fixed] = y[:fixed]
+        gain, draws = stats.paired_draws(y, [cand], [base], seed=0)
+        low, high = stats.interval(draws)
+        assert (stats.p_value(draws) < 0.05) == (low > 0 or high < 0)
+
+
+def test_the_adjusted_verdict_adopts_a_null_candidate_at_most_five_percent_of_the_time():
+    """Searches where no candidate beats the baseline in truth: each of three candidates
+    predicts as well as the baseline, with its own errors. The unadjusted rule adopts one
+    more often; the adjusted one at most about 5% of the time."""
+    rng = np.random.default_rng(11)
+    adjusted = unadjusted = 0
+    searches = 120
+    for s in range(searches):
+        y = rng.integers(0, 4, 200)
+        base = _preds(y, 0.75, rng)
+        draws = {}
+        for t in (1, 2, 3):
+            cand = base.copy()
+            redo = rng.random(len(y)) < 0.3  # its own errors on a third of the samples
+            cand[redo] = _preds(y[redo], 0.75, rng)
+            draws[t] = stats.paired_draws(y, [cand], [base], seed=s, replicates=400)
+        gains = stats.adjusted_gains(draws)
+        outer = {t: g.gain for t, g in gains.items()}
+        adjusted += stats.decide(gains, outer, baseline=0).outcome == "gain"
+        plain = {t: (g.gain, g.low, g.high) for t, g in gains.items()}
+        unadjusted += stats.decide(plain, outer, baseline=0).outcome == "gain"
+    assert adjusted <= unadjusted
+    assert adjusted / searches <= 0.07
+
+
+def _fold_votes(y, folds, agree, rng, classes=4):
+    """Each fold model's vote: right on a share of samples, shared by every fold model
+    where `agree`, its own elsewhere."""
+    common = np.eye(classes)[_preds(y, 0.75, rng)]
+    votes = np.stack([np.eye(classes)[_preds(y, 0.75, rng)] for _ in range(folds)])
+    votes = np.where(agree[None, :, None], common[None], votes)
+    return votes.astype(np.float32) * 0.9 + 0.1 / classes, np.zeros(classes, np.float32)
+
+
+def test_the_verdicts_interval_spans_the_fold_models_training_randomness():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 4, 300)
+    all_agree = np.ones(len(y), bool)
+    a, b = _fold_votes(y, 5, all_agree, rng), _fold_votes(y, 5, all_agree, rng)
+    # Fold models that agree: the draws are the samples' resampling alone.
+    gain, draws = stats.paired_draws_folds(y, a, b, seed=0)
+    plain_gain, plain = stats.paired_draws(y, [a[0][0].argmax(1)], [b[0][0].argmax(1)], seed=0)
+    assert gain == pytest.approx(plain_gain) and np.allclose(draws, plain)
+    # Fold models that disagree on a third of the samples: a wider interval.
+    some = rng.random(len(y)) < 0.66
+    a, b = _fold_votes(y, 5, some, rng), _fold_votes(y, 5, some, rng)
+    gain, draws = stats.paired_draws_folds(y, a, b, seed=0)
+    ensemble = [v[0].mean(0).argmax(1) for v in (a, b)]
+    assert gain == pytest.approx(f1_score(y, ensemble[0], average="weighted")
+                                 - f1_score(y, ensemble[1], average="weighted"))  # fmt: skip
+    _, plain = stats.paired_draws(y, [ensemble[0]], [ensemble[1]], seed=0)
+    width = np.subtract(*stats.interval(draws)[::-1])
+    assert width > 1.2 * np.subtract(*stats.interval(plain)[::-1])

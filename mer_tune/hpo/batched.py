@@ -100,6 +100,7 @@ class FoldModels:
 
         # Samples every trial's fold models predict (the confirm step's holdout and test).
         self.predict_idx = np.flatnonzero(np.isin(data.split, [HOLDOUT, TEST]))
+        self.holdout_rows = data.split[self.predict_idx] == HOLDOUT
         self.folds: list | None = None  # the trained fold models' results
         self.keys: dict | None = None  # their stage keys: every trial must share them
 
@@ -158,8 +159,9 @@ class FoldModels:
                 res = pipeline.score(data, cfg, self.folds)
             if res.extra_probs is not None and res.splits is not None:
                 confirm.save_trial_outputs(
-                    Path(self.setup["outputs"]), trial_id, predict_idx, res.extra_probs, res.splits
-                )
+                    Path(self.setup["outputs"]), trial_id, predict_idx, res.extra_probs,
+                    res.splits, res.fold_votes, res.offsets, self.holdout_rows,
+                )  # fmt: skip
             final = final_metrics(res, cfg, data)
         except Exception as err:  # noqa: BLE001 - the trial fails, the search goes on
             text = str(err).strip().splitlines()

@@ -25,7 +25,14 @@ from mer_tune.errors import MerTuneError
 from mer_tune.hpo.folder import SearchFolder, read_mapping, read_table
 from mer_tune.hpo.holdout import Holdout
 from mer_tune.hpo.spaces import trial_config
-from mer_tune.hpo.stats import Verdict, decide, paired_difference, score_interval
+from mer_tune.hpo.stats import (
+    Verdict,
+    adjusted_gains,
+    decide,
+    paired_draws,
+    paired_draws_folds,
+    score_interval,
+)
 from mer_tune.method.config import Config
 from mer_tune.outputs import atomic_write, write_text
 
@@ -41,10 +48,19 @@ Retrain = Callable[[list[tuple[Config, int]], np.ndarray], list[np.ndarray]]
 
 
 def save_trial_outputs(
-    folder: Path, trial_id: str, idx: np.ndarray, probs: np.ndarray, splits: pd.DataFrame
+    folder: Path,
+    trial_id: str,
+    idx: np.ndarray,
+    probs: np.ndarray,
+    splits: pd.DataFrame,
+    fold_votes: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+    holdout_rows: np.ndarray | None = None,
 ) -> None:
     """A trial's predictions on the holdout and test names, and which samples each of
-    its folds fit on, selected epochs on, scored and pseudo-labelled. No pickles."""
+    its folds fit on, selected epochs on, scored and pseudo-labelled. With `fold_votes`,
+    also each fold model's own vote on the holdout rows of `idx` (and the decision's
+    offsets), from which the verdict sees the training randomness. No pickles."""
     arrays = {
         "idx": np.asarray(idx, dtype=np.int64),
         "probs": np.asarray(probs, dtype=np.float32),
@@ -52,6 +68,12 @@ def save_trial_outputs(
         "split_role": splits["role"].to_numpy(dtype="U8"),
         "split_index": splits["index"].to_numpy(np.int64),
     }
+    if fold_votes is not None and offsets is not None and holdout_rows is not None:
+        arrays |= {
+            "fold_idx": arrays["idx"][holdout_rows],
+            "fold_votes": np.asarray(fold_votes[:, holdout_rows], dtype=np.float32),
+            "offsets": np.asarray(offsets, dtype=np.float32),
+        }
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
@@ -138,10 +160,11 @@ def confirm(
     is_base = [False] * len(candidates) + [True] * (baseline is not None)
     test_idx = data.indices(TEST)
     truth = _truth(data, test_idx)
-    fold_preds = []
+    fold_preds, fold_votes = [], []
     for c in everyone:
         out = load_trial_outputs(SearchFolder(c.folder).outputs, c.trial_id)
         fold_preds.append((_rows(out, holdout.idx).argmax(1), _rows(out, test_idx).argmax(1)))
+        fold_votes.append(_fold_votes(out, holdout.idx))
     # With retrained seeds, the verdict compares the retrained models (the ones a user
     # would deploy); otherwise the search's own fold models.
     preds = [[p[0]] for p in fold_preds]
@@ -154,22 +177,42 @@ def confirm(
             [p.argmax(1) for p in probs[i * seeds : (i + 1) * seeds]] for i in range(len(everyone))
         ]
     y = holdout.labels
-    rows, outer, gains = [], {}, {}
+    rows, outer, draws = [], {}, {}
     for i, c in enumerate(everyone):
         retrained = preds[i] if seeds > 0 else None
         row = _scores(c, is_base[i], y, fold_preds[i][0], retrained, seed)
         if not is_base[i]:
             outer[c.trial] = row.get("retrained_f1", row["holdout_f1"])
             if baseline is not None:
-                gains[c.trial] = paired_difference(y, preds[i], preds[-1], seed)
-                keys = ("gain_vs_baseline", "gain_low", "gain_high")
-                row |= dict(zip(keys, gains[c.trial], strict=True))
+                draws[c.trial] = _gain_draws(y, preds, fold_votes, i, seeds, seed)
         if truth is not None:
             known, labels = truth
             row["truth_f1"] = _f1(labels, fold_preds[i][1][known])
         rows.append(row)
+    # Each candidate's gain, its p-value and interval adjusted for the K candidates.
+    gains = adjusted_gains(draws)
+    for row in rows:
+        if row["role"] == "candidate" and row["trial"] in gains:
+            g = gains[row["trial"]]
+            row |= {
+                "gain_vs_baseline": g.gain, "gain_low": g.low, "gain_high": g.high,
+                "p_value": g.p, "p_adjusted": g.p_adjusted,
+                "adjusted_low": g.adjusted_low, "adjusted_high": g.adjusted_high,
+            }  # fmt: skip
     verdict = decide(gains, outer, baseline.trial if baseline else None, baseline_name)
     return _decision(pd.DataFrame(rows), verdict, candidates, baseline)
+
+
+def _gain_draws(
+    y: np.ndarray, preds: list, votes: list, i: int, seeds: int, seed: int
+) -> tuple[float, np.ndarray]:
+    """Candidate i minus the baseline (the last entry): over the retrained seeds when
+    there are some, else over the fold models' votes, resampled with the holdout, so
+    that the verdict sees training randomness at no extra training."""
+    a, b = votes[i], votes[-1]
+    if seeds == 0 and a is not None and b is not None and a[0].shape == b[0].shape:
+        return paired_draws_folds(y, a, b, seed)
+    return paired_draws(y, preds[i], preds[-1], seed)
 
 
 def _scores(
@@ -231,6 +274,19 @@ def _rows(outputs: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
             f"a trial's saved predictions lack sample {missing[0]} (was the data changed?)"
         )
     return outputs["probs"][[where[int(i)] for i in idx]]
+
+
+def _fold_votes(
+    outputs: dict[str, np.ndarray], idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(each fold model's vote on the data indices `idx`, in order; the decision's
+    offsets), or None for outputs saved without them (or without every index)."""
+    if "fold_votes" not in outputs or "offsets" not in outputs:
+        return None
+    where = {int(i): k for k, i in enumerate(outputs["fold_idx"])}
+    if any(int(i) not in where for i in idx):
+        return None
+    return outputs["fold_votes"][:, [where[int(i)] for i in idx]], outputs["offsets"]
 
 
 def _truth(data: MERData, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

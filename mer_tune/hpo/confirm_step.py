@@ -169,8 +169,8 @@ def _selection_note(k: int) -> list[str]:
     if k < 2:
         return []
     return [
-        f"the winner is the best of {k} candidates on the holdout: a small selection of its "
-        "own, so its holdout score leans slightly high"
+        f"the winner is the best of {k} candidates on the holdout: its gain's p-value and "
+        f"interval are adjusted for the {k} (Holm), its holdout score itself leans slightly high"
     ]
 
 
@@ -205,6 +205,12 @@ def _log(recorder: SearchRecorder, path: Path, outcome: confirm.Confirmation) ->
             "gain_vs_baseline": v.gain,
             "gain_vs_baseline_low": v.low,
             "gain_vs_baseline_high": v.high,
+        }
+    if v.p_adjusted is not None:
+        metrics |= {
+            "gain_vs_baseline_p_adjusted": v.p_adjusted,
+            "gain_vs_baseline_adjusted_low": v.adjusted_low,
+            "gain_vs_baseline_adjusted_high": v.adjusted_high,
         }
     base = outcome.table[outcome.table["role"] == "baseline"]
     if not base.empty:

@@ -92,8 +92,9 @@ def run_trial(
     if outputs and res.extra_probs is not None and res.splits is not None:
         trial_id = tune.get_context().get_trial_id()
         confirm.save_trial_outputs(
-            Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits
-        )
+            Path(outputs), trial_id, predict_idx, res.extra_probs, res.splits,
+            res.fold_votes, res.offsets, data.split[predict_idx] == HOLDOUT,
+        )  # fmt: skip
     final = final_metrics(res, cfg, data)
     final["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node ran it
     final["shared_features"] = feats is not None

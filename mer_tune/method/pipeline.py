@@ -108,6 +108,10 @@ class RunResult:
     splits: pd.DataFrame | None = None
     # Vote probabilities on `predict_idx`, averaged over the fold models (None if not asked).
     extra_probs: np.ndarray | None = None
+    # Each fold model's own vote on `predict_idx` (folds, samples, classes), before the
+    # decision offsets: how much the averaged vote owes to training randomness.
+    fold_votes: np.ndarray | None = None
+    offsets: np.ndarray | None = None
     # Pseudo-labels per class that each self-training round trained on, summed over folds.
     pseudo_by_round: list[dict[str, int]] = field(default_factory=list)
 
@@ -229,11 +233,13 @@ def score(data: MERData, cfg: Config, results: list[FoldResult]) -> RunResult:
         frame.insert(2, "label", names[yt])
         frame.insert(3, "pred", names[pred])
         rows.append(frame)
-    extra = None
+    extra = votes = None
     if results and results[0].extra_logits is not None:
         # Vote probabilities averaged over the fold models, then the decision offsets.
-        mean = sum(vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results)
-        extra = decide(mean / len(results), _offsets(cfg, data.classes))
+        votes = np.stack(
+            [vote(r.extra_logits, cfg.voting.weights, cfg.voting.mode) for r in results]
+        )
+        extra = decide(votes.mean(axis=0), _offsets(cfg, data.classes))
     seconds: dict[str, float] = {}
     for res in results:
         for k, v in res.seconds.items():
@@ -253,6 +259,8 @@ def score(data: MERData, cfg: Config, results: list[FoldResult]) -> RunResult:
         cache_hits=sorted({h for r in results for h in r.cache_hits}),
         splits=_split_table(results),
         extra_probs=extra,
+        fold_votes=votes,
+        offsets=_offsets(cfg, data.classes),
         pseudo_by_round=_by_round(results, data.classes),
     )
 
