@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -384,3 +387,31 @@ def test_a_damaged_pack_is_rebuilt_with_a_note_and_a_file_in_its_place_is_one_li
     (other / ".mer-tune-pack").write_text("not a folder")
     with pytest.raises(MerTuneError, match=r"\.mer-tune-pack: is a file; mer-tune keeps"):
         load(other)
+
+
+def _class_signal(features: np.ndarray, labels: np.ndarray) -> float:
+    """Between-class share of the features' variance (0: no class signal)."""
+    means = np.stack([features[labels == c].mean(0) for c in np.unique(labels)])
+    counts = np.bincount(labels)[np.unique(labels)]
+    between = (counts[:, None] * (means - features.mean(0)) ** 2).sum() / len(labels)
+    return float(between / features.var(0).sum())
+
+
+def test_a_preset_builds_the_scale_with_its_changes(tmp_path):
+    """synthetic:tiny+misleading-audio: the audio of a third of the clips expresses
+    another class; the same samples, labels and test names, under a name of its own."""
+    from mer_tune.data import synthetic as synth
+
+    plain, misled = synth.in_memory("tiny", 3), synth.in_memory("tiny+misleading-audio", 3)
+    assert (plain.names == misled.names).all() and (plain.labels == misled.labels).all()
+    assert plain.fingerprint != misled.fingerprint
+    lab = plain.labels >= 0
+
+    def audio_signal(d):
+        return _class_signal(d.features["audio"][lab].astype(float), d.labels[lab])
+
+    assert audio_signal(misled) < 0.75 * audio_signal(plain)
+    folder = resolve("synthetic:tiny+misleading-audio:3")
+    assert folder.fingerprint != resolve("synthetic:tiny:3").fingerprint
+    home = Path(os.environ["MER_TUNE_HOME"])
+    assert (home / "synthetic" / "tiny+misleading-audio-seed3-g2").is_dir()

@@ -12,8 +12,11 @@ import click
 from mer_tune.cli import options
 from mer_tune.cli.options import SEED, NonEmptyPath, config_from, data_options_from
 from mer_tune.data.layout import DEFAULT_MODELS
+from mer_tune.data.scenarios import names as preset_names
 from mer_tune.printing import console, print_extract_summary
 
+BASE_SCALES = ["tiny", "small", "full", "mer2025"]
+SCALES = BASE_SCALES + preset_names(BASE_SCALES)
 CLASSES_SET = options.sets(
     "A config value; data.classes=[...] is the class list the labels are read with."
 )
@@ -28,10 +31,11 @@ def data() -> None:
 @click.option("--out", required=True, type=NonEmptyPath(file_okay=False))
 @click.option(
     "--scale",
-    type=click.Choice(["tiny", "small", "full", "mer2025"]),
+    type=click.Choice(SCALES),
     default="tiny",
     show_default=True,
-    help="mer2025: MER2025-SEMI Track 1's size (7,369 labelled, 20,000 candidates).",
+    help="mer2025: MER2025-SEMI Track 1's size (7,369 labelled, 20,000 candidates). "
+    "SCALE+PRESET: a scenario with a known answer (README, 'Does a search pay?').",
 )
 @click.option(
     "--layout",

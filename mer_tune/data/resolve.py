@@ -23,10 +23,10 @@ def resolve(spec: str | None, opts: DataOptions = DataOptions()) -> MERData:
     if _is_builtin(spec):
         _, _, rest = spec.partition(":")
         scale, _, seed = (rest or "small").partition(":")
-        if scale not in synth.SCALES:
-            raise UsageError(
-                f"--data {spec}: unknown scale '{scale}'; valid: {', '.join(synth.SCALES)}"
-            )
+        try:
+            synth.scale_of(scale)
+        except MerTuneError as err:
+            raise UsageError(f"--data {spec}: {err}") from None
         if not (seed or "0").isdecimal():  # digits only: no sign, so no negative seed
             raise UsageError(f"--data {spec}: the seed must be a non-negative integer")
         return load(synth.builtin_dir(scale, int(seed or 0)), opts)

@@ -68,6 +68,14 @@ class Scale:
     # clean clips, so that their few test names still score enough samples.
     in_class: float = 0.02
     scored: int = 1169
+    # How much of the shared latent each modality carries (audio, visual, text): audio
+    # most, text least, the order the paper's voting weights (0.7, 0.4, 0.3) imply.
+    modality_gain: tuple[float, float, float] = (1.0, 0.75, 0.55)
+    # The labelled class proportions (and the pool's clean clips'); None: MER2024-SEMI's.
+    class_mix: tuple[float, ...] | None = None
+    # The share of clips whose audio expresses another class than the clip (laughter in a
+    # sad scene, music): the audio head is then confidently wrong on them.
+    misleading_audio: float = 0.0
 
 
 SCALES = {
@@ -84,7 +92,7 @@ RELEASE = {"mer2025": "MER2025-SEMI"}
 
 # Signal strength of each class (columns, in MER2024 order) in each modality. Each modality
 # sees some classes clearly and others faintly, and every class carries the same total
-# signal over the modalities (the sum of (MODALITY_GAIN x strength)^2 is 1.42 for each):
+# signal over the modalities (the sum of (Scale.modality_gain x strength)^2 is 1.42 for each):
 # a class of faint signal everywhere would own the centre, where clips of weak expression
 # sit, and take them with confidence.
 STRENGTH = {
@@ -93,9 +101,6 @@ STRENGTH = {
     "text": [0.91, 0.45, 0.5, 1.54, 1.78, 0.41],
 }
 UNINFORMATIVE = {"audio": 0.15, "visual": 0.2, "text": 0.25}
-# How much of the shared latent each modality carries: audio most, text least, the order
-# the paper's voting weights (audio 0.7, visual 0.4, text 0.3) imply.
-MODALITY_GAIN = {"audio": 1.0, "visual": 0.75, "text": 0.55}
 OTHER_EMOTIONS = 4  # emotions outside the six, each with its own prototype
 OTHER_SPREAD = 0.5  # how far their prototypes lie from the centre of the six
 LABELLED_AMBIGUOUS = 0.4  # labelled clips that lean only partly to their class
@@ -113,28 +118,40 @@ GENERATOR = "g2"
 CHUNK = 8192
 
 
-def class_counts(total: int) -> list[int]:
-    """MER2024's labelled proportions scaled to `total`, at least 8 per class."""
-    share = np.asarray(LABELLED_COUNTS) / sum(LABELLED_COUNTS)
+def class_counts(total: int, mix: tuple[float, ...] | None = None) -> list[int]:
+    """The class proportions `mix` (default MER2024's labelled ones) scaled to `total`,
+    at least 8 per class."""
+    share = np.asarray(mix or LABELLED_COUNTS, dtype=float)
+    share = share / share.sum()
     counts = np.maximum(8, np.floor(share * total).astype(int))
     counts[0] += total - counts.sum()
     return counts.tolist()
 
 
-def _scale(scale: str | Scale) -> Scale:
+def _release(scale: str) -> str:
+    """The release a scale (or SCALE+PRESET) is laid out as."""
+    return RELEASE.get(scale.partition("+")[0], "MER2024-SEMI")
+
+
+def scale_of(scale: str | Scale) -> Scale:
+    """A Scale by name (one of SCALES, or SCALE+PRESET: scenarios.py), or a one-line
+    refusal naming what is unknown."""
     if isinstance(scale, Scale):
         return scale
-    if scale not in SCALES:
-        raise MerTuneError(f"unknown scale '{scale}'; valid: {', '.join(SCALES)}")
-    return SCALES[scale]
+    from mer_tune.data import scenarios
+
+    base, preset = scenarios.split(scale)
+    if base not in SCALES:
+        raise MerTuneError(f"unknown scale '{base}'; valid: {', '.join(SCALES)}")
+    return scenarios.apply(SCALES[base], scale, preset) if preset else SCALES[base]
 
 
 def generate(scale: str | Scale, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """Features per modality (N, dim) float32, true labels (N,; NO_CLASS for a pool clip
     of no one class), and how many are labelled (the first ones)."""
-    sc = _scale(scale)
+    sc = scale_of(scale)
     rng = np.random.default_rng(seed)
-    lab_counts = class_counts(sc.labelled)
+    lab_counts = class_counts(sc.labelled, sc.class_mix)
     mix = np.asarray(lab_counts) / sum(lab_counts)
     lab = np.repeat(np.arange(len(lab_counts)), lab_counts)
     # Prototypes of the six classes, then of the emotions outside them: those lie among
@@ -159,8 +176,35 @@ def generate(scale: str | Scale, seed: int) -> tuple[dict[str, np.ndarray], np.n
     z[sc.labelled :] *= np.where(truth == NO_CLASS, WEAK_EXPRESSION, 1.0)[:, None]
     z = z.astype(np.float32)
     carriers = np.concatenate([lab, carrier])  # whose per-class strength a clip has
-    feats = {m: _modality(sc, rng, m, z, carriers) for m in MODALITIES}
+    scale_rows = np.concatenate(
+        [np.ones(sc.labelled), np.where(truth == NO_CLASS, WEAK_EXPRESSION, 1.0)]
+    )
+    feats = {
+        m: _modality(sc, rng, m, _misled(sc, rng, z, carriers, basis, scale_rows), carriers)
+        if m == "audio" and sc.misleading_audio
+        else _modality(sc, rng, m, z, carriers)
+        for m in MODALITIES
+    }
     return feats, np.concatenate([lab, truth]), sc.labelled
+
+
+def _misled(
+    sc: Scale,
+    rng: np.random.Generator,
+    z: np.ndarray,
+    carriers: np.ndarray,
+    basis: np.ndarray,
+    scale_rows: np.ndarray,
+) -> np.ndarray:
+    """The latent audio carries: on a `misleading_audio` share of clips, moved from the
+    clip's class prototype to another class's (at the clip's strength of expression)."""
+    n, k = len(z), len(MER2024_CLASSES)
+    rows = np.flatnonzero(rng.random(n) < sc.misleading_audio)
+    other = (carriers[rows] + 1 + rng.integers(0, k - 1, size=len(rows))) % k
+    out = z.copy()
+    shift = (basis[other] - basis[carriers[rows]]) * scale_rows[rows, None]
+    out[rows] += shift.astype(np.float32)
+    return out
 
 
 def _pool(sc: Scale, rng: np.random.Generator, mix: np.ndarray):
@@ -190,7 +234,8 @@ def _modality(
     sc: Scale, rng: np.random.Generator, m: str, z: np.ndarray, carriers: np.ndarray
 ) -> np.ndarray:
     n, dim = len(z), sc.dims[m]
-    strength = (MODALITY_GAIN[m] * np.asarray(STRENGTH[m], dtype=np.float32))[carriers][:, None]
+    gain = sc.modality_gain[MODALITIES.index(m)]
+    strength = (gain * np.asarray(STRENGTH[m], dtype=np.float32))[carriers][:, None]
     informative = (rng.random(n) >= UNINFORMATIVE[m]).astype(np.float32)[:, None]
     mix = (rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
     nuisance_mix = (rng.normal(size=(NUISANCE, dim)) / np.sqrt(NUISANCE)).astype(np.float32)
@@ -237,7 +282,7 @@ def layout(scale: str | Scale, seed: int) -> Layout:
 
 def _candidates(scale: str | Scale, truth: np.ndarray, seed: int) -> np.ndarray:
     """Pool positions of the test names: `scored` clean clips among clips of no class."""
-    sc, rng = _scale(scale), np.random.default_rng(seed + 2)
+    sc, rng = scale_of(scale), np.random.default_rng(seed + 2)
     clean, none = np.flatnonzero(truth >= 0), np.flatnonzero(truth == NO_CLASS)
     scored = min(sc.scored, sc.test, len(clean))
     rest = min(sc.test - scored, len(none))
@@ -274,7 +319,7 @@ def in_memory(scale: str | Scale = "tiny", seed: int = 0) -> MERData:
 def write(out: str | Path, scale: str = "tiny", seed: int = 0, release: str | None = None) -> Path:
     """Write a synthetic dataset in the MERTools layout (atomically: temp folder, rename),
     with the label and test-name files of `release` (default: the scale's, RELEASE)."""
-    files = LAYOUTS[release or RELEASE.get(scale, "MER2024-SEMI")]
+    files = LAYOUTS[release or _release(scale)]
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise MerTuneError(f"{out}: folder exists and is not empty")
@@ -314,11 +359,12 @@ def write(out: str | Path, scale: str = "tiny", seed: int = 0, release: str | No
 
 def builtin_dir(scale: str, seed: int = 0) -> Path:
     """The built-in dataset's folder, generated once and cached."""
+    scale_of(scale)  # a known name only: it becomes a folder's name
     base = Path(os.environ.get("MER_TUNE_HOME", Path.home() / ".cache" / "mer-tune"))
     path = base / "synthetic" / f"{scale}-seed{seed}-{GENERATOR}"
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent first runs (several trials, several test workers) generate it once.
     with FileLock(str(path) + ".lock"):
-        if not (path / LAYOUTS[RELEASE.get(scale, "MER2024-SEMI")]["labels"]).exists():
+        if not (path / LAYOUTS[_release(scale)]["labels"]).exists():
             write(path, scale, seed)
     return path
