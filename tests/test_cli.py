@@ -62,14 +62,14 @@ def test_run_writes_results_that_reproduce_the_printed_score(tiny_dir, tmp_path,
         ),
         (["run", "--data", "/nonexistent/x"], 2, "no such folder"),
         (["run", "--data", "synthetic:huge"], 2, "unknown scale 'huge'"),
+        (["run", "--set", "self_training.thresholds.sad=2"], 2, "outside (0, 1]"),
+        (["run", "--set", "voting.weights.fusion=.inf"], 2, "should be a finite number"),
         (
             ["run", "--data", "synthetic:tiny+loud"],
             2,
             "--data synthetic:tiny+loud: unknown synthetic preset 'loud' in 'tiny+loud'; "
             "valid: misleading-audio",
         ),
-        (["run", "--set", "self_training.thresholds.sad=2"], 2, "outside (0, 1]"),
-        (["run", "--set", "voting.weights.fusion=.inf"], 2, "should be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args, code, message, capsys, tmp_path):

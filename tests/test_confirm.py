@@ -62,6 +62,10 @@ def test_no_trial_sees_the_holdout_and_the_winner_is_confirmed_on_it(search_env,
     assert sorted(table["trial"]) == [0, 1, 2, 3]
     assert table.set_index("trial").loc[0, "role"] == "baseline"
     assert any("only 3 finished trial(s) besides the baseline" in n for n in res.notes)
+    # With one fold model per trial and no retraining, the summary says what the
+    # verdict's intervals cannot see.
+    blind = any("not training randomness" in n for n in res.notes)
+    assert blind == (folds == 1)
     gap = table["inner_f1"] - table["holdout_f1"]
     assert np.allclose(gap, table["optimism_gap"])
     assert (table["holdout_low"] <= table["holdout_f1"]).all()
@@ -235,6 +239,7 @@ def test_confirm_seeds_retrain_each_candidate_on_all_non_holdout_data(search_env
     assert (table["retrained_low"] <= table["retrained_f1"]).all()
     verdict = json.loads((res.path / "verdict.json").read_text())
     assert verdict["confirm_seeds"] == 2 and verdict["text"] == res.verdict.text
+    assert not any("not training randomness" in n for n in res.notes)
 
 
 @pytest.mark.parametrize(

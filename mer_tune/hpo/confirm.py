@@ -189,8 +189,20 @@ def confirm(
             known, labels = truth
             row["truth_f1"] = _f1(labels, fold_preds[i][1][known])
         rows.append(row)
-    # Each candidate's gain, its p-value and interval adjusted for the K candidates.
     gains = adjusted_gains(draws)
+    _add_gains(rows, gains)
+    verdict = decide(gains, outer, baseline.trial if baseline else None, baseline_name)
+    out = _decision(pd.DataFrame(rows), verdict, candidates, baseline)
+    if seeds == 0 and not any(v is not None and len(v[0]) > 1 for v in fold_votes):
+        out.notes.append(
+            "the gains' intervals span the holdout samples, not training randomness (one "
+            "fold model per trial): --folds k or --confirm-seeds S adds it"
+        )
+    return out
+
+
+def _add_gains(rows: list[dict], gains: dict) -> None:
+    """Each candidate's gain, its p-value and interval adjusted for the K candidates."""
     for row in rows:
         if row["role"] == "candidate" and row["trial"] in gains:
             g = gains[row["trial"]]
@@ -199,8 +211,6 @@ def confirm(
                 "p_value": g.p, "p_adjusted": g.p_adjusted,
                 "adjusted_low": g.adjusted_low, "adjusted_high": g.adjusted_high,
             }  # fmt: skip
-    verdict = decide(gains, outer, baseline.trial if baseline else None, baseline_name)
-    return _decision(pd.DataFrame(rows), verdict, candidates, baseline)
 
 
 def _gain_draws(

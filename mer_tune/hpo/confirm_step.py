@@ -103,7 +103,7 @@ def confirm_search(
         data.dataset, data.holdout, candidates, baseline, seeds, record.seed, retrain,
         baseline_name,
     )  # fmt: skip
-    outcome.notes = notes + _selection_note(len(candidates))
+    outcome.notes = notes + outcome.notes + _selection_note(len(candidates))
     if len(record.objectives) > 1:
         _adopt_nothing(outcome)
     confirm.write(path, outcome, seeds, time.perf_counter() - started)
