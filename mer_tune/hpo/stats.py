@@ -136,7 +136,7 @@ def paired_difference(
 def p_value(draws: np.ndarray) -> float:
     """Two-sided bootstrap p-value of "no difference": twice the smaller share of draws
     on either side of zero (each count plus one, so that it is never zero). Below 0.05
-    exactly when the 95% percentile interval leaves out zero."""
+    when the 95% percentile interval leaves out zero, up to the resampling's grain."""
     n = len(draws)
     below, above = (draws <= 0).sum() + 1, (draws >= 0).sum() + 1
     return float(min(1.0, 2 * min(below, above) / (n + 1)))
