@@ -58,7 +58,7 @@ def _rule_verdicts(res) -> dict[str, int | None]:
     folds, plain = {}, {}
     for t in cands["trial"].astype(int):
         pred, votes = load(t)
-        folds[t] = stats.paired_draws_folds(y, votes, base_votes, seed)
+        folds[t] = stats.paired_draws_folds(y, votes[:2], base_votes[:2], seed)
         plain[t] = stats.paired_draws(y, [pred], [base_pred], seed)
     outer = dict(zip(cands["trial"].astype(int), cands["holdout_f1"], strict=True))
     out = {}

@@ -260,3 +260,24 @@ def test_a_damaged_trial_output_is_one_line_naming_it(tmp_path, damage, message)
     damage(tmp_path / "t1.npz")
     with pytest.raises(MerTuneError, match=f"t1.npz: {message}"):
         load_trial_outputs(tmp_path, "t1")
+
+
+def test_fold_models_pair_only_where_they_fit_on_the_same_samples(tmp_path):
+    """The verdict resamples two trials' fold models together only where fold k of both
+    fit on, selected on and scored the same samples; what each pseudo-labelled may differ."""
+    from mer_tune.hpo.confirm import _fold_votes, load_trial_outputs, save_trial_outputs
+
+    def saved(name, index, pseudo):
+        splits = pd.DataFrame(
+            {"fold": [0, 0, 1, 1, 0], "role": ["fit", "scored", "fit", "scored", "pseudo"],
+             "index": [*index, pseudo]}
+        )  # fmt: skip
+        votes = np.full((2, 3, 6), 1 / 6, dtype=np.float32)
+        save_trial_outputs(
+            tmp_path, name, np.arange(3), votes[0], splits, votes, np.zeros(6), np.ones(3, bool)
+        )
+        return _fold_votes(load_trial_outputs(tmp_path, name), np.array([2, 0]))
+
+    a, b = saved("a", [1, 2, 3, 4], 7), saved("b", [1, 2, 3, 4], 9)
+    other = saved("c", [1, 2, 4, 3], 7)
+    assert a[0].shape == (2, 2, 6) and a[2] == b[2] != other[2]

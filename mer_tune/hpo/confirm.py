@@ -10,6 +10,7 @@ candidate is also retrained on all non-holdout labelled data once per seed, thro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from mer_tune.hpo.folder import SearchFolder, read_mapping, read_table
 from mer_tune.hpo.holdout import Holdout
 from mer_tune.hpo.spaces import trial_config
 from mer_tune.hpo.stats import (
+    REPLICATES,
     Verdict,
     adjusted_gains,
     decide,
@@ -165,26 +167,21 @@ def confirm(
         out = load_trial_outputs(SearchFolder(c.folder).outputs, c.trial_id)
         fold_preds.append((_rows(out, holdout.idx).argmax(1), _rows(out, test_idx).argmax(1)))
         fold_votes.append(_fold_votes(out, holdout.idx))
-    # With retrained seeds, the verdict compares the retrained models (the ones a user
-    # would deploy); otherwise the search's own fold models.
-    preds = [[p[0]] for p in fold_preds]
-    if seeds > 0:
-        if retrain is None:
-            raise MerTuneError("--confirm-seeds needs a way to retrain (a Ray cluster)")
-        jobs = [(c.config, c.config.seed + s) for c in everyone for s in range(seeds)]
-        probs = retrain(jobs, holdout.idx)
-        preds = [
-            [p.argmax(1) for p in probs[i * seeds : (i + 1) * seeds]] for i in range(len(everyone))
-        ]
+    preds = _compared(everyone, fold_preds, holdout, seeds, retrain)
     y = holdout.labels
-    rows, outer, draws = [], {}, {}
+    rows, outer, draws, resampled = [], {}, {}, {}
+    # Enough resamples that the smallest p-value survives Holm's K-fold adjustment.
+    replicates = max(REPLICATES, 200 * len(candidates))
     for i, c in enumerate(everyone):
         retrained = preds[i] if seeds > 0 else None
         row = _scores(c, is_base[i], y, fold_preds[i][0], retrained, seed)
         if not is_base[i]:
             outer[c.trial] = row.get("retrained_f1", row["holdout_f1"])
             if baseline is not None:
-                draws[c.trial] = _gain_draws(y, preds, fold_votes, i, seeds, seed)
+                gain, spread, resampled[c.trial] = _gain_draws(
+                    y, preds, fold_votes, i, seeds, seed, replicates
+                )
+                draws[c.trial] = (gain, spread)
         if truth is not None:
             known, labels = truth
             row["truth_f1"] = _f1(labels, fold_preds[i][1][known])
@@ -193,12 +190,30 @@ def confirm(
     _add_gains(rows, gains)
     verdict = decide(gains, outer, baseline.trial if baseline else None, baseline_name)
     out = _decision(pd.DataFrame(rows), verdict, candidates, baseline)
-    if seeds == 0 and not any(v is not None and len(v[0]) > 1 for v in fold_votes):
+    if seeds == 0 and not any(resampled.values()):
         out.notes.append(
             "the gains' intervals span the holdout samples, not training randomness (one "
             "fold model per trial): --folds k or --confirm-seeds S adds it"
         )
     return out
+
+
+def _compared(
+    everyone: list[Candidate],
+    fold_preds: list,
+    holdout: Holdout,
+    seeds: int,
+    retrain: Retrain | None,
+) -> list[list[np.ndarray]]:
+    """Each entry's holdout predictions the verdict compares: with retrained seeds the
+    retrained models (the ones a user would deploy), otherwise the search's own."""
+    if seeds == 0:
+        return [[p[0]] for p in fold_preds]
+    if retrain is None:
+        raise MerTuneError("--confirm-seeds needs a way to retrain (a Ray cluster)")
+    jobs = [(c.config, c.config.seed + s) for c in everyone for s in range(seeds)]
+    probs = retrain(jobs, holdout.idx)
+    return [[p.argmax(1) for p in probs[i * seeds : (i + 1) * seeds]] for i in range(len(everyone))]
 
 
 def _add_gains(rows: list[dict], gains: dict) -> None:
@@ -214,15 +229,16 @@ def _add_gains(rows: list[dict], gains: dict) -> None:
 
 
 def _gain_draws(
-    y: np.ndarray, preds: list, votes: list, i: int, seeds: int, seed: int
-) -> tuple[float, np.ndarray]:
-    """Candidate i minus the baseline (the last entry): over the retrained seeds when
-    there are some, else over the fold models' votes, resampled with the holdout, so
-    that the verdict sees training randomness at no extra training."""
+    y: np.ndarray, preds: list, votes: list, i: int, seeds: int, seed: int, replicates: int
+) -> tuple[float, np.ndarray, bool]:
+    """Candidate i minus the baseline (the last entry), and whether the draws resampled
+    fold models: over the retrained seeds when there are some, else over the fold
+    models' votes, resampled with the holdout (training randomness at no extra
+    training), where both trials' fold models fit on the same samples fold by fold."""
     a, b = votes[i], votes[-1]
-    if seeds == 0 and a is not None and b is not None and a[0].shape == b[0].shape:
-        return paired_draws_folds(y, a, b, seed)
-    return paired_draws(y, preds[i], preds[-1], seed)
+    if seeds == 0 and a is not None and b is not None and a[2] == b[2] and len(a[0]) > 1:
+        return *paired_draws_folds(y, a[:2], b[:2], seed, replicates), True
+    return *paired_draws(y, preds[i], preds[-1], seed, replicates), False
 
 
 def _scores(
@@ -288,15 +304,32 @@ def _rows(outputs: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
 
 def _fold_votes(
     outputs: dict[str, np.ndarray], idx: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray, str] | None:
     """(each fold model's vote on the data indices `idx`, in order; the decision's
-    offsets), or None for outputs saved without them (or without every index)."""
-    if "fold_votes" not in outputs or "offsets" not in outputs:
+    offsets; a digest of which samples each fold model fit on, selected on and scored),
+    or None for outputs saved without them (or without every index)."""
+    if not {"fold_votes", "offsets", "fold_idx"} <= outputs.keys():
+        return None
+    votes = outputs["fold_votes"]
+    if votes.ndim != 3 or votes.shape[1] != len(outputs["fold_idx"]):
         return None
     where = {int(i): k for k, i in enumerate(outputs["fold_idx"])}
     if any(int(i) not in where for i in idx):
         return None
-    return outputs["fold_votes"][:, [where[int(i)] for i in idx]], outputs["offsets"]
+    return votes[:, [where[int(i)] for i in idx]], outputs["offsets"], _training_key(outputs)
+
+
+def _training_key(outputs: dict[str, np.ndarray]) -> str:
+    """Which samples each fold model fit on, selected epochs on and scored (not what it
+    pseudo-labelled, which the config decides): equal for two trials whose fold k
+    trained on the same samples, so that their fold models pair."""
+    keep = outputs["split_role"] != "pseudo"
+    table = np.stack([outputs["split_fold"][keep], outputs["split_index"][keep]])
+    roles = outputs["split_role"][keep]
+    order = np.lexsort((table[1], roles, table[0]))
+    digest = hashlib.sha256(table[:, order].tobytes())
+    digest.update("\n".join(roles[order].tolist()).encode())
+    return digest.hexdigest()
 
 
 def _truth(data: MERData, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -115,7 +115,8 @@ def _averaged(votes: tuple[np.ndarray, np.ndarray], weights: np.ndarray) -> np.n
     """Predictions (B, n) of the votes averaged with each row of fold weights (B, folds),
     then the decision's offsets, as the pipeline decides."""
     fold_votes, offsets = votes
-    mean = np.einsum("bf,fnc->bnc", weights.astype(np.float32), fold_votes) / weights.shape[1]
+    # In float64, as the pipeline averages: draw 0 then equals the saved vote's argmax.
+    mean = np.einsum("bf,fnc->bnc", weights.astype(np.float64), fold_votes) / weights.shape[1]
     if np.any(offsets):
         mean = np.log(np.clip(mean, 1e-12, None)) + offsets
     return mean.argmax(-1)
@@ -144,14 +145,17 @@ def p_value(draws: np.ndarray) -> float:
 
 def holm(p: dict[int, float], alpha: float = 1 - LEVEL) -> dict[int, tuple[float, float]]:
     """Holm's step-down adjustment for K tests: trial -> (adjusted p-value, the level of
-    the interval that matches its step). The smallest p is tested at alpha / K, the next
-    at alpha / (K - 1), and so on; an adjusted p below alpha rejects, and the chance of
-    rejecting any true "no difference" stays at most alpha."""
+    the interval that matches it). The smallest p is tested at alpha / K, the next at
+    alpha / (K - 1), and so on, each adjusted p at least the one before; an adjusted p
+    below alpha rejects, and the chance of rejecting any true "no difference" stays at
+    most alpha. The level, 1 - alpha x p / adjusted p, makes the interval leave out zero
+    when the adjusted p is below alpha (the p-value's duality with its interval, up to
+    the resampling's grain), so the two tell the same story."""
     order = sorted(p, key=lambda t: (p[t], t))
     k, running, out = len(order), 0.0, {}
     for i, t in enumerate(order):
         running = max(running, min(1.0, (k - i) * p[t]))
-        out[t] = (running, 1 - alpha / (k - i))
+        out[t] = (running, 1 - alpha * p[t] / running)
     return out
 
 
@@ -173,11 +177,19 @@ class Gain:
         return not np.isnan(self.p_adjusted)
 
     @property
-    def clear(self) -> bool:
-        """Whether the difference is clear after the adjustment (before it, if none)."""
-        if self.adjusted:
-            return self.p_adjusted < 1 - LEVEL
-        return self.low > 0 or self.high < 0
+    def clear_gain(self) -> bool:
+        """Whether the gain is clear: adjusted p below 0.05 and the adjusted interval
+        wholly above zero (the side of zero is the draws', not the point estimate's
+        alone; the p-value's +1 counts make it the stricter of the two at the margin)."""
+        if not self.adjusted:
+            return self.low > 0
+        return self.p_adjusted < 1 - LEVEL and self.adjusted_low > 0
+
+    @property
+    def clear_loss(self) -> bool:
+        if not self.adjusted:
+            return self.high < 0
+        return self.p_adjusted < 1 - LEVEL and self.adjusted_high < 0
 
 
 def adjusted_gains(draws: dict[int, tuple[float, np.ndarray]]) -> dict[int, Gain]:
@@ -245,7 +257,7 @@ def decide(
             "best_config.yaml keeps the search's inner best",
         )
     found = {t: g if isinstance(g, Gain) else Gain(*g) for t, g in gains.items()}
-    above = [t for t, g in found.items() if g.clear and g.gain > 0]
+    above = [t for t, g in found.items() if g.clear_gain]
     adopted = max(above, key=lambda t: outer[t]) if above else baseline
     # The verdict speaks of the adopted candidate when there is one, else of the best on
     # the holdout: `winner` is that trial, so its metrics and its gain go together.
@@ -263,7 +275,7 @@ def decide(
     if above:
         outcome, text = "gain", f"trial {winner} beats {baseline_name} by {g.gain:+.3f} ({ci})"
         keeps = ""
-    elif g.clear and g.gain < 0:
+    elif g.clear_loss:
         outcome = "loss"
         text = (
             f"the best candidate, trial {winner}, is worse than {baseline_name} by "
