@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from mer_tune.data import scenarios
 from mer_tune.data.layout import (
     DEFAULT_FOLDERS,
     LABELLED,
@@ -130,7 +131,7 @@ def class_counts(total: int, mix: tuple[float, ...] | None = None) -> list[int]:
 
 def _release(scale: str) -> str:
     """The release a scale (or SCALE+PRESET) is laid out as."""
-    return RELEASE.get(scale.partition("+")[0], "MER2024-SEMI")
+    return RELEASE.get(scenarios.split(scale)[0], "MER2024-SEMI")
 
 
 def scale_of(scale: str | Scale) -> Scale:
@@ -138,8 +139,6 @@ def scale_of(scale: str | Scale) -> Scale:
     refusal naming what is unknown."""
     if isinstance(scale, Scale):
         return scale
-    from mer_tune.data import scenarios
-
     base, preset = scenarios.split(scale)
     if base not in SCALES:
         raise MerTuneError(f"unknown scale '{base}'; valid: {', '.join(SCALES)}")
@@ -176,11 +175,8 @@ def generate(scale: str | Scale, seed: int) -> tuple[dict[str, np.ndarray], np.n
     z[sc.labelled :] *= np.where(truth == NO_CLASS, WEAK_EXPRESSION, 1.0)[:, None]
     z = z.astype(np.float32)
     carriers = np.concatenate([lab, carrier])  # whose per-class strength a clip has
-    scale_rows = np.concatenate(
-        [np.ones(sc.labelled), np.where(truth == NO_CLASS, WEAK_EXPRESSION, 1.0)]
-    )
     feats = {
-        m: _modality(sc, rng, m, _misled(sc, rng, z, carriers, basis, scale_rows), carriers)
+        m: _modality(sc, rng, m, _misled(sc, rng, z, carriers, basis, truth), carriers)
         if m == "audio" and sc.misleading_audio
         else _modality(sc, rng, m, z, carriers)
         for m in MODALITIES
@@ -194,11 +190,14 @@ def _misled(
     z: np.ndarray,
     carriers: np.ndarray,
     basis: np.ndarray,
-    scale_rows: np.ndarray,
+    truth: np.ndarray,
 ) -> np.ndarray:
     """The latent audio carries: on a `misleading_audio` share of clips, moved from the
-    clip's class prototype to another class's (at the clip's strength of expression)."""
+    clip's class prototype to another class's (at the clip's strength of expression:
+    weak for the pool's clips of no class, whose `truth` is NO_CLASS)."""
     n, k = len(z), len(MER2024_CLASSES)
+    pool = np.where(truth == NO_CLASS, WEAK_EXPRESSION, 1.0)
+    scale_rows = np.concatenate([np.ones(sc.labelled), pool])
     rows = np.flatnonzero(rng.random(n) < sc.misleading_audio)
     other = (carriers[rows] + 1 + rng.integers(0, k - 1, size=len(rows))) % k
     out = z.copy()
