@@ -190,3 +190,34 @@ def test_a_staged_search_refuses_a_batch_it_cannot_take_before_any_step(tmp_path
     with pytest.raises(UsageError, match="--batch 20 with --scheduler asha"):
         staged_search("full", 6, storage=str(tmp_path / "runs"), batch=20, scheduler="asha")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_ctrl_c_while_a_batch_is_recorded_stops_after_the_batch(
+    search_env, tiny_dir, monkeypatch
+):
+    """A Ctrl-C that arrives while a batch's MLflow runs are written stops the search
+    once they are: every row of the batch has its run, and the store is not left locked
+    (recording the stop, and the resume, write to it)."""
+    import os
+    import signal
+
+    from mer_tune.errors import SearchInterrupted
+    from mer_tune.hpo import runners
+    from mer_tune.hpo.tuner import resume
+
+    real = runners.record_batch
+
+    def pressed_midway(recorder, sp, rows, batch):
+        if batch[0]["trial"] > 0:
+            os.kill(os.getpid(), signal.SIGINT)  # mid-write: the batch is still to write
+        real(recorder, sp, rows, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runners, "record_batch", pressed_midway)
+        with pytest.raises(SearchInterrupted, match="--resume c"):
+            tiny_search(search_env, tiny_dir, space="voting", trials=6, batch=2, name="c")
+    table = pd.read_csv(search_env / "runs" / "c" / "results.csv")
+    assert list(table["trial"]) == [0, 1, 2]  # the baseline and the whole first batch
+    res = resume("c", storage=str(search_env / "runs"))
+    ids = sorted(r.data.tags["ray.trial_id"] for r in _children(search_env, res))
+    assert ids == [f"batch_{n:05d}" for n in range(6)]

@@ -13,6 +13,10 @@ short; the session handles Ctrl-C and errors the same way for both.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -215,8 +219,9 @@ class BatchedRunner:
                         f"trial {batch[-1]['trial']} could not train the fold models every "
                         f"batched trial votes on; the other {total - number} trials were not run"
                     )
-                record_batch(ctx.recorder, ctx.space, ctx.rows, batch)
-                ctx.save_rows()
+                with interrupts_after():  # a batch is recorded whole, or not at all
+                    record_batch(ctx.recorder, ctx.space, ctx.rows, batch)
+                    ctx.save_rows()
                 ctx.on_event("batch", row={"rows": [ctx.rows[r["trial_id"]] for r in batch]})
         finally:
             ray.kill(actor)
@@ -225,6 +230,26 @@ class BatchedRunner:
     @staticmethod
     def _next(ctx: SearchContext, number: int) -> int:
         return min(ctx.record.batch, ctx.record.trials - number)
+
+
+@contextlib.contextmanager
+def interrupts_after() -> Iterator[None]:
+    """A Ctrl-C during the block takes effect when the block ends. An MLflow write cut
+    short leaves its SQLite store locked (the write's transaction is never rolled back),
+    and then recording the stop itself fails; a batch's rows and runs stay whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda *frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(*caught[0])
+        raise KeyboardInterrupt
 
 
 def _fold_models(ctx: SearchContext, data_ref: Any, first_point: dict | None, told: list):
