@@ -1,6 +1,8 @@
 """Batched trials: a voting or decision search scores many suggestions per Ray task on
 fold models trained once, and still records every trial as results row and MLflow run."""
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -221,3 +223,27 @@ def test_a_ctrl_c_while_a_batch_is_recorded_stops_after_the_batch(
     res = resume("c", storage=str(search_env / "runs"))
     ids = sorted(r.data.tags["ray.trial_id"] for r in _children(search_env, res))
     assert ids == [f"batch_{n:05d}" for n in range(6)]
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_a_ctrl_c_inside_interrupts_after_comes_at_its_end_as_it_would_have(ignored):
+    """The block runs to its end; then the Ctrl-C meets the handler it would have met:
+    KeyboardInterrupt, or nothing where the process ignores Ctrl-C (a background job)."""
+    import os
+    import signal
+
+    from mer_tune.hpo.runners import interrupts_after
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    finished = []
+    try:
+        with (
+            contextlib.suppress(KeyboardInterrupt) if ignored else pytest.raises(KeyboardInterrupt)
+        ):
+            with interrupts_after():
+                os.kill(os.getpid(), signal.SIGINT)
+                finished.append(True)
+            finished.append("after")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert finished == ([True, "after"] if ignored else [True])

@@ -246,10 +246,8 @@ def interrupts_after() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(*caught[0])
-        raise KeyboardInterrupt
+    if caught:  # as it would have come, to the handler it would have met (or none)
+        signal.raise_signal(signal.SIGINT)
 
 
 def _fold_models(ctx: SearchContext, data_ref: Any, first_point: dict | None, told: list):
