@@ -4,8 +4,10 @@
     python benchmarks/search_value.py --scenario null --budget 120 --replicates 5 \
         --set pretrain.epochs=3 --set finetune.epochs=5
 
-Each replicate seed r draws one holdout and trains one baseline, shared by every arm
-(all take --seed r). Each arm then searches until the budget runs out: a timer sends
+Each replicate seed r draws one holdout, shared by every arm (all take --seed r), and
+every arm's trial 0 is the paper's config with that seed: the same model wherever it
+trains on the same number of threads (the batched arms and the plain loop agree bit for
+bit; a `--no-cache` trial trains on one thread and differs). Each arm then searches until the budget runs out: a timer sends
 the process a Ctrl-C at `--budget` seconds, as a user stopping the search would, and
 only trials that finished by then count. Ray is started before the clock starts.
 
@@ -104,12 +106,10 @@ def run_search(arm: str, seed: int, args, space: str, work: Path) -> Arm:
         now = budget.now()
         if kind == "complete" and row.get("status") == "FINISHED":
             out.finished[int(row["trial"])] = now
-        elif kind == "batch":  # a batch arrives at once: each trial ended its seconds apart
-            later = 0.0
-            for r in reversed(row["rows"]):
+        elif kind == "batch":  # a batch's trials reach the user together, when it arrives
+            for r in row["rows"]:
                 if r.get("status") == "FINISHED":
-                    out.finished[int(r["trial"])] = now - later
-                later += float(r.get("seconds") or 0.0)
+                    out.finished[int(r["trial"])] = now
 
     budget.start()
     try:
@@ -125,7 +125,10 @@ def run_search(arm: str, seed: int, args, space: str, work: Path) -> Arm:
     results = pd.read_csv(out.folder / "results.csv")
     for _, r in results[results["status"] == "FINISHED"].iterrows():
         t = int(r["trial"])
-        if t in out.finished:
+        if t not in out.finished and str(r["trial_id"]).startswith("batch_"):
+            # Being recorded when the Ctrl-C came: a batch is recorded whole, then it stops.
+            out.finished[t] = args.budget
+        if out.finished.get(t, np.inf) <= args.budget:  # not a Tune trial ending as it stopped
             out.trial_ids[t], out.inner[t] = str(r["trial_id"]), float(r["weighted_f1"])
     out.finished = {t: s for t, s in out.finished.items() if t in out.trial_ids}
     return out
@@ -152,6 +155,7 @@ def run_plain(seed: int, args, space_path: str, work: Path) -> Arm:
     outputs.mkdir(parents=True)
     torch.set_num_threads(os.cpu_count() or 1)
     budget = Budget(args.budget)
+    data = ho = None
     budget.start()
     try:
         base = with_overrides(build_config(), {**args.overrides, "eval.folds": 1, "seed": seed})
@@ -176,8 +180,8 @@ def run_plain(seed: int, args, space_path: str, work: Path) -> Arm:
             )  # fmt: skip
             score = final_metrics(res, cfg, trials)[METRIC]
             study.tell(trial, score)
-            out.finished[trial.number] = budget.now()
             out.trial_ids[trial.number], out.inner[trial.number] = tid, float(score)
+            out.finished[trial.number] = budget.now()  # last: a finished trial is complete
     except KeyboardInterrupt:
         pass
     finally:
@@ -216,8 +220,8 @@ class Judge:
     inner score on the holdout, Holm-adjusted), or a plain loop's rule (adopt the best
     inner score); the trial adopted, or None for the baseline."""
 
-    def __init__(self, arm: Arm, seed: int) -> None:
-        self.arm, self.seed = arm, seed
+    def __init__(self, arm: Arm, seed: int, top: int = 3) -> None:
+        self.arm, self.seed, self.top = arm, seed, top
         self.data, self.holdout = search_data(arm)
         self.memo: dict[tuple, int | None] = {}
 
@@ -233,7 +237,7 @@ class Judge:
         if naive:
             best = table.sort_values(["weighted_f1", "trial"], ascending=[False, True])
             return None if int(best["trial"].iloc[0]) == 0 else int(best["trial"].iloc[0])
-        chosen, _ = confirm.pick_candidates(table, 3, 0)
+        chosen, _ = confirm.pick_candidates(table, self.top, 0)
         key = tuple(chosen)
         if chosen and key not in self.memo:
             cands = [
@@ -283,18 +287,19 @@ def score_arm(arm: Arm, seed: int, args, truths: dict) -> dict:
 def summary(frame: pd.DataFrame, scenario: str) -> None:
     avail = frame.groupby("seed")["best_tried"].max()  # the best any arm's trial had
     print(
-        "| arm | trials done | truth gain of the adopted (mean ± sd) | share of the available | false adoptions | time to a first true gain |"
+        "| arm | trials done | truth gain of the adopted (mean ± sd) | share of the available (ratio of means) | false adoptions | time to a first true gain |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for arm, g in frame.groupby("arm", sort=False):
         n = len(g)
         adopted = g["adopted"].notna()
         false = adopted if scenario == "null" else adopted & (g["gain"] <= 0)
+        # A ratio of means (mean gain / mean available): one replicate's may be near zero.
         share = (
             g["gain"].mean() / avail.loc[g["seed"]].mean() if scenario == "gain" else float("nan")
         )
         first = g["first_true_gain_s"].dropna()
-        when = f"{first.median():.0f} s (median of {len(first)})" if len(first) else "never"
+        when = f"{first.median():.0f} s (median, {len(first)} of {n})" if len(first) else "never"
         print(f"| {arm} | {g['trials'].mean():.0f} | {g['gain'].mean():+.4f} ± {g['gain'].std(ddof=1):.4f} "
               f"| {share:.0%} | {int(false.sum())} of {n} ({int(adopted.sum())} adopted) | {when} |")  # fmt: skip
     print(
@@ -302,10 +307,11 @@ def summary(frame: pd.DataFrame, scenario: str) -> None:
     )
 
 
-def by_trials(work: Path, counts: list[int]) -> None:
+def by_trials(work: Path, counts: list[int], top: int) -> None:
     """The sampler arms of an earlier run (folder `work`) as searches of N trials: the
     first N trials of a batched search are exactly an N-trial search (its study asks and
-    is told one trial at a time). For choosing `--sampler auto`'s rule."""
+    is told one trial at a time). For choosing `--sampler auto`'s rule; `top`: the
+    verdict confirms that many (`--confirm-top`), to see what K costs the verdict."""
     rows = []
     for name in ("default", "gp", "cmaes", "random"):
         for folder in sorted((work / name).glob("r*")):
@@ -315,7 +321,7 @@ def by_trials(work: Path, counts: list[int]) -> None:
             arm = Arm(name, folder)
             arm.trial_ids = dict(zip(table["trial"], table["trial_id"].astype(str), strict=True))
             arm.inner = dict(zip(table["trial"], table["weighted_f1"], strict=True))
-            judge = Judge(arm, seed)
+            judge = Judge(arm, seed, top)
             truth = {t: truth_f1(arm, judge.data, t) for t in arm.trial_ids}
             for n in counts:  # 0: every trial the search recorded (by its budget)
                 done = [t for t in arm.trial_ids if t < n or not n]
@@ -347,9 +353,10 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--by-trials", type=Path, help="an earlier run's folder to re-read")
     parser.add_argument("--counts", type=int, nargs="+", default=[16, 40, 100, 0])
+    parser.add_argument("--confirm-top", type=int, default=3, help="with --by-trials")
     args = parser.parse_args()
     if args.by_trials:
-        return by_trials(args.by_trials.resolve(), args.counts)
+        return by_trials(args.by_trials.resolve(), args.counts, args.confirm_top)
     args.data = args.data or (
         "synthetic:small+misleading-audio" if args.scenario == "gain" else "synthetic:small"
     )

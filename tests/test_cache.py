@@ -66,7 +66,8 @@ def _three_users_at_once(root) -> tuple[list, list]:
     return calls, results
 
 
-@pytest.mark.parametrize("where", ["folder", "uri"])
+# A URI store's lease waits a settle time and polls (seconds): the slow tier.
+@pytest.mark.parametrize("where", ["folder", pytest.param("uri", marks=pytest.mark.slow)])
 def test_concurrent_users_compute_a_shared_stage_once(tmp_path, where):
     root = tmp_path if where == "folder" else f"file://{tmp_path}"
     calls, results = _three_users_at_once(root)
@@ -106,6 +107,7 @@ def test_cache_info_and_clear(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only mer-tune's files go
 
 
+@pytest.mark.slow  # lease settle and poll times
 def test_a_uri_store_shares_entries_and_recomputes_a_corrupt_one(tmp_path):
     """Any pyarrow filesystem URI (here file://) works like a folder."""
     root = f"file://{tmp_path}/shared"

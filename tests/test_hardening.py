@@ -198,6 +198,7 @@ def test_search_names_are_plain_names_everywhere(args, tmp_path, capsys):
     assert not (tmp_path / "runs" / "a").exists()
 
 
+@pytest.mark.slow  # two mer-tune processes
 def test_cache_clear_touches_only_a_marked_cache_and_asks_first(tmp_path, capsys):
     from test_cli import run_cli
 
