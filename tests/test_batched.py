@@ -214,10 +214,16 @@ def test_a_ctrl_c_while_a_batch_is_recorded_stops_after_the_batch(
             os.kill(os.getpid(), signal.SIGINT)  # mid-write: the batch is still to write
         real(recorder, sp, rows, batch)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(runners, "record_batch", pressed_midway)
-        with pytest.raises(SearchInterrupted, match="--resume c"):
-            tiny_search(search_env, tiny_dir, space="voting", trials=6, batch=2, name="c")
+    # Python's own Ctrl-C handler, also where the suite runs as a background job
+    # (which starts with Ctrl-C ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(runners, "record_batch", pressed_midway)
+            with pytest.raises(SearchInterrupted, match="--resume c"):
+                tiny_search(search_env, tiny_dir, space="voting", trials=6, batch=2, name="c")
+    finally:
+        signal.signal(signal.SIGINT, before)
     table = pd.read_csv(search_env / "runs" / "c" / "results.csv")
     assert list(table["trial"]) == [0, 1, 2]  # the baseline and the whole first batch
     res = resume("c", storage=str(search_env / "runs"))
