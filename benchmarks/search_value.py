@@ -44,11 +44,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import record
-from sklearn.metrics import f1_score
+from verdict_error import SEED_SPACE
 
 ARMS = {
     "default": {},
@@ -58,7 +59,6 @@ ARMS = {
     "no-cache": {"cache": False},
     "plain": None,
 }
-SEED_SPACE = "description: the training seed alone (a null space)\nparams:\n  seed: {type: int, low: 1, high: 1000000}\n"
 CHECKPOINTS = 8  # verdicts per search, at equal steps of the budget, for the time to a gain
 
 
@@ -72,6 +72,8 @@ class Arm:
     finished: dict[int, float] = field(default_factory=dict)  # trial -> seconds
     trial_ids: dict[int, str] = field(default_factory=dict)
     inner: dict[int, float] = field(default_factory=dict)
+    data: Any = None  # the plain loop's data and holdout (a search folder holds its own)
+    holdout: Any = None
 
 
 class Budget:
@@ -186,33 +188,20 @@ def run_plain(seed: int, args, space_path: str, work: Path) -> Arm:
         pass
     finally:
         budget.stop()
-    out.data, out.holdout = data, ho  # type: ignore[attr-defined]
+    out.data, out.holdout = data, ho
     return out
 
 
 def search_data(arm: Arm):
     """(the data, the holdout) the arm's trials were scored against."""
-    if hasattr(arm, "data"):
-        return arm.data, arm.holdout  # type: ignore[attr-defined]
+    if arm.data is not None:
+        return arm.data, arm.holdout
     from mer_tune.hpo.folder import SearchFolder
     from mer_tune.hpo.holdout import search_data as folder_data
 
     folder = SearchFolder(arm.folder)
     found = folder_data(folder, folder.record(), folder.base())
     return found.dataset, found.holdout
-
-
-def truth_f1(arm: Arm, data, trial: int) -> float:
-    from mer_tune.data.layout import TEST
-    from mer_tune.hpo import confirm
-    from mer_tune.hpo.folder import SearchFolder
-
-    out = confirm.load_trial_outputs(SearchFolder(arm.folder).outputs, arm.trial_ids[trial])
-    test = data.indices(TEST)
-    truth = data.hidden_labels[test]
-    known = truth >= 0
-    pred = confirm._rows(out, test).argmax(1)
-    return float(f1_score(truth[known], pred[known], average="weighted"))
 
 
 class Judge:
@@ -224,6 +213,21 @@ class Judge:
         self.arm, self.seed, self.top = arm, seed, top
         self.data, self.holdout = search_data(arm)
         self.memo: dict[tuple, int | None] = {}
+        from mer_tune.data.layout import TEST
+        from mer_tune.hpo import confirm
+
+        self.test = self.data.indices(TEST)
+        self.known, self.labels = confirm._truth(self.data, self.test)  # as confirm.csv's
+
+    def truth_f1(self, trial: int) -> float:
+        """The trial's weighted F1 on the test names' hidden labels."""
+        from mer_tune.hpo import confirm
+        from mer_tune.hpo.folder import SearchFolder
+
+        out = confirm.load_trial_outputs(
+            SearchFolder(self.arm.folder).outputs, self.arm.trial_ids[trial]
+        )
+        return confirm._f1(self.labels, confirm._rows(out, self.test).argmax(1)[self.known])
 
     def adopted(self, done: list[int], naive: bool = False) -> int | None:
         from mer_tune.hpo import confirm
@@ -265,7 +269,7 @@ def score_arm(arm: Arm, seed: int, args, truths: dict) -> dict:
     """The arm's verdicts at each checkpoint, as truth gains over its baseline."""
     judge = Judge(arm, seed)
     for t in arm.trial_ids:
-        truths.setdefault((arm.name, t), truth_f1(arm, judge.data, t))
+        truths.setdefault((arm.name, t), judge.truth_f1(t))
     base = truths.get((arm.name, 0), float("nan"))
     rows = []
     # A plain loop is also judged by its own rule: adopt the best inner score.
@@ -322,7 +326,7 @@ def by_trials(work: Path, counts: list[int], top: int) -> None:
             arm.trial_ids = dict(zip(table["trial"], table["trial_id"].astype(str), strict=True))
             arm.inner = dict(zip(table["trial"], table["weighted_f1"], strict=True))
             judge = Judge(arm, seed, top)
-            truth = {t: truth_f1(arm, judge.data, t) for t in arm.trial_ids}
+            truth = {t: judge.truth_f1(t) for t in arm.trial_ids}
             for n in counts:  # 0: every trial the search recorded (by its budget)
                 done = [t for t in arm.trial_ids if t < n or not n]
                 adopted, best = judge.adopted(done), judge.adopted(done, naive=True)
