@@ -414,4 +414,4 @@ def test_a_preset_builds_the_scale_with_its_changes(tmp_path):
     folder = resolve("synthetic:tiny+misleading-audio:3")
     assert folder.fingerprint != resolve("synthetic:tiny:3").fingerprint
     home = Path(os.environ["MER_TUNE_HOME"])
-    assert (home / "synthetic" / "tiny+misleading-audio-seed3-g2").is_dir()
+    assert (home / "synthetic" / f"tiny+misleading-audio-seed3-{synth.GENERATOR}").is_dir()
