@@ -113,8 +113,9 @@ NO_CLASS_KINDS = (3 / 7, 2 / 7, 2 / 7)
 LOW_INFORMATION = 0.2  # the share of its class's prototype a low-information clip keeps
 # Clips of no class are of weak expression: their whole latent (position and variation)
 # scaled towards the centre. At 0.1 about 0.5% of them passed the paper's thresholds under
-# the released confidence rule at full scale with g2's labels; with g3's sharper labels the
-# share moves with the training run, up to about 11% (RESULTS.md: "Calibration of the built-in data").
+# the released confidence rule at full scale with g2's labels; with g3's sharper labels
+# the share moves with the training run, up to about 11% (RESULTS.md: "Calibration of
+# the built-in data").
 WEAK_EXPRESSION = 0.1
 LATENT, NUISANCE = 16, 32
 # The generator's version: in the built-in folders' names and the in-memory fingerprints,
