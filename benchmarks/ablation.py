@@ -142,10 +142,17 @@ def main() -> None:
             pseudo[name][0] += added
             pseudo[name][1] += added * (res.pseudo_precision or 0.0)
             truth_note = f"; truth {truth_f1[name][-1]:.4f}" if len(test) else ""
+            # Pseudo-labels per fold model: their count moves with each model's training.
+            roles = res.splits
+            pseudo_rows = roles["role"] == "pseudo"
+            per_fold = [
+                int((pseudo_rows & (roles["fold"] == f)).sum()) for f in sorted(set(roles["fold"]))
+            ]
             print(
-                f"seed {seed}, {name}: " + ", ".join(f"{v:.4f}" for v in res.fold_f1) + truth_note,
+                f"seed {seed}, {name}: " + ", ".join(f"{v:.4f}" for v in res.fold_f1) + truth_note
+                + "; pseudo-labels per fold " + ", ".join(str(n) for n in per_fold),
                 flush=True,
-            )
+            )  # fmt: skip
     n = args.folds * args.seeds
     full = np.asarray(folds["full method"])
     print(
