@@ -2,6 +2,7 @@
 
     python benchmarks/verdict_error.py --scenario null --searches 20 --set pretrain.epochs=3 --set finetune.epochs=5
     python benchmarks/verdict_error.py --scenario gain --searches 20 --trials 16
+    python benchmarks/verdict_error.py --scenario gain --searches 20 --trials 16 --holdout 0.4
 
 Runs real searches (local Ray, Optuna, sqlite MLflow, stage cache on), each with its own
 seed (its own holdout split, sampler and training seeds), and reads each one's verdict.
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--folds", type=int, default=1)
+    parser.add_argument(
+        "--holdout", type=float, default=0.2, help="the outer holdout's share (search default)"
+    )
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
     data = args.data or (
@@ -117,6 +121,7 @@ def main() -> None:
         res = mer_tune.search(
             space=space, trials=args.trials, data=data, seed=seed, name=f"s{seed}",
             storage=str(work / "runs"), folds=args.folds, overrides=overrides,
+            holdout=args.holdout,
         )  # fmt: skip
         adopted = _rule_verdicts(res)
         table = res.confirm.set_index("trial")
@@ -139,7 +144,7 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     n = len(frame)
     print(f"\n{args.scenario} scenario, {n} searches, {data}, space {Path(space).stem}, "
-          f"{args.trials} trials, {args.folds} fold(s), {' '.join(args.sets)}, mean {frame['seconds'].mean():.0f}s per search")  # fmt: skip
+          f"{args.trials} trials, {args.folds} fold(s), holdout {args.holdout:g}, {' '.join(args.sets)}, mean {frame['seconds'].mean():.0f}s per search")  # fmt: skip
     print(
         "| rule | adoptions | rate (95% Wilson) | mean truth gain of the adopted (all searches) |"
     )
