@@ -11,8 +11,9 @@ How the data is built, so that each part of the method has something real to gai
 - a share of samples per modality carries no class signal at all (no face, silence, empty
   transcript), so confident pseudo-labels must come from the modalities that do;
 - MER2024's labelled class proportions, so the rare classes gain from oversampling;
-- annotators label subtle clips too: a tenth of the labelled clips are of weak
-  expression, so the classifier learns to be unsure where weak clips lie;
+- annotators label hard clips too: at full scale a tenth of the labelled clips are of
+  weak expression, so the classifier learns to be unsure where weak clips lie (at tiny
+  and small a tenth lean partly to another class instead);
 - like MER2024-SEMI's, the unlabelled pool is mostly clips of no one class (two-class
   mixtures, emotions outside the six, clips with little signal), all of weak expression;
   a small share are clean clips of the six at the labelled class mix. The test names are
