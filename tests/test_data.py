@@ -398,8 +398,8 @@ def _class_signal(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_a_preset_builds_the_scale_with_its_changes(tmp_path):
-    """synthetic:tiny+misleading-audio: the audio of a third of the clips expresses
-    another class; the same samples, labels and test names, under a name of its own."""
+    """synthetic:tiny+misleading-audio: the audio of half the clips expresses another
+    class; the same samples, labels and test names, under a name of its own."""
     from mer_tune.data import synthetic as synth
 
     plain, misled = synth.in_memory("tiny", 3), synth.in_memory("tiny+misleading-audio", 3)
