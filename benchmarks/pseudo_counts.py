@@ -71,8 +71,8 @@ def main() -> None:
     )  # fmt: skip
     print(f"pretrained in {time.perf_counter() - t0:.0f}s")
     for supervised in args.supervised:
+        run_cfg = with_overrides(cfg, {"loss.supervised": supervised})
         for seed in args.train_seeds or [cfg.seed]:
-            run_cfg = with_overrides(cfg, {"loss.supervised": supervised})
             _counts(data, feats, pre, run_cfg, seed, silent)
 
 
