@@ -396,3 +396,26 @@ def test_new_method_options_refuse_bad_values_in_one_line(args, message, capsys,
     assert code == 2, stderr
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+def test_tunes_benign_copy_race_is_left_out_and_other_copy_failures_still_show():
+    """The background copy of Tune's state meets the searcher's renamed temporary file:
+    that traceback is noise in a search's output; any other failed copy is not."""
+    import logging
+
+    from mer_tune.cli import process
+
+    def record(text):
+        return logging.LogRecord(
+            "ray.train._internal.syncer", logging.WARNING, "", 0, text, (), None
+        )
+
+    race = (
+        "Last sync command failed with the following error:\nTraceback ...\nFileNotFoundError: "
+        "[Errno 2] Failed to open local file '/tmp/ray/x/driver_artifacts/.1d8d-tmp-"
+        "search_gen_state-2026.json'"
+    )
+    disk_full = "Last sync command failed with the following error:\nOSError: No space left"
+    assert not process._not_a_renamed_temp_file(record(race))
+    assert process._not_a_renamed_temp_file(record(disk_full))
+    assert process._not_a_renamed_temp_file(record("anything else"))

@@ -26,11 +26,26 @@ def quiet_libraries(debug: bool = False) -> None:
     if not debug:
         for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
             logging.getLogger(name).addFilter(_not_a_trial_failure)
+        logging.getLogger("ray.train._internal.syncer").addFilter(_not_a_renamed_temp_file)
 
 
 def _not_a_trial_failure(record) -> bool:
     return not record.getMessage().startswith(
         ("Trial task failed for trial", "Trials did not complete")
+    )
+
+
+def _not_a_renamed_temp_file(record) -> bool:
+    """Tune copies its saved state to the search folder in the background while the
+    searcher writes its next state to a temporary file and renames it: a copy that
+    listed the temporary file then finds it gone, and Tune logs the copy's traceback.
+    The next copy carries the renamed file, so that one race is left out; any other
+    failed copy still shows."""
+    text = record.getMessage()
+    return not (
+        text.startswith("Last sync command failed")
+        and "FileNotFoundError" in text
+        and "-tmp-" in text
     )
 
 
