@@ -138,6 +138,8 @@ def main() -> None:
             row["available"] = float(truth.drop(base_trial).max() - truth.loc[base_trial])
         rows.append(row)
         shown = ", ".join(f"{r.split(':')[0]}: {adopted[r]}" for r in RULES)
+        if truth is not None:  # what the default rule's choice is worth on data that chose nothing
+            shown += f"; truth gain of the default's {row[RULES[0] + ' truth gain']:+.4f}"
         print(
             f"search {seed}: {res.verdict.text[:90]} | {shown} ({row['seconds']:.0f}s)", flush=True
         )
