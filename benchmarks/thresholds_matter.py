@@ -140,15 +140,15 @@ def main() -> None:
 
 
 def _paired(rows: dict, init: str) -> None:
-    """Each setting minus self-training off (what self-training adds), and the paper's
-    setting minus each other one (what a threshold search could change), paired by seed."""
+    """Each setting minus self-training off (what self-training adds), and each other
+    setting minus the paper's (what a threshold search could change), paired by seed."""
     paper = next(iter(SETTINGS))
     for reference in ("self-training off", paper):
         against = rows.get((init, reference))
         if not against or len(against) < 2:
             continue
         for (each_init, name), found in rows.items():
-            if each_init != init or name == reference:
+            if each_init != init or name in (reference, "self-training off"):
                 continue
             diffs = [a["truth"] - b["truth"] for a, b in zip(found, against, strict=True)]
             d, se = _mean_se(diffs)
