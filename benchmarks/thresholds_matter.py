@@ -153,9 +153,11 @@ def _paired(rows: dict, init: str) -> None:
             diffs = [a["truth"] - b["truth"] for a, b in zip(found, against, strict=True)]
             d, se = _mean_se(diffs)
             ahead = sum(x > 0 for x in diffs)
+            # Two settings that keep the same pseudo-labels on every seed differ by exactly 0.
+            ratio = f"{d / se:+.1f}" if se > 0 else "n/a"
             print(
                 f"{init}: {name} minus {reference}, truth F1 paired by seed {d:+.4f} ± "
-                f"{se:.4f} ({d / se:+.1f} standard errors; ahead in {ahead} of {len(diffs)})"
+                f"{se:.4f} ({ratio} standard errors; ahead in {ahead} of {len(diffs)})"
             )
 
 
